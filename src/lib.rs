@@ -1,0 +1,3 @@
+pub mod certs;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,157 @@
+//! TLS and QUIC endpoint configuration shared by server and client.
+//!
+//! Both sides use rustls with the `ring` provider, TLS 1.3 only (QUIC
+//! requires it) and the ALPN `quicbus/1`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::wire::ALPN;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file is missing, unreadable or holds no usable item.
+    #[error("{path}: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    /// PEM text given in memory holds no usable item.
+    #[error("invalid PEM: {0}")]
+    PemText(String),
+    /// rustls refused the certificate, key or settings.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The rustls configuration is not usable for QUIC.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem_err = |reason: String| TlsError::Pem {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_err("no certificate found".into()));
+    }
+    Ok(certs)
+}
+
+/// Reads the private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Parses certificates from PEM text.
+pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::PemText(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::PemText("no certificate found".into()));
+    }
+    Ok(certs)
+}
+
+/// Parses a private key from PEM text.
+pub fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::PemText(e.to_string()))
+}
+
+/// QUIC transport settings common to both sides.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// Close the connection after this long without hearing from the peer.
+    pub idle_timeout: Duration,
+    /// Send keep-alives this often so an idle but healthy connection stays open.
+    pub keep_alive: Duration,
+    /// How many unidirectional streams (rooms) the peer may have open at once.
+    pub max_uni_streams: u32,
+    /// Bytes of received datagrams buffered before the oldest are dropped.
+    pub datagram_receive_buffer: usize,
+    /// Bytes of outgoing datagrams buffered before the oldest are dropped.
+    pub datagram_send_buffer: usize,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            max_uni_streams: 1024,
+            datagram_receive_buffer: 2 * 1024 * 1024,
+            datagram_send_buffer: 2 * 1024 * 1024,
+        }
+    }
+}
+
+impl TransportSettings {
+    fn to_quinn(&self) -> Result<quinn::TransportConfig, TlsError> {
+        let mut t = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| TlsError::Quic("idle timeout out of range".into()))?;
+        t.max_idle_timeout(Some(idle));
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.max_concurrent_uni_streams(self.max_uni_streams.into());
+        // Only the control stream is bidirectional.
+        t.max_concurrent_bidi_streams(4u32.into());
+        t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
+        t.datagram_send_buffer_size(self.datagram_send_buffer);
+        Ok(t)
+    }
+}
+
+/// A quinn server configuration for the given certificate chain and key.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    transport: &TransportSettings,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport.to_quinn()?));
+    Ok(config)
+}
+
+/// A quinn client configuration that trusts exactly `roots`.
+pub fn client_config(
+    roots: &[CertificateDer<'static>],
+    transport: &TransportSettings,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in roots {
+        store.add(cert.clone())?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport.to_quinn()?));
+    Ok(config)
+}

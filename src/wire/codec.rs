@@ -1,0 +1,358 @@
+//! Frame encoding and two-phase decoding, without any I/O.
+//!
+//! A stream is a sequence of `varint(len) ‖ postcard(frame)`. The decoder
+//! first asks "is a whole frame buffered?" (an incomplete buffer is
+//! `Ok(None)`, not an error), and checks the announced length against the
+//! limit before it reserves room for the body.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::{Frame, WireError, FRAME_TAGS};
+
+/// An unsigned LEB128 varint of a `u64` never takes more than 10 bytes.
+pub const MAX_VARINT_LEN: usize = 10;
+
+/// Appends `value` as an unsigned LEB128 varint.
+pub fn write_varint(buf: &mut impl BufMut, mut value: u64) {
+    while value >= 0x80 {
+        buf.put_u8((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.put_u8(value as u8);
+}
+
+/// Reads a varint from the front of `buf`: `Ok(None)` when more bytes are
+/// needed, else the value and how many bytes it used.
+pub fn read_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, WireError> {
+    let mut value: u64 = 0;
+    for (i, &byte) in buf.iter().enumerate().take(MAX_VARINT_LEN) {
+        let bits = u64::from(byte & 0x7f);
+        // The tenth byte may only carry the single top bit of a u64.
+        if i == MAX_VARINT_LEN - 1 && byte > 1 {
+            return Err(WireError::BadLength);
+        }
+        value |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if buf.len() >= MAX_VARINT_LEN {
+        Err(WireError::BadLength)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Encodes one frame body (what a datagram carries).
+pub fn encode(frame: &Frame) -> Bytes {
+    let mut out = BytesMut::with_capacity(encoded_len(frame));
+    put_body(&mut out, frame);
+    out.freeze()
+}
+
+/// Encodes one frame with its length prefix (what a stream carries).
+pub fn encode_framed(frame: &Frame) -> Bytes {
+    let body_len = encoded_len(frame);
+    let mut out = BytesMut::with_capacity(body_len + MAX_VARINT_LEN);
+    write_varint(&mut out, body_len as u64);
+    put_body(&mut out, frame);
+    out.freeze()
+}
+
+/// The size of a frame body, without its length prefix.
+pub fn encoded_len(frame: &Frame) -> usize {
+    // Serializing plain data into a growable buffer cannot fail.
+    postcard::experimental::serialized_size(frame).unwrap_or(0)
+}
+
+fn put_body(out: &mut BytesMut, frame: &Frame) {
+    let writer = out.writer();
+    // `Frame` holds only strings, bytes, integers and options: postcard
+    // cannot fail to serialize it into a growable buffer.
+    if let Err(err) = postcard::to_io(frame, writer) {
+        unreachable!("serializing a frame into memory failed: {err}");
+    }
+}
+
+/// Decodes exactly one frame body (a datagram, or a body cut from a stream).
+pub fn decode(body: &[u8]) -> Result<Frame, WireError> {
+    // postcard reports an unknown enum tag as a generic serde error; name it.
+    if let Ok(Some((tag, _))) = read_varint(body) {
+        if tag >= FRAME_TAGS {
+            return Err(WireError::UnknownFrame);
+        }
+    }
+    let (frame, rest) = postcard::take_from_bytes::<Frame>(body).map_err(map_postcard)?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    Ok(frame)
+}
+
+fn map_postcard(err: postcard::Error) -> WireError {
+    use postcard::Error as P;
+    match err {
+        P::DeserializeBadUtf8 => WireError::BadUtf8,
+        P::DeserializeUnexpectedEnd => WireError::Truncated,
+        P::DeserializeBadEnum => WireError::UnknownFrame,
+        other => WireError::Malformed(other.to_string()),
+    }
+}
+
+/// Accumulates stream bytes and cuts them into frames.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses frames whose body is over `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        FrameDecoder {
+            buf: BytesMut::new(),
+            max_frame,
+        }
+    }
+
+    /// Appends bytes received from the stream.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes buffered but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        let Some((len, prefix)) = read_varint(&self.buf)? else {
+            return Ok(None);
+        };
+        if len > self.max_frame as u64 {
+            return Err(WireError::FrameTooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let len = len as usize;
+        if self.buf.len() < prefix + len {
+            // Reserve for the rest of this frame only now that its size is known to be allowed.
+            self.buf.reserve(prefix + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(prefix);
+        let body = self.buf.split_to(len);
+        decode(&body).map(Some)
+    }
+
+    /// Call at end of stream: leftover bytes mean a frame was cut short.
+    pub fn finish(&self) -> Result<(), WireError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::UnexpectedEnd)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ErrorCode, DEFAULT_MAX_FRAME};
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Hello {
+                version: 1,
+                token: Some("secret".into()),
+                client_name: "test".into(),
+            },
+            Frame::Join {
+                request: 7,
+                room: "lobby".into(),
+                echo: true,
+            },
+            Frame::Welcome {
+                session_id: 42,
+                max_datagram_payload: 1100,
+                max_frame: 1 << 20,
+            },
+            Frame::Error {
+                request: None,
+                code: ErrorCode::UnknownRoom,
+                message: "no room 9".into(),
+            },
+            Frame::Event {
+                offset: u64::MAX,
+                event: "chat".into(),
+                payload: Bytes::from_static(b"hello"),
+            },
+            Frame::Datagram {
+                room_id: 3,
+                seq: 1 << 40,
+                event: "pos".into(),
+                payload: Bytes::from(vec![0u8; 900]),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_sample() {
+        for frame in samples() {
+            assert_eq!(decode(&encode(&frame)).unwrap(), frame);
+            let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+            dec.extend(&encode_framed(&frame));
+            assert_eq!(dec.next_frame().unwrap(), Some(frame));
+            assert_eq!(dec.next_frame().unwrap(), None);
+            dec.finish().unwrap();
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_is_incomplete_until_whole() {
+        let frames = samples();
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            wire.extend_from_slice(&encode_framed(f));
+        }
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        let mut out = Vec::new();
+        for byte in wire.iter() {
+            dec.extend(&[*byte]);
+            while let Some(f) = dec.next_frame().unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, frames);
+    }
+
+    #[test]
+    fn truncated_body_is_typed() {
+        let bytes = encode(&samples()[1]);
+        for cut in 0..bytes.len() {
+            let err = decode(&bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(err, WireError::Truncated | WireError::Malformed(_)),
+                "cut at {cut}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_cut_mid_frame_is_unexpected_end() {
+        let bytes = encode_framed(&samples()[0]);
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.extend(&bytes[..bytes.len() - 1]);
+        assert_eq!(dec.next_frame().unwrap(), None);
+        assert_eq!(dec.finish(), Err(WireError::UnexpectedEnd));
+    }
+
+    #[test]
+    fn oversize_prefix_is_refused_before_allocating() {
+        let mut dec = FrameDecoder::new(1024);
+        let mut prefix = BytesMut::new();
+        write_varint(&mut prefix, u64::MAX / 2);
+        dec.extend(&prefix);
+        assert!(matches!(
+            dec.next_frame(),
+            Err(WireError::FrameTooLarge { max: 1024, .. })
+        ));
+        assert!(dec.buf.capacity() < 1024);
+    }
+
+    #[test]
+    fn overlong_varint_is_bad_length() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.extend(&[0xff; 11]);
+        assert_eq!(dec.next_frame(), Err(WireError::BadLength));
+        assert_eq!(read_varint(&[0xff; 9]), Ok(None));
+        assert_eq!(
+            read_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),
+            Err(WireError::BadLength)
+        );
+    }
+
+    #[test]
+    fn bad_utf8_unknown_tag_and_trailing_bytes_are_typed() {
+        // Join { request: 1, room: [0xff, 0xfe], echo: false }
+        assert_eq!(
+            decode(&[1, 1, 2, 0xff, 0xfe, 0]),
+            Err(WireError::BadUtf8)
+        );
+        assert_eq!(decode(&[200, 1]), Err(WireError::UnknownFrame));
+        let mut body = encode(&samples()[0]).to_vec();
+        body.push(0);
+        assert_eq!(decode(&body), Err(WireError::TrailingBytes(1)));
+        assert!(decode(&[]).is_err());
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let text = ".{0,40}";
+        let payload = proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from);
+        prop_oneof![
+            (any::<u32>(), proptest::option::of(text), text).prop_map(|(v, t, n)| Frame::Hello {
+                version: v,
+                token: t,
+                client_name: n
+            }),
+            (any::<u64>(), text, any::<bool>()).prop_map(|(r, room, echo)| Frame::Join {
+                request: r,
+                room,
+                echo
+            }),
+            (any::<u64>(), text, payload.clone(), proptest::option::of(any::<u64>())).prop_map(
+                |(_, event, payload, ack)| Frame::Publish {
+                    event,
+                    payload,
+                    ack
+                }
+            ),
+            (any::<u64>(), text, payload.clone()).prop_map(|(offset, event, payload)| {
+                Frame::Event {
+                    offset,
+                    event,
+                    payload,
+                }
+            }),
+            (any::<u32>(), any::<u64>(), text, payload).prop_map(
+                |(room_id, seq, event, payload)| Frame::Datagram {
+                    room_id,
+                    seq,
+                    event,
+                    payload
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_frame_round_trips(frame in arb_frame()) {
+            prop_assert_eq!(decode(&encode(&frame)).unwrap(), frame.clone());
+            prop_assert_eq!(encode(&frame).len(), encoded_len(&frame));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+            let mut dec = FrameDecoder::new(256);
+            dec.extend(&bytes);
+            for _ in 0..64 {
+                match dec.next_frame() {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+
+        #[test]
+        fn varint_round_trips(value in any::<u64>()) {
+            let mut buf = BytesMut::new();
+            write_varint(&mut buf, value);
+            prop_assert_eq!(read_varint(&buf).unwrap(), Some((value, buf.len())));
+        }
+    }
+}

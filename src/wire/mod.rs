@@ -1,0 +1,323 @@
+//! The quicbus wire protocol, version 1 (ALPN `quicbus/1`).
+//!
+//! Every message is a [`Frame`], encoded with postcard. On a QUIC stream each
+//! frame is preceded by its length as an unsigned LEB128 varint; the length is
+//! checked against a limit before anything is allocated. A QUIC datagram
+//! carries exactly one frame with no length prefix. `docs/PROTOCOL.md` is the
+//! normative description; this module is its implementation.
+//!
+//! Which frame may appear where is fixed (see [`Frame::kind`]); a frame of the
+//! wrong kind is a protocol violation, not something to skip.
+
+mod codec;
+mod stream;
+
+pub use codec::{
+    decode, encode, encode_framed, encoded_len, read_varint, write_varint, FrameDecoder,
+    MAX_VARINT_LEN,
+};
+pub use stream::{FrameReader, ReadFrameError};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Protocol version carried in [`Frame::Hello`]; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// TLS application protocol name negotiated by both sides.
+pub const ALPN: &[u8] = b"quicbus/1";
+/// Default upper bound on one stream frame (its body, without the prefix).
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Longest room or event name, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A server-wide room identifier, assigned by the server the first time a
+/// room name is used and stable for the life of the server process.
+pub type RoomId = u32;
+
+/// One protocol message. The variant order is the wire tag: never reorder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    // --- control stream, client → server ---
+    /// First frame of a session.
+    Hello {
+        version: u32,
+        token: Option<String>,
+        client_name: String,
+    },
+    /// Subscribe to a room; answered by `Joined` or `Error`.
+    Join {
+        request: u64,
+        room: String,
+        echo: bool,
+    },
+    /// Unsubscribe; answered by `Left` or `Error`.
+    Leave { request: u64, room_id: RoomId },
+    /// Learn a room's id without subscribing (to publish datagrams to it).
+    Resolve { request: u64, room: String },
+
+    // --- control stream, server → client ---
+    /// Handshake accepted.
+    Welcome {
+        session_id: u64,
+        max_datagram_payload: u32,
+        max_frame: u32,
+    },
+    /// Handshake refused; the server closes the connection afterwards.
+    Reject {
+        code: ErrorCode,
+        reason: String,
+        server_version: u32,
+    },
+    Joined {
+        request: u64,
+        room_id: RoomId,
+        offset: u64,
+    },
+    Left { request: u64, room_id: RoomId },
+    Resolved { request: u64, room_id: RoomId },
+    /// A reliable publish that asked for an ack was accepted at `offset`.
+    Ack { request: u64, offset: u64 },
+    /// A request (or, without `request`, some earlier input) failed.
+    Error {
+        request: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+
+    // --- unidirectional stream headers ---
+    /// First frame of a client → server stream: every later frame publishes to `room`.
+    PublishStream { room: String },
+    /// First frame of a server → client stream: every later frame is an event of `room`.
+    EventStream { room_id: RoomId, room: String },
+
+    // --- reliable events, on unidirectional streams ---
+    /// Client → server: publish one reliable event.
+    Publish {
+        event: String,
+        payload: Bytes,
+        ack: Option<u64>,
+    },
+    /// Server → client: one reliable event with its server-assigned offset.
+    Event {
+        offset: u64,
+        event: String,
+        payload: Bytes,
+    },
+
+    // --- datagrams ---
+    /// Client → server: publish one unreliable event.
+    PublishDatagram {
+        room_id: RoomId,
+        event: String,
+        payload: Bytes,
+    },
+    /// Server → client: one unreliable event with the room's datagram sequence.
+    Datagram {
+        room_id: RoomId,
+        seq: u64,
+        event: String,
+        payload: Bytes,
+    },
+}
+
+/// How many frame variants version 1 defines (tags `0..FRAME_TAGS`).
+pub const FRAME_TAGS: u64 = 17;
+
+/// Where a frame may legally appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Control stream, client to server.
+    ClientControl,
+    /// Control stream, server to client.
+    ServerControl,
+    /// First frame of a client-opened unidirectional stream.
+    PublishHeader,
+    /// First frame of a server-opened unidirectional stream.
+    EventHeader,
+    /// Body of a client-opened unidirectional stream.
+    PublishBody,
+    /// Body of a server-opened unidirectional stream.
+    EventBody,
+    /// Datagram, client to server.
+    ClientDatagram,
+    /// Datagram, server to client.
+    ServerDatagram,
+}
+
+impl Frame {
+    /// The one place this frame may appear.
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            Frame::Hello { .. } | Frame::Join { .. } | Frame::Leave { .. } => {
+                FrameKind::ClientControl
+            }
+            Frame::Resolve { .. } => FrameKind::ClientControl,
+            Frame::Welcome { .. }
+            | Frame::Reject { .. }
+            | Frame::Joined { .. }
+            | Frame::Left { .. }
+            | Frame::Resolved { .. }
+            | Frame::Ack { .. }
+            | Frame::Error { .. } => FrameKind::ServerControl,
+            Frame::PublishStream { .. } => FrameKind::PublishHeader,
+            Frame::EventStream { .. } => FrameKind::EventHeader,
+            Frame::Publish { .. } => FrameKind::PublishBody,
+            Frame::Event { .. } => FrameKind::EventBody,
+            Frame::PublishDatagram { .. } => FrameKind::ClientDatagram,
+            Frame::Datagram { .. } => FrameKind::ServerDatagram,
+        }
+    }
+
+    /// The variant name, for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Join { .. } => "Join",
+            Frame::Leave { .. } => "Leave",
+            Frame::Resolve { .. } => "Resolve",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Reject { .. } => "Reject",
+            Frame::Joined { .. } => "Joined",
+            Frame::Left { .. } => "Left",
+            Frame::Resolved { .. } => "Resolved",
+            Frame::Ack { .. } => "Ack",
+            Frame::Error { .. } => "Error",
+            Frame::PublishStream { .. } => "PublishStream",
+            Frame::EventStream { .. } => "EventStream",
+            Frame::Publish { .. } => "Publish",
+            Frame::Event { .. } => "Event",
+            Frame::PublishDatagram { .. } => "PublishDatagram",
+            Frame::Datagram { .. } => "Datagram",
+        }
+    }
+}
+
+/// Why a request failed or a handshake was refused (carried in `Error` and `Reject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The client speaks another protocol version.
+    UnsupportedVersion,
+    /// The token in `Hello` was missing or wrong.
+    Unauthorized,
+    /// A room or event name is empty or longer than [`MAX_NAME_LEN`].
+    InvalidName,
+    /// A datagram or request named a room id the server does not know.
+    UnknownRoom,
+    /// A `Leave` for a room the session has not joined.
+    NotJoined,
+    /// The server already holds its maximum number of rooms.
+    TooManyRooms,
+    /// A payload does not fit (for example a datagram too large to forward).
+    TooLarge,
+    /// The server is shutting down and accepts no more events.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            ErrorCode::UnsupportedVersion => "unsupported protocol version",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidName => "invalid name",
+            ErrorCode::UnknownRoom => "unknown room",
+            ErrorCode::NotJoined => "not joined",
+            ErrorCode::TooManyRooms => "too many rooms",
+            ErrorCode::TooLarge => "too large",
+            ErrorCode::ShuttingDown => "server shutting down",
+        };
+        f.write_str(text)
+    }
+}
+
+/// QUIC application close codes used by quicbus (the `error_code` of
+/// CONNECTION_CLOSE). The reason phrase always says more.
+pub mod close_code {
+    /// Orderly close by the application (client `close()`).
+    pub const NORMAL: u32 = 0;
+    /// The server is shutting down after delivering accepted events.
+    pub const SERVER_SHUTTING_DOWN: u32 = 1;
+    /// The client could not keep up: a reliable queue went over its bound.
+    pub const SLOW_CONSUMER: u32 = 2;
+    /// A malformed frame, a frame of the wrong kind, or bad UTF-8.
+    pub const PROTOCOL_VIOLATION: u32 = 3;
+    /// A stream frame's length prefix is over the limit.
+    pub const FRAME_TOO_LARGE: u32 = 4;
+    /// `Hello` carried a protocol version the server does not speak.
+    pub const UNSUPPORTED_VERSION: u32 = 5;
+    /// No valid `Hello` arrived within the handshake timeout.
+    pub const HANDSHAKE_TIMEOUT: u32 = 6;
+    /// The server is at its connection limit.
+    pub const SERVER_BUSY: u32 = 7;
+    /// `Hello` carried a missing or wrong token.
+    pub const UNAUTHORIZED: u32 = 8;
+
+    /// A short name for a close code, for messages.
+    pub fn describe(code: u64) -> &'static str {
+        match code {
+            0 => "closed",
+            1 => "server shutting down",
+            2 => "slow consumer",
+            3 => "protocol violation",
+            4 => "frame too large",
+            5 => "unsupported protocol version",
+            6 => "handshake timeout",
+            7 => "server busy",
+            8 => "unauthorized",
+            _ => "unknown close code",
+        }
+    }
+}
+
+/// Why a frame could not be decoded. Decoding never panics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The length prefix announces more than the limit allows.
+    #[error("frame of {len} bytes is over the limit of {max} bytes")]
+    FrameTooLarge { len: u64, max: usize },
+    /// The length prefix is not a valid varint (over 10 bytes or over 64 bits).
+    #[error("invalid length prefix")]
+    BadLength,
+    /// A string field is not valid UTF-8.
+    #[error("invalid UTF-8 in a text field")]
+    BadUtf8,
+    /// The frame tag is not one this version knows.
+    #[error("unknown frame type")]
+    UnknownFrame,
+    /// The body ended before the frame did.
+    #[error("frame is truncated")]
+    Truncated,
+    /// The body is longer than the frame it encodes.
+    #[error("{0} trailing bytes after the frame")]
+    TrailingBytes(usize),
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended in the middle of a frame")]
+    UnexpectedEnd,
+    /// Any other malformed encoding.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+impl WireError {
+    /// The close code a peer should use when it receives this error.
+    pub fn close_code(&self) -> u32 {
+        match self {
+            WireError::FrameTooLarge { .. } => close_code::FRAME_TOO_LARGE,
+            _ => close_code::PROTOCOL_VIOLATION,
+        }
+    }
+}
+
+/// Checks a room or event name: non-empty and at most [`MAX_NAME_LEN`] bytes.
+/// (UTF-8 validity is already guaranteed by decoding into a `String`.)
+pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{what} name is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "{what} name is {} bytes, over the limit of {MAX_NAME_LEN}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
