@@ -1,3 +1,5 @@
 pub mod certs;
+pub mod client;
+pub mod server;
 pub mod tls;
 pub mod wire;

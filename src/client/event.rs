@@ -1,0 +1,82 @@
+//! Events as the application receives them.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::ClientError;
+
+/// How an event travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// On the room's stream, with the offset the server assigned.
+    Reliable { offset: u64 },
+    /// As a datagram, with the room's datagram sequence number.
+    Datagram { seq: u64 },
+}
+
+/// One received event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The room it was published to.
+    pub room: Arc<str>,
+    /// The event name given by the publisher.
+    pub name: String,
+    /// Reliable (with offset) or datagram (with sequence number).
+    pub delivery: Delivery,
+    /// The payload, as published.
+    pub payload: Bytes,
+}
+
+impl Event {
+    /// Decodes a payload published with one of the `*_typed` emits (postcard).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        postcard::from_bytes(&self.payload).map_err(|e| ClientError::Payload(e.to_string()))
+    }
+
+    /// The offset of a reliable event.
+    pub fn offset(&self) -> Option<u64> {
+        match self.delivery {
+            Delivery::Reliable { offset } => Some(offset),
+            Delivery::Datagram { .. } => None,
+        }
+    }
+
+    /// The sequence number of a datagram.
+    pub fn seq(&self) -> Option<u64> {
+        match self.delivery {
+            Delivery::Datagram { seq } => Some(seq),
+            Delivery::Reliable { .. } => None,
+        }
+    }
+}
+
+/// The incoming events of one client, in arrival order (reliable events in
+/// order within their room). Ends when the connection closes.
+pub struct Events {
+    pub(crate) rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event, or `None` once the connection has closed.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// An event already received, without waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl futures_core::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}

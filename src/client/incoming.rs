@@ -1,0 +1,195 @@
+//! The client's reading side: control replies, room streams and datagrams.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use quinn::Connection;
+use tokio::sync::mpsc;
+
+use super::{lock, Counters, DatagramOrder, Delivery, Event, Pending, Reply, RoomTable, Verdict};
+use crate::wire::{self, close_code, Frame, FrameReader, ReadFrameError};
+
+/// Everything the reading tasks share.
+pub(crate) struct Tasks {
+    pub conn: Connection,
+    pub pending: Arc<Pending>,
+    pub rooms: Arc<Mutex<RoomTable>>,
+    pub counters: Arc<Counters>,
+    pub events: mpsc::Sender<Event>,
+    pub max_frame: usize,
+}
+
+impl Tasks {
+    /// Starts the control reader, the room-stream acceptor and the datagram reader.
+    pub fn spawn(self, control: FrameReader) {
+        let this = Arc::new(self);
+        tokio::spawn(this.clone().read_control(control));
+        tokio::spawn(this.clone().accept_streams());
+        tokio::spawn(this.read_datagrams());
+    }
+
+    fn violation(&self, reason: String) {
+        tracing::warn!("closing: {reason}");
+        self.conn
+            .close(close_code::PROTOCOL_VIOLATION.into(), reason.as_bytes());
+    }
+
+    fn read_failed(&self, what: &str, err: ReadFrameError) {
+        if let ReadFrameError::Wire(e) = err {
+            self.conn
+                .close(e.close_code().into(), format!("{what}: {e}").as_bytes());
+        }
+    }
+
+    async fn read_control(self: Arc<Self>, mut control: FrameReader) {
+        loop {
+            let frame = match control.next().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    self.read_failed("control stream", e);
+                    break;
+                }
+            };
+            let (request, reply) = match frame {
+                Frame::Joined {
+                    request,
+                    room_id,
+                    offset,
+                } => (request, Reply::Joined { room_id, offset }),
+                Frame::Left { request, .. } => (request, Reply::Left),
+                Frame::Resolved { request, room_id } => (request, Reply::Resolved { room_id }),
+                Frame::Ack { request, offset } => (request, Reply::Ack { offset }),
+                Frame::Error {
+                    request: Some(request),
+                    code,
+                    message,
+                } => (request, Reply::Error { code, message }),
+                Frame::Error {
+                    request: None,
+                    code,
+                    message,
+                } => {
+                    self.counters.server_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("server error ({code}): {message}");
+                    continue;
+                }
+                other => {
+                    self.violation(format!("{} is not a server control frame", other.name()));
+                    break;
+                }
+            };
+            // A reply nobody waits for any more (its request timed out) is dropped.
+            if let Some(waiter) = lock(&self.pending).remove(&request) {
+                let _ = waiter.send(reply);
+            }
+        }
+        // Fail every outstanding request at once instead of letting it time out.
+        lock(&self.pending).clear();
+    }
+
+    async fn accept_streams(self: Arc<Self>) {
+        while let Ok(recv) = self.conn.accept_uni().await {
+            tokio::spawn(self.clone().read_room_stream(FrameReader::new(recv, self.max_frame)));
+        }
+    }
+
+    async fn read_room_stream(self: Arc<Self>, mut reader: FrameReader) {
+        let room_id = match reader.next().await {
+            Ok(Some(Frame::EventStream { room_id, room })) => {
+                lock(&self.rooms).learn(room_id, &room);
+                room_id
+            }
+            Ok(Some(other)) => {
+                return self.violation(format!(
+                    "an event stream must start with EventStream, not {}",
+                    other.name()
+                ))
+            }
+            Ok(None) => return,
+            Err(e) => return self.read_failed("event stream", e),
+        };
+        loop {
+            let (offset, name, payload) = match reader.next().await {
+                Ok(Some(Frame::Event {
+                    offset,
+                    event,
+                    payload,
+                })) => (offset, event, payload),
+                Ok(Some(other)) => {
+                    return self.violation(format!(
+                        "{} is not allowed on an event stream",
+                        other.name()
+                    ))
+                }
+                Ok(None) => return,
+                Err(e) => return self.read_failed("event stream", e),
+            };
+            // After `leave`, whatever was already in flight is dropped.
+            let Some(room) = lock(&self.rooms).joined_name(room_id) else {
+                continue;
+            };
+            let event = Event {
+                room,
+                name,
+                delivery: Delivery::Reliable { offset },
+                payload,
+            };
+            // Waiting here pushes back on the server through QUIC flow control.
+            if self.events.send(event).await.is_err() {
+                return;
+            }
+            self.counters
+                .reliable_received
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn read_datagrams(self: Arc<Self>) {
+        let mut order: HashMap<u32, DatagramOrder> = HashMap::new();
+        while let Ok(bytes) = self.conn.read_datagram().await {
+            let (room_id, seq, name, payload) = match wire::decode(&bytes) {
+                Ok(Frame::Datagram {
+                    room_id,
+                    seq,
+                    event,
+                    payload,
+                }) => (room_id, seq, event, payload),
+                Ok(other) => {
+                    return self.violation(format!("{} is not a server datagram", other.name()))
+                }
+                Err(e) => return self.violation(format!("malformed datagram: {e}")),
+            };
+            let Some(room) = lock(&self.rooms).joined_name(room_id) else {
+                continue;
+            };
+            let c = &self.counters;
+            match order.entry(room_id).or_default().observe(seq) {
+                Verdict::Stale => {
+                    c.datagrams_stale.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Verdict::Fresh { skipped } => {
+                    c.datagrams_lost.fetch_add(skipped, Ordering::Relaxed);
+                }
+            }
+            let event = Event {
+                room,
+                name,
+                delivery: Delivery::Datagram { seq },
+                payload,
+            };
+            match self.events.try_send(event) {
+                Ok(()) => {
+                    c.datagrams_received.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    c.datagrams_dropped_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! The quicbus client library.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), quicbus::client::ClientError> {
+//! use quicbus::client::{Client, ClientOptions};
+//! let (client, mut events) = Client::connect(ClientOptions::new("127.0.0.1:4433".parse().unwrap())).await?;
+//! client.join("chat").await?;
+//! client.emit("chat", "say", "hello").await?;
+//! while let Some(event) = events.next().await {
+//!     println!("{}: {:?}", event.name, event.payload);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! A client is one QUIC connection: a control stream for requests, one
+//! outgoing stream per room it publishes to, one incoming stream per room it
+//! has joined, and datagrams both ways. Incoming events from every room
+//! arrive on one [`Events`] stream.
+
+mod datagram_order;
+mod error;
+mod event;
+mod incoming;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+
+pub use datagram_order::{DatagramOrder, Verdict};
+pub use error::ClientError;
+pub use event::{Delivery, Event, Events};
+
+use crate::tls::{self, TransportSettings};
+use crate::wire::{
+    self, validate_name, ErrorCode, Frame, FrameReader, RoomId, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+};
+
+/// Which certificate authorities the client trusts to vouch for the server.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// CA certificates read from a PEM file (default `certs/ca.pem`).
+    CaFile(PathBuf),
+    /// CA certificates given as PEM text.
+    CaPem(String),
+    /// CA certificates given as DER.
+    Certificates(Vec<CertificateDer<'static>>),
+}
+
+/// How to connect; [`ClientOptions::new`] fills in sensible defaults.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The server's UDP address.
+    pub server: SocketAddr,
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+    /// Trusted CAs. There is no option to skip verification.
+    pub trust: Trust,
+    /// A name for logs on the server.
+    pub client_name: String,
+    /// Sent in `Hello` for servers that require a token.
+    pub token: Option<String>,
+    /// Longest wait for the QUIC, TLS and quicbus handshakes together.
+    pub connect_timeout: Duration,
+    /// Longest wait for an answer to a request (join, leave, ack).
+    pub request_timeout: Duration,
+    /// Events buffered for the application before reliable streams push
+    /// back and datagrams are dropped.
+    pub event_queue: usize,
+    /// Largest stream frame accepted from the server.
+    pub max_frame: usize,
+    /// QUIC transport settings.
+    pub transport: TransportSettings,
+    /// Protocol version sent in `Hello` (only tests change it).
+    pub protocol_version: u32,
+}
+
+impl ClientOptions {
+    /// Defaults: server name `localhost`, trust `certs/ca.pem`, 5 s timeouts.
+    pub fn new(server: SocketAddr) -> Self {
+        ClientOptions {
+            server,
+            server_name: "localhost".into(),
+            trust: Trust::CaFile(PathBuf::from("certs/ca.pem")),
+            client_name: "quicbus-client".into(),
+            token: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            event_queue: 4096,
+            max_frame: DEFAULT_MAX_FRAME,
+            transport: TransportSettings::default(),
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// Options of one `join`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JoinOptions {
+    /// Also receive the events this client publishes to the room.
+    pub echo: bool,
+}
+
+/// Connection statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClientStats {
+    /// Current smoothed round-trip time.
+    pub rtt: Duration,
+    /// QUIC packets sent and declared lost.
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    /// Reliable events delivered to the application.
+    pub reliable_received: u64,
+    /// Datagrams delivered to the application.
+    pub datagrams_received: u64,
+    /// Datagram sequence numbers skipped (lost on the way, or arrived late).
+    pub datagrams_lost: u64,
+    /// Datagrams dropped on arrival because a newer one had already been delivered.
+    pub datagrams_stale: u64,
+    /// Datagrams dropped because the application's event queue was full.
+    pub datagrams_dropped_queue_full: u64,
+    /// Error frames from the server that answered no request.
+    pub server_errors: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    reliable_received: AtomicU64,
+    datagrams_received: AtomicU64,
+    datagrams_lost: AtomicU64,
+    datagrams_stale: AtomicU64,
+    datagrams_dropped_queue_full: AtomicU64,
+    server_errors: AtomicU64,
+}
+
+/// Answers to requests, by request id.
+pub(crate) enum Reply {
+    Joined { room_id: RoomId, offset: u64 },
+    Left,
+    Resolved { room_id: RoomId },
+    Ack { offset: u64 },
+    Error { code: ErrorCode, message: String },
+}
+
+pub(crate) type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
+
+/// What the client knows of rooms: ids, names, and which are joined.
+#[derive(Default)]
+pub(crate) struct RoomTable {
+    ids: HashMap<Arc<str>, RoomId>,
+    names: HashMap<RoomId, Arc<str>>,
+    joined: HashSet<RoomId>,
+}
+
+impl RoomTable {
+    fn learn(&mut self, room_id: RoomId, name: &str) -> Arc<str> {
+        if let Some(existing) = self.names.get(&room_id) {
+            return existing.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.ids.insert(name.clone(), room_id);
+        self.names.insert(room_id, name.clone());
+        name
+    }
+
+    /// The room's name if this client has joined it.
+    pub(crate) fn joined_name(&self, room_id: RoomId) -> Option<Arc<str>> {
+        if self.joined.contains(&room_id) {
+            self.names.get(&room_id).cloned()
+        } else {
+            None
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connected client. Cloning is cheap and shares the connection; the
+/// connection closes when the last clone is dropped or on [`Client::close`].
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    session_id: u64,
+    request_timeout: Duration,
+    control: mpsc::Sender<Bytes>,
+    pending: Arc<Pending>,
+    next_request: AtomicU64,
+    rooms: Arc<Mutex<RoomTable>>,
+    publishers: Mutex<HashMap<Arc<str>, mpsc::Sender<Bytes>>>,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.conn
+            .close(wire::close_code::NORMAL.into(), b"client closed");
+    }
+}
+
+/// Frames queued per outgoing room stream before `emit` waits.
+const PUBLISH_QUEUE: usize = 1024;
+const WRITE_BATCH: usize = 64;
+
+impl Client {
+    /// Connects, verifies the server, and completes the quicbus handshake,
+    /// all within `options.connect_timeout`.
+    pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
+        let roots = match &options.trust {
+            Trust::CaFile(path) => tls::load_certs(path)?,
+            Trust::CaPem(pem) => tls::parse_certs(pem)?,
+            Trust::Certificates(certs) => certs.clone(),
+        };
+        let config = tls::client_config(&roots, &options.transport)?;
+        let bind: SocketAddr = if options.server.is_ipv6() {
+            "[::]:0".parse().expect("valid literal")
+        } else {
+            "0.0.0.0:0".parse().expect("valid literal")
+        };
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Socket(e.to_string()))?;
+        endpoint.set_default_client_config(config);
+
+        let server = options.server;
+        let handshake = async {
+            let connecting = endpoint
+                .connect(server, &options.server_name)
+                .map_err(|e| ClientError::Handshake {
+                    server,
+                    reason: e.to_string(),
+                })?;
+            let conn = connecting.await.map_err(|e| match e {
+                quinn::ConnectionError::ApplicationClosed(_) => ClientError::from_connection(&e),
+                other => ClientError::Handshake {
+                    server,
+                    reason: other.to_string(),
+                },
+            })?;
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| ClientError::from_connection(&e))?;
+            let mut reader = FrameReader::new(recv, options.max_frame);
+            let mut send = send;
+            let hello = wire::encode_framed(&Frame::Hello {
+                version: options.protocol_version,
+                token: options.token.clone(),
+                client_name: options.client_name.clone(),
+            });
+            send.write_all(&hello)
+                .await
+                .map_err(|_| closed_or_lost(&conn))?;
+            let first = reader.next().await;
+            let welcome = match first {
+                Ok(Some(Frame::Welcome { session_id, .. })) => session_id,
+                Ok(Some(Frame::Reject {
+                    code: ErrorCode::UnsupportedVersion,
+                    server_version,
+                    ..
+                })) => {
+                    return Err(ClientError::VersionMismatch {
+                        client: options.protocol_version,
+                        server: server_version,
+                    })
+                }
+                Ok(Some(Frame::Reject { code, reason, .. })) => {
+                    return Err(ClientError::Rejected { code, reason })
+                }
+                Ok(Some(other)) => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected Welcome, got {}",
+                        other.name()
+                    )))
+                }
+                Ok(None) | Err(_) => return Err(closed_or_lost(&conn)),
+            };
+            Ok::<_, ClientError>((conn, send, reader, welcome))
+        };
+        let (conn, send, reader, session_id) = timeout(options.connect_timeout, handshake)
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                server,
+                after: options.connect_timeout,
+            })??;
+
+        let (control_tx, control_rx) = mpsc::channel(256);
+        let (events_tx, events_rx) = mpsc::channel(options.event_queue.max(1));
+        let pending: Arc<Pending> = Arc::default();
+        let rooms: Arc<Mutex<RoomTable>> = Arc::default();
+        let counters: Arc<Counters> = Arc::default();
+        tokio::spawn(write_frames(send, control_rx));
+        let tasks = incoming::Tasks {
+            conn: conn.clone(),
+            pending: pending.clone(),
+            rooms: rooms.clone(),
+            counters: counters.clone(),
+            events: events_tx,
+            max_frame: options.max_frame,
+        };
+        tasks.spawn(reader);
+
+        let client = Client {
+            shared: Arc::new(Shared {
+                conn,
+                endpoint,
+                session_id,
+                request_timeout: options.request_timeout,
+                control: control_tx,
+                pending,
+                next_request: AtomicU64::new(1),
+                rooms,
+                publishers: Mutex::new(HashMap::new()),
+                counters,
+            }),
+        };
+        Ok((client, Events { rx: events_rx }))
+    }
+
+    /// The session id the server assigned.
+    pub fn session_id(&self) -> u64 {
+        self.shared.session_id
+    }
+
+    /// Joins a room and returns its current offset (that of its newest
+    /// reliable event, 0 if none). Events published afterwards arrive on
+    /// [`Events`]; this client's own events only with [`JoinOptions::echo`].
+    pub async fn join(&self, room: &str) -> Result<u64, ClientError> {
+        self.join_with(room, JoinOptions::default()).await
+    }
+
+    /// Joins a room with options.
+    pub async fn join_with(&self, room: &str, options: JoinOptions) -> Result<u64, ClientError> {
+        validate_name("room", room).map_err(ClientError::InvalidName)?;
+        let reply = self
+            .request("join", |request| Frame::Join {
+                request,
+                room: room.to_string(),
+                echo: options.echo,
+            })
+            .await?;
+        match reply {
+            Reply::Joined { room_id, offset } => {
+                let mut rooms = lock(&self.shared.rooms);
+                rooms.learn(room_id, room);
+                rooms.joined.insert(room_id);
+                Ok(offset)
+            }
+            _ => Err(ClientError::Protocol("unexpected answer to Join".into())),
+        }
+    }
+
+    /// Leaves a room; no event of it is delivered after this returns.
+    pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
+        let room_id = {
+            let mut rooms = lock(&self.shared.rooms);
+            let Some(&room_id) = rooms.ids.get(room).filter(|id| rooms.joined.contains(id))
+            else {
+                return Err(ClientError::Server {
+                    code: ErrorCode::NotJoined,
+                    message: format!("room {room} is not joined"),
+                });
+            };
+            rooms.joined.remove(&room_id);
+            room_id
+        };
+        match self
+            .request("leave", |request| Frame::Leave { request, room_id })
+            .await?
+        {
+            Reply::Left => Ok(()),
+            _ => Err(ClientError::Protocol("unexpected answer to Leave".into())),
+        }
+    }
+
+    /// Publishes a reliable event. It is queued on the room's stream in
+    /// order; this returns once it is queued, not once the server has it
+    /// (use [`Client::emit_with_ack`] for that).
+    pub async fn emit(
+        &self,
+        room: &str,
+        event: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let frame = publish_frame(event, payload.into(), None)?;
+        self.publish(room, frame).await
+    }
+
+    /// Publishes a reliable event and waits (at most the request timeout)
+    /// until the server has accepted it; returns its offset.
+    pub async fn emit_with_ack(
+        &self,
+        room: &str,
+        event: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
+        let payload = payload.into();
+        validate_name("event", event).map_err(ClientError::InvalidName)?;
+        let (request, answer) = self.register();
+        let frame = publish_frame(event, payload, Some(request))?;
+        if let Err(e) = self.publish(room, frame).await {
+            lock(&self.shared.pending).remove(&request);
+            return Err(e);
+        }
+        match self.await_reply("ack", request, answer).await? {
+            Reply::Ack { offset } => Ok(offset),
+            _ => Err(ClientError::Protocol("unexpected answer to Publish".into())),
+        }
+    }
+
+    /// [`Client::emit`] for any serde type (encoded with postcard).
+    pub async fn emit_typed<T: Serialize>(
+        &self,
+        room: &str,
+        event: &str,
+        value: &T,
+    ) -> Result<(), ClientError> {
+        self.emit(room, event, encode_payload(value)?).await
+    }
+
+    /// Publishes an unreliable event as one QUIC datagram. Fails with
+    /// [`ClientError::DatagramTooLarge`] (stating the limit) when it does
+    /// not fit the connection's current maximum datagram size.
+    pub async fn emit_datagram(
+        &self,
+        room: &str,
+        event: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let payload = payload.into();
+        validate_name("event", event).map_err(ClientError::InvalidName)?;
+        let room_id = self.room_id(room).await?;
+        let limit = self.datagram_limit(room_id, event)?;
+        if payload.len() > limit {
+            return Err(ClientError::DatagramTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        let frame = wire::encode(&Frame::PublishDatagram {
+            room_id,
+            event: event.to_string(),
+            payload,
+        });
+        self.shared.conn.send_datagram(frame).map_err(|e| match e {
+            quinn::SendDatagramError::ConnectionLost(e) => ClientError::from_connection(&e),
+            quinn::SendDatagramError::TooLarge => ClientError::DatagramTooLarge { size: 0, limit },
+            _ => ClientError::DatagramsUnsupported,
+        })
+    }
+
+    /// [`Client::emit_datagram`] for any serde type (encoded with postcard).
+    pub async fn emit_datagram_typed<T: Serialize>(
+        &self,
+        room: &str,
+        event: &str,
+        value: &T,
+    ) -> Result<(), ClientError> {
+        self.emit_datagram(room, event, encode_payload(value)?)
+            .await
+    }
+
+    /// The largest datagram payload that can be published to `room` as
+    /// `event` right now (it changes as QUIC discovers the path MTU).
+    pub async fn max_datagram_payload(&self, room: &str, event: &str) -> Result<usize, ClientError> {
+        let room_id = self.room_id(room).await?;
+        self.datagram_limit(room_id, event)
+    }
+
+    /// Connection statistics.
+    pub fn stats(&self) -> ClientStats {
+        let quic = self.shared.conn.stats();
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClientStats {
+            rtt: self.shared.conn.rtt(),
+            sent_packets: quic.path.sent_packets,
+            lost_packets: quic.path.lost_packets,
+            reliable_received: get(&c.reliable_received),
+            datagrams_received: get(&c.datagrams_received),
+            datagrams_lost: get(&c.datagrams_lost),
+            datagrams_stale: get(&c.datagrams_stale),
+            datagrams_dropped_queue_full: get(&c.datagrams_dropped_queue_full),
+            server_errors: get(&c.server_errors),
+        }
+    }
+
+    /// Waits until the connection ends and says why.
+    pub async fn closed(&self) -> ClientError {
+        ClientError::from_connection(&self.shared.conn.closed().await)
+    }
+
+    /// Closes the connection and waits (briefly) for the server to learn it.
+    pub async fn close(&self) {
+        self.shared
+            .conn
+            .close(wire::close_code::NORMAL.into(), b"client closed");
+        let _ = timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+    }
+
+    fn datagram_limit(&self, room_id: RoomId, event: &str) -> Result<usize, ClientError> {
+        let max = self
+            .shared
+            .conn
+            .max_datagram_size()
+            .ok_or(ClientError::DatagramsUnsupported)?;
+        // Size the frame as the server forwards it (with the largest possible
+        // sequence number), so that what we send can also be delivered.
+        let overhead = wire::encoded_len(&Frame::Datagram {
+            room_id,
+            seq: u64::MAX,
+            event: event.to_string(),
+            payload: Bytes::new(),
+        });
+        // The payload's own length prefix grows with it: allow for its largest form.
+        let limit = max.saturating_sub(overhead + 2);
+        Ok(limit)
+    }
+
+    async fn room_id(&self, room: &str) -> Result<RoomId, ClientError> {
+        if let Some(id) = lock(&self.shared.rooms).ids.get(room) {
+            return Ok(*id);
+        }
+        validate_name("room", room).map_err(ClientError::InvalidName)?;
+        match self
+            .request("resolve", |request| Frame::Resolve {
+                request,
+                room: room.to_string(),
+            })
+            .await?
+        {
+            Reply::Resolved { room_id } => {
+                lock(&self.shared.rooms).learn(room_id, room);
+                Ok(room_id)
+            }
+            _ => Err(ClientError::Protocol("unexpected answer to Resolve".into())),
+        }
+    }
+
+    /// Queues a framed `Publish` on the room's stream, opening it if needed.
+    async fn publish(&self, room: &str, frame: Bytes) -> Result<(), ClientError> {
+        let sender = {
+            let mut publishers = lock(&self.shared.publishers);
+            match publishers.get(room) {
+                Some(sender) if !sender.is_closed() => sender.clone(),
+                _ => {
+                    validate_name("room", room).map_err(ClientError::InvalidName)?;
+                    let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+                    let conn = self.shared.conn.clone();
+                    let header = wire::encode_framed(&Frame::PublishStream {
+                        room: room.to_string(),
+                    });
+                    tokio::spawn(async move {
+                        if let Ok(mut send) = conn.open_uni().await {
+                            if send.write_chunk(header).await.is_ok() {
+                                write_frames(send, rx).await;
+                            }
+                        }
+                    });
+                    publishers.insert(Arc::from(room), tx.clone());
+                    tx
+                }
+            }
+        };
+        sender
+            .send(frame)
+            .await
+            .map_err(|_| closed_or_lost(&self.shared.conn))
+    }
+
+    fn register(&self) -> (u64, oneshot::Receiver<Reply>) {
+        let request = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.shared.pending).insert(request, tx);
+        (request, rx)
+    }
+
+    async fn request(
+        &self,
+        what: &'static str,
+        frame: impl FnOnce(u64) -> Frame,
+    ) -> Result<Reply, ClientError> {
+        let (request, answer) = self.register();
+        let bytes = wire::encode_framed(&frame(request));
+        if self.shared.control.send(bytes).await.is_err() {
+            lock(&self.shared.pending).remove(&request);
+            return Err(closed_or_lost(&self.shared.conn));
+        }
+        self.await_reply(what, request, answer).await
+    }
+
+    async fn await_reply(
+        &self,
+        what: &'static str,
+        request: u64,
+        answer: oneshot::Receiver<Reply>,
+    ) -> Result<Reply, ClientError> {
+        let after = self.shared.request_timeout;
+        match timeout(after, answer).await {
+            Ok(Ok(Reply::Error { code, message })) => Err(ClientError::Server { code, message }),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(closed_or_lost(&self.shared.conn)),
+            Err(_) => {
+                lock(&self.shared.pending).remove(&request);
+                Err(ClientError::Timeout { what, after })
+            }
+        }
+    }
+}
+
+fn closed_or_lost(conn: &quinn::Connection) -> ClientError {
+    match conn.close_reason() {
+        Some(reason) => ClientError::from_connection(&reason),
+        None => ClientError::ConnectionLost("the connection's streams were closed".into()),
+    }
+}
+
+fn publish_frame(event: &str, payload: Bytes, ack: Option<u64>) -> Result<Bytes, ClientError> {
+    validate_name("event", event).map_err(ClientError::InvalidName)?;
+    Ok(wire::encode_framed(&Frame::Publish {
+        event: event.to_string(),
+        payload,
+        ack,
+    }))
+}
+
+fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, ClientError> {
+    postcard::to_stdvec(value)
+        .map(Bytes::from)
+        .map_err(|e| ClientError::Payload(e.to_string()))
+}
+
+/// Writes queued frames to a stream, several per write when they pile up.
+async fn write_frames(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Bytes>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if send.write_all_chunks(&mut batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    let _ = send.finish();
+}

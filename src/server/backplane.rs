@@ -1,0 +1,409 @@
+//! The seam between sessions and "where a room's events are sequenced and fanned out".
+//!
+//! A session never touches another session: it publishes into a
+//! [`Backplane`] and registers a [`RoomSubscriber`] for each room it joins.
+//! [`MemoryBackplane`] is the embedded default (one process, in memory). A
+//! clustered backplane (several nodes sharing rooms) is another implementation
+//! of the same trait; that is why `subscribe` and `publish` return futures even
+//! though the in-memory one completes at once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+
+use crate::wire::{self, ErrorCode, Frame, RoomId};
+
+/// Identifies one connection on a server.
+pub type SessionId = u64;
+
+/// A boxed future, so that [`Backplane`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a backplane operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackplaneError {
+    /// No room has this id.
+    #[error("unknown room id {0}")]
+    UnknownRoom(RoomId),
+    /// Creating the room would exceed the configured number of rooms.
+    #[error("the server already has its maximum of {max} rooms")]
+    TooManyRooms { max: usize },
+    /// The backplane is closed for shutdown and accepts no more events.
+    #[error("server shutting down")]
+    ShuttingDown,
+}
+
+impl BackplaneError {
+    /// The wire error code that reports this failure to a client.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BackplaneError::UnknownRoom(_) => ErrorCode::UnknownRoom,
+            BackplaneError::TooManyRooms { .. } => ErrorCode::TooManyRooms,
+            BackplaneError::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
+/// Receives a room's events on behalf of one session. Both deliver methods
+/// are called with the room locked, so they must not block: they queue, and
+/// decide themselves what to do when their queue is full.
+pub trait RoomSubscriber: Send + Sync {
+    /// The session this subscriber belongs to.
+    fn session(&self) -> SessionId;
+    /// Whether the session wants to receive the events it publishes itself.
+    fn echo(&self) -> bool;
+    /// Queues one length-prefixed `Event` frame for the room's stream.
+    fn deliver_reliable(&self, frame: &Bytes);
+    /// Queues one `Datagram` frame.
+    fn deliver_datagram(&self, frame: &Bytes);
+}
+
+/// Where rooms live: naming, sequencing and fan-out.
+pub trait Backplane: Send + Sync + 'static {
+    /// The id of the room called `name`, creating the room if needed.
+    fn resolve(&self, name: &str) -> Result<RoomId, BackplaneError>;
+    /// The name of a room.
+    fn room_name(&self, room: RoomId) -> Option<Arc<str>>;
+    /// Adds a subscriber (replacing any earlier one of the same session) and
+    /// returns the room's current offset: the offset of its newest event, 0
+    /// if it has none.
+    fn subscribe(
+        &self,
+        room: RoomId,
+        subscriber: Arc<dyn RoomSubscriber>,
+    ) -> BoxFuture<'_, Result<u64, BackplaneError>>;
+    /// Removes the session's subscriber from a room; once this returns, no
+    /// more events of that room are delivered to it.
+    fn unsubscribe(&self, room: RoomId, session: SessionId);
+    /// Assigns the next offset, then fans the event out to every subscriber
+    /// (except the publisher unless it asked for echo). Returns the offset.
+    fn publish(
+        &self,
+        room: RoomId,
+        from: SessionId,
+        event: String,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<u64, BackplaneError>>;
+    /// Assigns the next datagram sequence number and fans the datagram out.
+    fn publish_datagram(
+        &self,
+        room: RoomId,
+        from: SessionId,
+        event: String,
+        payload: Bytes,
+    ) -> Result<u64, BackplaneError>;
+    /// Stops accepting events: every publish after this returns
+    /// `ShuttingDown`. Events already accepted have been handed to subscribers.
+    fn close(&self);
+}
+
+/// The embedded, in-process backplane.
+pub struct MemoryBackplane {
+    names: RwLock<HashMap<Arc<str>, RoomId>>,
+    rooms: RwLock<Vec<Arc<Room>>>,
+    max_rooms: usize,
+    closed: AtomicBool,
+}
+
+struct Room {
+    name: Arc<str>,
+    state: Mutex<RoomState>,
+}
+
+#[derive(Default)]
+struct RoomState {
+    last_offset: u64,
+    last_datagram_seq: u64,
+    subscribers: Vec<Arc<dyn RoomSubscriber>>,
+}
+
+impl MemoryBackplane {
+    /// A backplane that holds at most `max_rooms` rooms.
+    pub fn new(max_rooms: usize) -> Self {
+        MemoryBackplane {
+            names: RwLock::new(HashMap::new()),
+            rooms: RwLock::new(Vec::new()),
+            max_rooms,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn room(&self, id: RoomId) -> Result<Arc<Room>, BackplaneError> {
+        read(&self.rooms)
+            .get(id as usize)
+            .cloned()
+            .ok_or(BackplaneError::UnknownRoom(id))
+    }
+
+    fn publish_now(
+        &self,
+        room: RoomId,
+        from: SessionId,
+        event: String,
+        payload: Bytes,
+    ) -> Result<u64, BackplaneError> {
+        let room = self.room(room)?;
+        let mut state = lock(&room.state);
+        // Checked under the room lock: once `close` has returned and a
+        // session has unsubscribed (which takes this lock), no event can
+        // be accepted that that session would miss.
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(BackplaneError::ShuttingDown);
+        }
+        state.last_offset += 1;
+        let offset = state.last_offset;
+        let frame = wire::encode_framed(&Frame::Event {
+            offset,
+            event,
+            payload,
+        });
+        for sub in &state.subscribers {
+            if sub.session() != from || sub.echo() {
+                sub.deliver_reliable(&frame);
+            }
+        }
+        Ok(offset)
+    }
+}
+
+impl Backplane for MemoryBackplane {
+    fn resolve(&self, name: &str) -> Result<RoomId, BackplaneError> {
+        if let Some(id) = read(&self.names).get(name) {
+            return Ok(*id);
+        }
+        let mut names = write(&self.names);
+        if let Some(id) = names.get(name) {
+            return Ok(*id);
+        }
+        let mut rooms = write(&self.rooms);
+        if rooms.len() >= self.max_rooms {
+            return Err(BackplaneError::TooManyRooms {
+                max: self.max_rooms,
+            });
+        }
+        let id = rooms.len() as RoomId;
+        let name: Arc<str> = Arc::from(name);
+        rooms.push(Arc::new(Room {
+            name: name.clone(),
+            state: Mutex::new(RoomState::default()),
+        }));
+        names.insert(name, id);
+        Ok(id)
+    }
+
+    fn room_name(&self, room: RoomId) -> Option<Arc<str>> {
+        self.room(room).ok().map(|r| r.name.clone())
+    }
+
+    fn subscribe(
+        &self,
+        room: RoomId,
+        subscriber: Arc<dyn RoomSubscriber>,
+    ) -> BoxFuture<'_, Result<u64, BackplaneError>> {
+        let result = self.room(room).map(|room| {
+            let mut state = lock(&room.state);
+            let session = subscriber.session();
+            state.subscribers.retain(|s| s.session() != session);
+            state.subscribers.push(subscriber);
+            state.last_offset
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn unsubscribe(&self, room: RoomId, session: SessionId) {
+        if let Ok(room) = self.room(room) {
+            lock(&room.state)
+                .subscribers
+                .retain(|s| s.session() != session);
+        }
+    }
+
+    fn publish(
+        &self,
+        room: RoomId,
+        from: SessionId,
+        event: String,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<u64, BackplaneError>> {
+        Box::pin(std::future::ready(
+            self.publish_now(room, from, event, payload),
+        ))
+    }
+
+    fn publish_datagram(
+        &self,
+        room_id: RoomId,
+        from: SessionId,
+        event: String,
+        payload: Bytes,
+    ) -> Result<u64, BackplaneError> {
+        let room = self.room(room_id)?;
+        let mut state = lock(&room.state);
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(BackplaneError::ShuttingDown);
+        }
+        state.last_datagram_seq += 1;
+        let seq = state.last_datagram_seq;
+        let frame = wire::encode(&Frame::Datagram {
+            room_id,
+            seq,
+            event,
+            payload,
+        });
+        for sub in &state.subscribers {
+            if sub.session() != from || sub.echo() {
+                sub.deliver_datagram(&frame);
+            }
+        }
+        Ok(seq)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        // Take every room lock once so that a publish already past its
+        // check has finished its fan-out when `close` returns.
+        for room in read(&self.rooms).iter() {
+            drop(lock(&room.state));
+        }
+    }
+}
+
+// A poisoned lock only means another thread panicked while holding it; the
+// room state is still consistent (every mutation is a single push/retain/add).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FrameDecoder;
+
+    struct Probe {
+        session: SessionId,
+        echo: bool,
+        frames: Mutex<Vec<Bytes>>,
+        datagrams: Mutex<Vec<Bytes>>,
+    }
+
+    impl Probe {
+        fn new(session: SessionId, echo: bool) -> Arc<Probe> {
+            Arc::new(Probe {
+                session,
+                echo,
+                frames: Mutex::new(Vec::new()),
+                datagrams: Mutex::new(Vec::new()),
+            })
+        }
+        fn offsets(&self) -> Vec<u64> {
+            let mut dec = FrameDecoder::new(1 << 20);
+            for f in self.frames.lock().unwrap().iter() {
+                dec.extend(f);
+            }
+            let mut out = Vec::new();
+            while let Some(Frame::Event { offset, .. }) = dec.next_frame().unwrap() {
+                out.push(offset);
+            }
+            out
+        }
+    }
+
+    impl RoomSubscriber for Probe {
+        fn session(&self) -> SessionId {
+            self.session
+        }
+        fn echo(&self) -> bool {
+            self.echo
+        }
+        fn deliver_reliable(&self, frame: &Bytes) {
+            self.frames.lock().unwrap().push(frame.clone());
+        }
+        fn deliver_datagram(&self, frame: &Bytes) {
+            self.datagrams.lock().unwrap().push(frame.clone());
+        }
+    }
+
+    fn now<T>(f: BoxFuture<'_, T>) -> T {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = f;
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("memory backplane future was pending"),
+        }
+    }
+
+    #[test]
+    fn offsets_increase_per_room_and_rooms_are_independent() {
+        let bp = MemoryBackplane::new(10);
+        let a = bp.resolve("a").unwrap();
+        let b = bp.resolve("b").unwrap();
+        assert_eq!(bp.resolve("a").unwrap(), a);
+        let sub = Probe::new(1, false);
+        assert_eq!(now(bp.subscribe(a, sub.clone())).unwrap(), 0);
+        for _ in 0..3 {
+            now(bp.publish(a, 2, "e".into(), Bytes::new())).unwrap();
+        }
+        assert_eq!(now(bp.publish(b, 2, "e".into(), Bytes::new())).unwrap(), 1);
+        assert_eq!(sub.offsets(), vec![1, 2, 3]);
+        assert_eq!(bp.room_name(b).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn publisher_is_skipped_unless_echo() {
+        let bp = MemoryBackplane::new(10);
+        let room = bp.resolve("r").unwrap();
+        let quiet = Probe::new(1, false);
+        let echoing = Probe::new(2, true);
+        now(bp.subscribe(room, quiet.clone())).unwrap();
+        now(bp.subscribe(room, echoing.clone())).unwrap();
+        now(bp.publish(room, 1, "e".into(), Bytes::new())).unwrap();
+        now(bp.publish(room, 2, "e".into(), Bytes::new())).unwrap();
+        bp.publish_datagram(room, 1, "d".into(), Bytes::new()).unwrap();
+        assert_eq!(quiet.offsets(), vec![2]);
+        assert_eq!(echoing.offsets(), vec![1, 2]);
+        assert_eq!(quiet.datagrams.lock().unwrap().len(), 0);
+        assert_eq!(echoing.datagrams.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unsubscribe_stops_delivery_and_close_refuses_events() {
+        let bp = MemoryBackplane::new(10);
+        let room = bp.resolve("r").unwrap();
+        let sub = Probe::new(1, false);
+        now(bp.subscribe(room, sub.clone())).unwrap();
+        now(bp.publish(room, 9, "e".into(), Bytes::new())).unwrap();
+        bp.unsubscribe(room, 1);
+        now(bp.publish(room, 9, "e".into(), Bytes::new())).unwrap();
+        assert_eq!(sub.offsets(), vec![1]);
+        bp.close();
+        assert_eq!(
+            now(bp.publish(room, 9, "e".into(), Bytes::new())),
+            Err(BackplaneError::ShuttingDown)
+        );
+    }
+
+    #[test]
+    fn room_limit_and_unknown_room() {
+        let bp = MemoryBackplane::new(1);
+        bp.resolve("one").unwrap();
+        assert_eq!(
+            bp.resolve("two"),
+            Err(BackplaneError::TooManyRooms { max: 1 })
+        );
+        assert_eq!(
+            bp.publish_datagram(7, 1, "d".into(), Bytes::new()),
+            Err(BackplaneError::UnknownRoom(7))
+        );
+    }
+}

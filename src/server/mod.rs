@@ -1,0 +1,270 @@
+//! The quicbus server: accept loop, sessions, rooms and graceful shutdown.
+//!
+//! ```text
+//! Endpoint ──accept──▶ session task (one per connection, capped by a semaphore)
+//!                         │ control stream: Join / Leave / Resolve
+//!                         │ publish streams + datagrams ──▶ Backplane (rooms)
+//!                         ◀── room queues (bounded) ◀── fan-out of encoded frames
+//! ```
+//!
+//! Shutdown follows mini-redis: a broadcast (`watch`) tells every session to
+//! drain, and a drop-guard channel closes when the last one has finished.
+
+pub mod backplane;
+mod outbound;
+mod session;
+mod stats;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+pub use backplane::{Backplane, BackplaneError, MemoryBackplane, RoomSubscriber, SessionId};
+pub use outbound::DatagramRing;
+pub use stats::{ServerStats, StatsSnapshot};
+
+use crate::certs::DevCerts;
+use crate::tls::{self, TlsError, TransportSettings};
+use crate::wire::{close_code, DEFAULT_MAX_FRAME};
+use session::SessionContext;
+
+/// Server settings; [`ServerConfig::default`] suits a development machine.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Most connections served at once; more are closed with `server busy`.
+    pub max_connections: usize,
+    /// Most rooms the server holds.
+    pub max_rooms: usize,
+    /// Reliable events queued per room per connection before `slow consumer`.
+    pub reliable_queue: usize,
+    /// Datagrams queued per connection before the oldest are dropped.
+    pub datagram_queue: usize,
+    /// Largest stream frame body accepted, in bytes.
+    pub max_frame: usize,
+    /// How long a new connection has to send `Hello`.
+    pub handshake_timeout: Duration,
+    /// How long shutdown waits for clients to receive accepted events.
+    pub shutdown_grace: Duration,
+    /// When set, `Hello` must carry exactly this token.
+    pub token: Option<String>,
+    /// QUIC transport settings.
+    pub transport: TransportSettings,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            max_connections: 10_000,
+            max_rooms: 100_000,
+            reliable_queue: 8192,
+            datagram_queue: 1024,
+            max_frame: DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+            token: None,
+            transport: TransportSettings::default(),
+        }
+    }
+}
+
+/// The server's certificate chain and private key.
+pub struct ServerIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ServerIdentity {
+    /// Loads a PEM certificate chain and a PEM private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(ServerIdentity {
+            chain: tls::load_certs(cert)?,
+            key: tls::load_key(key)?,
+        })
+    }
+
+    /// Uses freshly generated development certificates held in memory.
+    pub fn from_dev_certs(certs: &DevCerts) -> Result<Self, TlsError> {
+        Ok(ServerIdentity {
+            chain: tls::parse_certs(&certs.server_pem)?,
+            key: tls::parse_key(&certs.server_key_pem)?,
+        })
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TLS material or settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound server, ready to [`run`](Server::run) or [`spawn`](Server::spawn).
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    ctx: Arc<SessionContext>,
+}
+
+impl Server {
+    /// Binds the UDP socket with the in-memory backplane. Call inside a Tokio runtime.
+    pub fn bind(config: ServerConfig, identity: ServerIdentity) -> Result<Self, ServerError> {
+        let backplane = Arc::new(MemoryBackplane::new(config.max_rooms));
+        Self::with_backplane(config, identity, backplane)
+    }
+
+    /// Binds the UDP socket with the given backplane.
+    pub fn with_backplane(
+        config: ServerConfig,
+        identity: ServerIdentity,
+        backplane: Arc<dyn Backplane>,
+    ) -> Result<Self, ServerError> {
+        let quic = tls::server_config(identity.chain, identity.key, &config.transport)?;
+        let endpoint =
+            quinn::Endpoint::server(quic, config.listen).map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Server {
+            endpoint,
+            ctx: Arc::new(SessionContext {
+                backplane,
+                config: Arc::new(config),
+                stats: Arc::new(ServerStats::default()),
+            }),
+        })
+    }
+
+    /// The address actually bound (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .unwrap_or(self.ctx.config.listen)
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.ctx.stats.clone()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: stops
+    /// accepting connections and events, delivers every accepted reliable
+    /// event (within the grace period), and closes each client with
+    /// `server shutting down`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let ctx = self.ctx;
+        let endpoint = self.endpoint;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+        let mut next_session: u64 = 1;
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                _ = &mut shutdown => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                let (stats, max) = (ctx.stats.clone(), ctx.config.max_connections);
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        let reason = format!("server busy: connection limit of {max} reached");
+                        conn.close(close_code::SERVER_BUSY.into(), reason.as_bytes());
+                    }
+                });
+                continue;
+            };
+            let session = next_session;
+            next_session += 1;
+            let (ctx, stop_rx, done) = (ctx.clone(), stop_rx.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::debug!("handshake failed: {e}");
+                        return;
+                    }
+                };
+                ctx.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.active_sessions.fetch_add(1, Ordering::Relaxed);
+                session::run(conn, session, ctx.clone(), stop_rx).await;
+                ctx.stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+                drop(done);
+            });
+        }
+
+        tracing::info!("shutting down");
+        endpoint.set_server_config(None);
+        ctx.backplane.close();
+        let _ = stop_tx.send(true);
+        drop(done_tx);
+        let wait = ctx.config.shutdown_grace + Duration::from_secs(1);
+        if tokio::time::timeout(wait, done_rx.recv()).await.is_err() {
+            tracing::warn!("sessions still running after the grace period; closing them");
+        }
+        endpoint.close(close_code::SERVER_SHUTTING_DOWN.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+
+    /// Runs the server in a background task.
+    pub fn spawn(self) -> ServerHandle {
+        let addr = self.local_addr();
+        let stats = self.stats();
+        let (trigger, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.run(async move {
+            let _ = stop.await;
+        }));
+        ServerHandle {
+            addr,
+            stats,
+            trigger,
+            task,
+        }
+    }
+}
+
+/// A server running in the background; dropping it also shuts it down.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stats: Arc<ServerStats>,
+    trigger: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Shuts down gracefully and waits until it is done.
+    pub async fn shutdown(self) {
+        let _ = self.trigger.send(());
+        let _ = self.task.await;
+    }
+}
