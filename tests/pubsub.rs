@@ -1,0 +1,168 @@
+//! Reliable and datagram delivery between real clients over QUIC on loopback.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{next_event, within};
+use quicbus::client::{Delivery, JoinOptions};
+
+#[tokio::test]
+async fn ten_thousand_reliable_events_reach_three_subscribers_in_order() {
+    const N: u64 = 10_000;
+    let server = common::start().await;
+    let (publisher, _pub_events) = server.client().await;
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let (client, events) = server.client().await;
+        assert_eq!(client.join("stress").await.unwrap(), 0);
+        subscribers.push((client, events));
+    }
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            publisher
+                .emit("stress", "n", i.to_be_bytes().to_vec())
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    for (_, events) in subscribers.iter_mut() {
+        for i in 0..N {
+            let event = next_event(events, "stress event").await;
+            assert_eq!(event.delivery, Delivery::Reliable { offset: i + 1 });
+            assert_eq!(&*event.room, "stress");
+            assert_eq!(event.name, "n");
+            assert_eq!(event.payload.as_ref(), i.to_be_bytes());
+        }
+    }
+    let _publisher = within("publisher", sender).await.unwrap();
+    assert_eq!(server.handle.stats().events_published, N);
+}
+
+#[tokio::test]
+async fn rooms_are_isolated_and_offsets_are_per_room() {
+    let server = common::start().await;
+    let (publisher, _p) = server.client().await;
+    let (a, mut a_events) = server.client().await;
+    let (b, mut b_events) = server.client().await;
+    a.join("room-a").await.unwrap();
+    b.join("room-b").await.unwrap();
+    for i in 0..5u8 {
+        publisher.emit("room-a", "x", vec![i]).await.unwrap();
+        publisher.emit("room-b", "y", vec![i]).await.unwrap();
+    }
+    publisher.emit_with_ack("room-a", "end", "a").await.unwrap();
+    publisher.emit_with_ack("room-b", "end", "b").await.unwrap();
+    for (events, room, name) in [(&mut a_events, "room-a", "x"), (&mut b_events, "room-b", "y")] {
+        for i in 0..5u8 {
+            let e = next_event(events, room).await;
+            assert_eq!((&*e.room, e.name.as_str()), (room, name));
+            assert_eq!(e.offset(), Some(u64::from(i) + 1));
+        }
+        let end = next_event(events, "end").await;
+        assert_eq!((end.name.as_str(), end.offset()), ("end", Some(6)));
+    }
+    assert!(a_events.try_next().is_none());
+    assert!(b_events.try_next().is_none());
+}
+
+#[tokio::test]
+async fn leave_stops_delivery() {
+    let server = common::start().await;
+    let (publisher, _p) = server.client().await;
+    let (sub, mut events) = server.client().await;
+    sub.join("r").await.unwrap();
+    sub.join("other").await.unwrap();
+    publisher.emit_with_ack("r", "before", "1").await.unwrap();
+    assert_eq!(next_event(&mut events, "before").await.name, "before");
+    sub.leave("r").await.unwrap();
+    publisher.emit_with_ack("r", "after", "2").await.unwrap();
+    // A marker in a room still joined proves the "after" event had its chance.
+    publisher.emit_with_ack("other", "marker", "3").await.unwrap();
+    let e = next_event(&mut events, "marker").await;
+    assert_eq!((&*e.room, e.name.as_str()), ("other", "marker"));
+    assert!(events.try_next().is_none());
+    assert!(sub.leave("r").await.is_err(), "leaving twice is an error");
+}
+
+#[tokio::test]
+async fn echo_is_off_by_default_and_on_when_asked() {
+    let server = common::start().await;
+    let (quiet, mut quiet_events) = server.client().await;
+    let (loud, mut loud_events) = server.client().await;
+    quiet.join("e").await.unwrap();
+    loud.join_with("e", JoinOptions { echo: true }).await.unwrap();
+    quiet.emit_with_ack("e", "from-quiet", "q").await.unwrap();
+    loud.emit_with_ack("e", "from-loud", "l").await.unwrap();
+    // quiet sees only loud's event; loud sees both, its own included.
+    assert_eq!(next_event(&mut quiet_events, "q").await.name, "from-loud");
+    let names: Vec<String> = vec![
+        next_event(&mut loud_events, "l1").await.name,
+        next_event(&mut loud_events, "l2").await.name,
+    ];
+    assert_eq!(names, ["from-quiet", "from-loud"]);
+    assert!(quiet_events.try_next().is_none());
+}
+
+#[tokio::test]
+async fn datagrams_arrive_on_loopback_with_increasing_sequence() {
+    let server = common::start().await;
+    let (publisher, _p) = server.client().await;
+    let (sub, mut events) = server.client().await;
+    sub.join("game").await.unwrap();
+    // Datagrams may be lost even on loopback: send until enough have arrived.
+    let mut seen = Vec::new();
+    let mut sent = 0u32;
+    while seen.len() < 20 && sent < 10_000 {
+        publisher
+            .emit_datagram("game", "pos", sent.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+        sent += 1;
+        if let Ok(Some(e)) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), events.next()).await
+        {
+            assert_eq!(e.name, "pos");
+            seen.push(e.seq().expect("datagram has a seq"));
+        }
+    }
+    assert!(seen.len() >= 20, "only {} of {sent} datagrams arrived", seen.len());
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len());
+    assert!(sub.stats().datagrams_received >= 20);
+}
+
+#[tokio::test]
+async fn oversize_datagram_is_refused_with_the_limit() {
+    let server = common::start().await;
+    let (client, _e) = server.client().await;
+    let limit = client.max_datagram_payload("big", "blob").await.unwrap();
+    assert!(limit > 1000 && limit < 65_536, "limit {limit}");
+    let err = client
+        .emit_datagram("big", "blob", vec![0u8; limit + 1])
+        .await
+        .unwrap_err();
+    match err {
+        quicbus::client::ClientError::DatagramTooLarge { size, limit: l } => {
+            assert_eq!((size, l), (limit + 1, limit));
+            assert!(err.to_string().contains(&limit.to_string()));
+        }
+        other => panic!("expected DatagramTooLarge, got {other:?}"),
+    }
+    // Exactly at the limit is accepted and delivered to a subscriber.
+    let (sub, mut events) = server.client().await;
+    sub.join("big").await.unwrap();
+    let mut got = None;
+    for _ in 0..50 {
+        client.emit_datagram("big", "blob", vec![7u8; limit]).await.unwrap();
+        if let Ok(Some(e)) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), events.next()).await
+        {
+            got = Some(e);
+            break;
+        }
+    }
+    assert_eq!(got.expect("a full-size datagram arrived").payload.len(), limit);
+}
