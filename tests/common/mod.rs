@@ -57,3 +57,84 @@ pub async fn next_event(events: &mut Events, what: &str) -> Event {
         .await
         .unwrap_or_else(|| panic!("event stream ended while waiting for {what}"))
 }
+
+/// A bare QUIC connection that speaks the wire protocol by hand, for
+/// sending what a well-behaved client never would.
+pub struct RawPeer {
+    pub conn: quinn::Connection,
+    pub control_send: quinn::SendStream,
+    pub control: quicbus::wire::FrameReader,
+    _endpoint: quinn::Endpoint,
+}
+
+impl TestServer {
+    /// Connects without the client library and opens the control stream.
+    pub async fn raw(&self) -> RawPeer {
+        use quicbus::tls;
+        let roots = tls::parse_certs(&self.certs.ca_pem).unwrap();
+        let config = tls::client_config(&roots, &tls::TransportSettings::default()).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(config);
+        let conn = within(
+            "raw connect",
+            endpoint
+                .connect(self.handle.local_addr(), "localhost")
+                .unwrap(),
+        )
+        .await
+        .expect("raw connect");
+        let (control_send, recv) = within("open control", conn.open_bi()).await.unwrap();
+        RawPeer {
+            conn,
+            control_send,
+            control: quicbus::wire::FrameReader::new(recv, 1 << 20),
+            _endpoint: endpoint,
+        }
+    }
+
+    /// A raw peer that has completed the handshake.
+    pub async fn raw_session(&self) -> RawPeer {
+        let mut peer = self.raw().await;
+        peer.send_control(&quicbus::wire::Frame::Hello {
+            version: quicbus::wire::PROTOCOL_VERSION,
+            token: None,
+            client_name: "raw".into(),
+        })
+        .await;
+        match peer.next_control().await {
+            quicbus::wire::Frame::Welcome { .. } => peer,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+}
+
+impl RawPeer {
+    pub async fn send_control(&mut self, frame: &quicbus::wire::Frame) {
+        let bytes = quicbus::wire::encode_framed(frame);
+        self.send_control_bytes(&bytes).await;
+    }
+
+    pub async fn send_control_bytes(&mut self, bytes: &[u8]) {
+        within("control write", self.control_send.write_all(bytes))
+            .await
+            .expect("control write");
+    }
+
+    pub async fn next_control(&mut self) -> quicbus::wire::Frame {
+        within("control frame", self.control.next())
+            .await
+            .expect("control read")
+            .expect("control stream open")
+    }
+
+    /// Waits for the server to close the connection; returns code and reason.
+    pub async fn closed(&self) -> (u64, String) {
+        match within("connection close", self.conn.closed()).await {
+            quinn::ConnectionError::ApplicationClosed(c) => (
+                c.error_code.into_inner(),
+                String::from_utf8_lossy(&c.reason).into_owned(),
+            ),
+            other => panic!("expected an application close, got {other}"),
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Bad input from one connection gets a typed error or a close code with a
+//! reason, and the server keeps serving everyone else.
+
+mod common;
+
+use bytes::Bytes;
+use common::{next_event, within, RawPeer, TestServer};
+use quicbus::client::{Client, ClientError, Events};
+use quicbus::wire::{self, close_code, ErrorCode, Frame};
+
+/// A healthy publisher/subscriber pair that must keep working throughout.
+struct Bystanders {
+    publisher: Client,
+    subscriber: Client,
+    events: Events,
+    _pub_events: Events,
+}
+
+impl Bystanders {
+    async fn new(server: &TestServer) -> Self {
+        let (publisher, _pub_events) = server.client().await;
+        let (subscriber, events) = server.client().await;
+        subscriber.join("healthy").await.unwrap();
+        let mut me = Bystanders {
+            publisher,
+            subscriber,
+            events,
+            _pub_events,
+        };
+        me.check("before").await;
+        me
+    }
+
+    async fn check(&mut self, label: &str) {
+        self.publisher
+            .emit_with_ack("healthy", label, label.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("publisher broken {label}: {e}"));
+        let event = next_event(&mut self.events, label).await;
+        assert_eq!(event.name, label);
+        assert!(self.subscriber.stats().reliable_received > 0);
+    }
+}
+
+fn framed_raw(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::write_varint(&mut out, body.len() as u64);
+    out.extend_from_slice(body);
+    out
+}
+
+async fn expect_close(peer: &RawPeer, code: u32, reason_part: &str) {
+    let (got, reason) = peer.closed().await;
+    assert_eq!(got, u64::from(code), "reason: {reason}");
+    assert!(
+        reason.contains(reason_part),
+        "reason {reason:?} lacks {reason_part:?}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_control_frame_closes_with_protocol_violation() {
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+    let mut peer = server.raw_session().await;
+    peer.send_control_bytes(&framed_raw(&[1, 0xff, 0xff])).await;
+    expect_close(&peer, close_code::PROTOCOL_VIOLATION, "control stream").await;
+    others.check("after malformed").await;
+    assert!(server.handle.stats().protocol_errors >= 1);
+}
+
+#[tokio::test]
+async fn oversize_length_prefix_closes_before_reading_the_body() {
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+    let peer = server.raw_session().await;
+    let mut send = peer.conn.open_uni().await.unwrap();
+    let mut prefix = Vec::new();
+    wire::write_varint(&mut prefix, 64 * 1024 * 1024);
+    send.write_all(&prefix).await.unwrap();
+    expect_close(&peer, close_code::FRAME_TOO_LARGE, "over the limit").await;
+
+    let mut peer = server.raw_session().await;
+    peer.send_control_bytes(&[0xff; 11]).await;
+    expect_close(&peer, close_code::PROTOCOL_VIOLATION, "length").await;
+    others.check("after oversize").await;
+}
+
+#[tokio::test]
+async fn unknown_room_id_in_a_datagram_is_a_typed_error_and_the_session_lives() {
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+    let mut peer = server.raw_session().await;
+    let datagram = wire::encode(&Frame::PublishDatagram {
+        room_id: 9_999,
+        event: "pos".into(),
+        payload: Bytes::from_static(b"xy"),
+    });
+    peer.conn.send_datagram(datagram).unwrap();
+    match peer.next_control().await {
+        Frame::Error {
+            request: None,
+            code: ErrorCode::UnknownRoom,
+            message,
+        } => assert!(message.contains("9999"), "{message}"),
+        other => panic!("expected UnknownRoom error, got {other:?}"),
+    }
+    // Still a working session.
+    peer.send_control(&Frame::Join {
+        request: 5,
+        room: "healthy".into(),
+        echo: false,
+    })
+    .await;
+    assert!(matches!(
+        peer.next_control().await,
+        Frame::Joined { request: 5, .. }
+    ));
+    others.check("after unknown room").await;
+}
+
+#[tokio::test]
+async fn bad_utf8_in_room_or_event_name_closes_with_a_reason() {
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+
+    // Join { request: 1, room: [0xff, 0xfe], echo: false }
+    let mut peer = server.raw_session().await;
+    peer.send_control_bytes(&framed_raw(&[1, 1, 2, 0xff, 0xfe, 0]))
+        .await;
+    expect_close(&peer, close_code::PROTOCOL_VIOLATION, "UTF-8").await;
+
+    // Publish { event: [0xc3, 0x28], payload: [], ack: None } on a publish stream.
+    let peer = server.raw_session().await;
+    let mut send = peer.conn.open_uni().await.unwrap();
+    send.write_all(&wire::encode_framed(&Frame::PublishStream {
+        room: "healthy".into(),
+    }))
+    .await
+    .unwrap();
+    send.write_all(&framed_raw(&[13, 2, 0xc3, 0x28, 0, 0]))
+        .await
+        .unwrap();
+    expect_close(&peer, close_code::PROTOCOL_VIOLATION, "UTF-8").await;
+    others.check("after bad utf-8").await;
+}
+
+#[tokio::test]
+async fn invalid_names_are_typed_errors_not_closes() {
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+    let mut peer = server.raw_session().await;
+    peer.send_control(&Frame::Join {
+        request: 1,
+        room: "x".repeat(300),
+        echo: false,
+    })
+    .await;
+    assert!(matches!(
+        peer.next_control().await,
+        Frame::Error {
+            request: Some(1),
+            code: ErrorCode::InvalidName,
+            ..
+        }
+    ));
+    // The library refuses the same before sending anything.
+    let (client, _e) = server.client().await;
+    assert!(matches!(
+        client.join("").await,
+        Err(ClientError::InvalidName(_))
+    ));
+    assert!(matches!(
+        client.emit("r", &"e".repeat(256), "x").await,
+        Err(ClientError::InvalidName(_))
+    ));
+    others.check("after invalid names").await;
+}
+
+#[tokio::test]
+async fn garbage_datagram_closes_with_protocol_violation() {
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+    let peer = server.raw_session().await;
+    peer.conn
+        .send_datagram(Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]))
+        .unwrap();
+    expect_close(&peer, close_code::PROTOCOL_VIOLATION, "malformed datagram").await;
+    others.check("after garbage datagram").await;
+}
+
+#[tokio::test]
+async fn frames_of_the_wrong_kind_close_the_connection() {
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+
+    // A server frame on the control stream.
+    let mut peer = server.raw_session().await;
+    peer.send_control(&Frame::Ack {
+        request: 1,
+        offset: 1,
+    })
+    .await;
+    expect_close(&peer, close_code::PROTOCOL_VIOLATION, "Ack").await;
+
+    // A publish stream that starts with something other than its header.
+    let peer = server.raw_session().await;
+    let mut send = peer.conn.open_uni().await.unwrap();
+    send.write_all(&wire::encode_framed(&Frame::Publish {
+        event: "e".into(),
+        payload: Bytes::new(),
+        ack: None,
+    }))
+    .await
+    .unwrap();
+    expect_close(&peer, close_code::PROTOCOL_VIOLATION, "PublishStream").await;
+
+    // A server datagram sent by a client.
+    let peer = server.raw_session().await;
+    peer.conn
+        .send_datagram(wire::encode(&Frame::Datagram {
+            room_id: 0,
+            seq: 1,
+            event: "e".into(),
+            payload: Bytes::new(),
+        }))
+        .unwrap();
+    expect_close(&peer, close_code::PROTOCOL_VIOLATION, "Datagram").await;
+
+    // Something other than Hello first.
+    let mut peer = server.raw().await;
+    peer.send_control(&Frame::Join {
+        request: 1,
+        room: "r".into(),
+        echo: false,
+    })
+    .await;
+    expect_close(&peer, close_code::PROTOCOL_VIOLATION, "Hello").await;
+    others.check("after wrong kinds").await;
+}
+
+#[tokio::test]
+async fn wrong_protocol_version_is_a_typed_error_on_the_client() {
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+    let mut options = server.options();
+    options.protocol_version = 99;
+    let err = within("connect", Client::connect(options))
+        .await
+        .err()
+        .expect("connect must fail");
+    match &err {
+        ClientError::VersionMismatch {
+            client: 99,
+            server: 1,
+        } => {}
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+    assert!(err.to_string().contains("version"));
+
+    // A raw peer also sees the close code after the Reject.
+    let mut peer = server.raw().await;
+    peer.send_control(&Frame::Hello {
+        version: 2,
+        token: None,
+        client_name: "future".into(),
+    })
+    .await;
+    assert!(matches!(
+        peer.next_control().await,
+        Frame::Reject {
+            code: ErrorCode::UnsupportedVersion,
+            server_version: 1,
+            ..
+        }
+    ));
+    expect_close(&peer, close_code::UNSUPPORTED_VERSION, "version 2").await;
+    others.check("after version mismatch").await;
+}
+
+#[tokio::test]
+async fn wrong_ca_fails_with_a_tls_error_within_the_connect_timeout() {
+    let server = common::start().await;
+    let other_ca = quicbus::certs::generate(&[]).unwrap();
+    let mut options = server.options();
+    options.trust = quicbus::client::Trust::CaPem(other_ca.ca_pem);
+    options.connect_timeout = std::time::Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    let err = within("connect", Client::connect(options))
+        .await
+        .err()
+        .expect("connect must fail");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    match &err {
+        ClientError::Handshake { reason, .. } => {
+            assert!(reason.contains("certificate"), "{reason}")
+        }
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unreachable_server_times_out_with_a_clear_error() {
+    // Bind a UDP socket and never answer: nothing listens on QUIC there.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server = common::start().await;
+    let mut options = server.options();
+    options.server = silent.local_addr().unwrap();
+    options.connect_timeout = std::time::Duration::from_millis(300);
+    let err = within("connect", Client::connect(options))
+        .await
+        .err()
+        .expect("connect must fail");
+    assert!(
+        matches!(err, ClientError::ConnectTimeout { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("no answer"));
+}
