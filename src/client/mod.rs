@@ -610,10 +610,18 @@ impl Client {
         answer: oneshot::Receiver<Reply>,
     ) -> Result<Reply, ClientError> {
         let after = self.shared.request_timeout;
+        // A request made just as the connection ends must fail at once, not time out.
+        let answer = async {
+            tokio::select! {
+                biased;
+                reply = answer => reply.map_err(|_| closed_or_lost(&self.shared.conn)),
+                lost = self.shared.conn.closed() => Err(ClientError::from_connection(&lost)),
+            }
+        };
         match timeout(after, answer).await {
             Ok(Ok(Reply::Error { code, message })) => Err(ClientError::Server { code, message }),
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(closed_or_lost(&self.shared.conn)),
+            Ok(Err(e)) => Err(e),
             Err(_) => {
                 lock(&self.shared.pending).remove(&request);
                 Err(ClientError::Timeout { what, after })

@@ -1,0 +1,128 @@
+//! Graceful shutdown, slow consumers and the connection limit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{next_event, within};
+use quicbus::client::{Client, ClientError};
+use quicbus::server::ServerConfig;
+use quicbus::wire::close_code;
+
+#[tokio::test]
+async fn graceful_shutdown_delivers_every_accepted_event_then_closes() {
+    const N: u64 = 3_000;
+    common::init_tracing();
+    let server = common::start().await;
+    let (publisher, _p) = server.client().await;
+    let mut options = server.options();
+    // A tiny application queue keeps most events inside the server and the
+    // network when shutdown starts.
+    options.event_queue = 8;
+    let (subscriber, mut events) = within("connect", Client::connect(options)).await.unwrap();
+    subscriber.join("s").await.unwrap();
+    for i in 0..N - 1 {
+        publisher.emit("s", "e", i.to_be_bytes().to_vec()).await.unwrap();
+    }
+    // The ack of the last event means the server accepted all of them.
+    let last = publisher.emit_with_ack("s", "e", (N - 1).to_be_bytes().to_vec()).await.unwrap();
+    assert_eq!(last, N);
+
+    let TestServerParts { handle, .. } = TestServerParts::from(server);
+    let shutdown = tokio::spawn(handle.shutdown());
+    for i in 0..N {
+        let e = next_event(&mut events, "event during shutdown").await;
+        assert_eq!(e.offset(), Some(i + 1));
+        assert_eq!(e.payload.as_ref(), i.to_be_bytes());
+    }
+    match within("close", subscriber.closed()).await {
+        ClientError::Closed { code, reason } => {
+            assert_eq!(code, u64::from(close_code::SERVER_SHUTTING_DOWN));
+            assert!(reason.contains("shutting down"));
+        }
+        other => panic!("expected a shutdown close, got {other:?}"),
+    }
+    within("shutdown", shutdown).await.unwrap();
+    // After shutdown nothing is accepted any more.
+    assert!(publisher.emit_with_ack("s", "late", "x").await.is_err());
+}
+
+struct TestServerParts {
+    handle: quicbus::server::ServerHandle,
+}
+
+impl From<common::TestServer> for TestServerParts {
+    fn from(s: common::TestServer) -> Self {
+        TestServerParts { handle: s.handle }
+    }
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_while_others_get_everything() {
+    const N: u64 = 20_000;
+    let server = common::start_with(ServerConfig {
+        reliable_queue: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (publisher, _p) = server.client().await;
+    let (healthy, mut healthy_events) = server.client().await;
+    let mut slow_options = server.options();
+    slow_options.event_queue = 1;
+    let (slow, _slow_events_never_read) =
+        within("connect", Client::connect(slow_options)).await.unwrap();
+    healthy.join("flood").await.unwrap();
+    slow.join("flood").await.unwrap();
+
+    // The publisher never gets more than 500 events ahead of the healthy
+    // subscriber, far below its queue bound; the slow one reads nothing.
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
+    let payload = vec![0x5a; 1024];
+    let flood = tokio::spawn(async move {
+        for i in 0..N {
+            let _ = progress.wait_for(|done| done + 500 >= i).await;
+            publisher.emit("flood", "blob", payload.clone()).await.unwrap();
+        }
+        publisher
+    });
+    for i in 0..N {
+        let e = next_event(&mut healthy_events, "healthy event").await;
+        assert_eq!(e.offset(), Some(i + 1));
+        assert_eq!(e.payload.len(), 1024);
+        let _ = progress_tx.send(i + 1);
+    }
+    match within("slow consumer close", slow.closed()).await {
+        ClientError::Closed { code, reason } => {
+            assert_eq!(code, u64::from(close_code::SLOW_CONSUMER), "{reason}");
+            assert!(reason.contains("flood"), "{reason}");
+        }
+        other => panic!("expected a slow-consumer close, got {other:?}"),
+    }
+    within("flood", flood).await.unwrap();
+    assert_eq!(server.handle.stats().slow_consumers, 1);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_with_a_reason() {
+    let server = common::start_with(ServerConfig {
+        max_connections: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (first, _e) = server.client().await;
+    let mut options = server.options();
+    options.connect_timeout = Duration::from_secs(10);
+    let err = within("second connect", Client::connect(options))
+        .await
+        .err()
+        .expect("second connection must be refused");
+    match err {
+        ClientError::Closed { code, reason } => {
+            assert_eq!(code, u64::from(close_code::SERVER_BUSY));
+            assert!(reason.contains("limit of 1"), "{reason}");
+        }
+        other => panic!("expected server busy, got {other:?}"),
+    }
+    // The first connection is unaffected.
+    first.join("still-here").await.unwrap();
+}
