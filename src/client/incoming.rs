@@ -61,6 +61,7 @@ impl Tasks {
                 Frame::Left { request, .. } => (request, Reply::Left),
                 Frame::Resolved { request, room_id } => (request, Reply::Resolved { room_id }),
                 Frame::Ack { request, offset } => (request, Reply::Ack { offset }),
+                Frame::Pong { request } => (request, Reply::Pong),
                 Frame::Error {
                     request: Some(request),
                     code,

@@ -148,6 +148,7 @@ pub(crate) enum Reply {
     Left,
     Resolved { room_id: RoomId },
     Ack { offset: u64 },
+    Pong,
     Error { code: ErrorCode, message: String },
 }
 
@@ -408,18 +409,30 @@ impl Client {
         event: &str,
         payload: impl Into<Bytes>,
     ) -> Result<u64, ClientError> {
-        let payload = payload.into();
+        self.emit_acked(room, event, payload).await?.wait().await
+    }
+
+    /// Queues a reliable event that asks for an ack, and returns at once
+    /// with a handle to await the ack later. Events queued one after another
+    /// keep their order, so many acks can be in flight at once.
+    pub async fn emit_acked(
+        &self,
+        room: &str,
+        event: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<PendingAck, ClientError> {
         validate_name("event", event).map_err(ClientError::InvalidName)?;
         let (request, answer) = self.register();
-        let frame = publish_frame(event, payload, Some(request))?;
+        let frame = publish_frame(event, payload.into(), Some(request))?;
         if let Err(e) = self.publish(room, frame).await {
             lock(&self.shared.pending).remove(&request);
             return Err(e);
         }
-        match self.await_reply("ack", request, answer).await? {
-            Reply::Ack { offset } => Ok(offset),
-            _ => Err(ClientError::Protocol("unexpected answer to Publish".into())),
-        }
+        Ok(PendingAck {
+            client: self.clone(),
+            request,
+            answer,
+        })
     }
 
     /// [`Client::emit`] for any serde type (encoded with postcard).
@@ -479,6 +492,17 @@ impl Client {
     pub async fn max_datagram_payload(&self, room: &str, event: &str) -> Result<usize, ClientError> {
         let room_id = self.room_id(room).await?;
         self.datagram_limit(room_id, event)
+    }
+
+    /// A round trip on the control stream; returns how long it took. When
+    /// it returns, everything sent earlier on the control stream has been
+    /// handled and datagrams sent earlier have left this host.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let started = std::time::Instant::now();
+        match self.request("ping", |request| Frame::Ping { request }).await? {
+            Reply::Pong => Ok(started.elapsed()),
+            _ => Err(ClientError::Protocol("unexpected answer to Ping".into())),
+        }
     }
 
     /// Connection statistics.
@@ -626,6 +650,28 @@ impl Client {
                 lock(&self.shared.pending).remove(&request);
                 Err(ClientError::Timeout { what, after })
             }
+        }
+    }
+}
+
+/// An ack not yet received; see [`Client::emit_acked`].
+pub struct PendingAck {
+    client: Client,
+    request: u64,
+    answer: oneshot::Receiver<Reply>,
+}
+
+impl PendingAck {
+    /// Waits (at most the request timeout, counted from now) for the
+    /// server's answer: the assigned offset, or why the event was refused.
+    pub async fn wait(self) -> Result<u64, ClientError> {
+        match self
+            .client
+            .await_reply("ack", self.request, self.answer)
+            .await?
+        {
+            Reply::Ack { offset } => Ok(offset),
+            _ => Err(ClientError::Protocol("unexpected answer to Publish".into())),
         }
     }
 }

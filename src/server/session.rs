@@ -290,6 +290,7 @@ impl Rooms<'_> {
                     )
                 }
             }
+            Frame::Ping { request } => wire::encode_framed(&Frame::Pong { request }),
             Frame::Resolve { request, room } => match self.resolve(&room) {
                 Ok(room_id) => wire::encode_framed(&Frame::Resolved { request, room_id }),
                 Err((code, message)) => error_frame(Some(request), code, message),

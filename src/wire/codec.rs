@@ -212,6 +212,15 @@ mod tests {
     }
 
     #[test]
+    fn tags_are_stable_and_counted() {
+        let first = |f: &Frame| encode(f)[0];
+        assert_eq!(first(&samples()[0]), 0, "Hello is tag 0");
+        assert_eq!(first(&Frame::Ping { request: 0 }), 17);
+        assert_eq!(first(&Frame::Pong { request: 0 }) as u64, FRAME_TAGS - 1);
+        assert_eq!(decode(&[FRAME_TAGS as u8, 0]), Err(WireError::UnknownFrame));
+    }
+
+    #[test]
     fn byte_at_a_time_is_incomplete_until_whole() {
         let frames = samples();
         let mut wire = BytesMut::new();

@@ -118,10 +118,17 @@ pub enum Frame {
         event: String,
         payload: Bytes,
     },
+
+    // --- added at the end so earlier tags stay put ---
+    /// Client → server on the control stream: answered by `Pong` once every
+    /// control frame sent before it has been handled.
+    Ping { request: u64 },
+    /// Server → client on the control stream.
+    Pong { request: u64 },
 }
 
 /// How many frame variants version 1 defines (tags `0..FRAME_TAGS`).
-pub const FRAME_TAGS: u64 = 17;
+pub const FRAME_TAGS: u64 = 19;
 
 /// Where a frame may legally appear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,13 +158,14 @@ impl Frame {
             Frame::Hello { .. } | Frame::Join { .. } | Frame::Leave { .. } => {
                 FrameKind::ClientControl
             }
-            Frame::Resolve { .. } => FrameKind::ClientControl,
+            Frame::Resolve { .. } | Frame::Ping { .. } => FrameKind::ClientControl,
             Frame::Welcome { .. }
             | Frame::Reject { .. }
             | Frame::Joined { .. }
             | Frame::Left { .. }
             | Frame::Resolved { .. }
             | Frame::Ack { .. }
+            | Frame::Pong { .. }
             | Frame::Error { .. } => FrameKind::ServerControl,
             Frame::PublishStream { .. } => FrameKind::PublishHeader,
             Frame::EventStream { .. } => FrameKind::EventHeader,
@@ -188,6 +196,8 @@ impl Frame {
             Frame::Event { .. } => "Event",
             Frame::PublishDatagram { .. } => "PublishDatagram",
             Frame::Datagram { .. } => "Datagram",
+            Frame::Ping { .. } => "Ping",
+            Frame::Pong { .. } => "Pong",
         }
     }
 }

@@ -1,0 +1,107 @@
+//! Command-line commands. Each one is thin: it turns arguments into library
+//! calls and prints results.
+
+mod demo;
+mod pubsub;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use quicbus::client::{ClientOptions, Trust};
+
+/// A low-latency event bus over QUIC: rooms, reliable streams and datagrams.
+#[derive(Debug, Parser)]
+#[command(name = "quicbus", version, about)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a server.
+    Serve(serve::ServeArgs),
+    /// Write a development CA and server certificate.
+    Certs(serve::CertsArgs),
+    /// Publish events to a room.
+    Pub(pubsub::PubArgs),
+    /// Print a room's events as JSON lines.
+    Sub(pubsub::SubArgs),
+    /// Server, game publisher and game subscriber in one process.
+    Demo(demo::DemoArgs),
+}
+
+/// Errors of a command: one line for stderr.
+pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// Runs the chosen command.
+pub fn run(args: Args) -> CliResult {
+    match args.command {
+        Command::Serve(a) => serve::serve(a),
+        Command::Certs(a) => serve::certs(a),
+        Command::Pub(a) => current_thread()?.block_on(pubsub::publish(a)),
+        Command::Sub(a) => current_thread()?.block_on(pubsub::subscribe(a)),
+        Command::Demo(a) => current_thread()?.block_on(demo::demo(a)),
+    }
+}
+
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// How a client command reaches and trusts the server.
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
+    /// Server address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    server: String,
+    /// CA certificate (PEM) that signed the server's certificate.
+    #[arg(long, default_value = "certs/ca.pem")]
+    ca: PathBuf,
+    /// Name the server certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Seconds to wait for the connection and handshake.
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
+    connect_timeout: f64,
+    /// Token for servers started with --token.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl ConnectArgs {
+    async fn options(&self) -> CliResult<ClientOptions> {
+        let server = resolve(&self.server).await?;
+        let mut options = ClientOptions::new(server);
+        options.trust = Trust::CaFile(self.ca.clone());
+        options.server_name = self.server_name.clone();
+        options.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
+        options.token = self.token.clone();
+        options.client_name = "quicbus-cli".into();
+        Ok(options)
+    }
+}
+
+/// Resolves HOST:PORT, with a message that names what was given.
+async fn resolve(addr: &str) -> CliResult<SocketAddr> {
+    let mut found = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("cannot resolve server address '{addr}': {e}"))?;
+    found
+        .next()
+        .ok_or_else(|| format!("server address '{addr}' resolves to nothing").into())
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if v > 0.0 && v.is_finite() && v < 1e9 {
+        Ok(v)
+    } else {
+        Err(format!("'{s}' must be a positive number of seconds"))
+    }
+}

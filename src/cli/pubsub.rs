@@ -1,0 +1,196 @@
+//! `quicbus pub` and `quicbus sub`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use base64::Engine;
+use quicbus::client::{Client, Delivery, Event, PendingAck};
+use tokio::io::AsyncBufReadExt;
+
+use super::{positive_secs, CliResult, ConnectArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct SubArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Room to join; repeatable.
+    #[arg(long = "room", required = true)]
+    rooms: Vec<String>,
+    /// Exit 0 after this many events.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Exit 1 if --count events have not arrived within this many seconds.
+    #[arg(long, value_parser = positive_secs)]
+    timeout: Option<f64>,
+}
+
+/// One event as a JSON line.
+fn event_json(event: &Event) -> serde_json::Value {
+    let mut line = serde_json::json!({
+        "type": "event",
+        "room": &*event.room,
+        "event": event.name,
+    });
+    match event.delivery {
+        Delivery::Reliable { offset } => {
+            line["delivery"] = "reliable".into();
+            line["offset"] = offset.into();
+        }
+        Delivery::Datagram { seq } => {
+            line["delivery"] = "datagram".into();
+            line["seq"] = seq.into();
+        }
+    }
+    match std::str::from_utf8(&event.payload) {
+        Ok(text) => line["payload"] = text.into(),
+        Err(_) => {
+            line["payload_b64"] =
+                base64::engine::general_purpose::STANDARD.encode(&event.payload).into()
+        }
+    }
+    line
+}
+
+pub async fn subscribe(args: SubArgs) -> CliResult {
+    let (client, mut events) = Client::connect(args.connect.options().await?).await?;
+    for room in &args.rooms {
+        let offset = client.join(room).await?;
+        eprintln!("joined {room} at offset {offset}");
+    }
+    let deadline = args
+        .timeout
+        .map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t));
+    let mut received = 0u64;
+    let stdout = std::io::stdout();
+    while args.count.is_none_or(|n| received < n) {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = sleep_until(deadline) => {
+                return Err(format!(
+                    "timed out after {}s with {received} of {} events",
+                    args.timeout.unwrap_or_default(),
+                    args.count.map_or("unlimited".to_string(), |n| n.to_string())
+                ).into());
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let Some(event) = event else {
+            return Err(client.closed().await.into());
+        };
+        let mut out = stdout.lock();
+        let written = writeln!(out, "{}", event_json(&event)).and_then(|()| out.flush());
+        if let Err(e) = written {
+            // A reader that went away (`quicbus sub | head`) is not a failure.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                break;
+            }
+            return Err(e.into());
+        }
+        received += 1;
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PubArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Room to publish to.
+    #[arg(long)]
+    room: String,
+    /// Event name.
+    #[arg(long)]
+    event: String,
+    /// Send as unreliable datagrams instead of on the room's reliable stream.
+    #[arg(long)]
+    datagram: bool,
+    /// How many times to send PAYLOAD.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
+    /// Events per second (default: as fast as possible).
+    #[arg(long, value_parser = positive_secs)]
+    rate: Option<f64>,
+    /// The payload; without it, each line of standard input is one event.
+    payload: Option<String>,
+}
+
+/// Where the payloads come from.
+enum Payloads {
+    Repeat { payload: String, left: u64 },
+    Lines(tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>),
+}
+
+impl Payloads {
+    async fn next(&mut self) -> CliResult<Option<String>> {
+        match self {
+            Payloads::Repeat { payload, left } => {
+                if *left == 0 {
+                    return Ok(None);
+                }
+                *left -= 1;
+                Ok(Some(payload.clone()))
+            }
+            Payloads::Lines(lines) => Ok(lines.next_line().await?),
+        }
+    }
+}
+
+/// Acks in flight before `pub` waits for the oldest.
+const ACK_WINDOW: usize = 4096;
+
+pub async fn publish(args: PubArgs) -> CliResult {
+    let (client, _events) = Client::connect(args.connect.options().await?).await?;
+    let mut payloads = match args.payload.clone() {
+        Some(payload) => Payloads::Repeat {
+            payload,
+            left: args.count,
+        },
+        None => Payloads::Lines(tokio::io::BufReader::new(tokio::io::stdin()).lines()),
+    };
+    let mut pace = args.rate.map(|hz| {
+        let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / hz));
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        i
+    });
+    let mut acks: std::collections::VecDeque<PendingAck> = Default::default();
+    let (mut sent, mut last_offset) = (0u64, 0u64);
+    while let Some(payload) = payloads.next().await? {
+        if let Some(pace) = pace.as_mut() {
+            pace.tick().await;
+        }
+        if args.datagram {
+            client.emit_datagram(&args.room, &args.event, payload).await?;
+        } else {
+            acks.push_back(client.emit_acked(&args.room, &args.event, payload).await?);
+            if acks.len() >= ACK_WINDOW {
+                if let Some(oldest) = acks.pop_front() {
+                    last_offset = oldest.wait().await?;
+                }
+            }
+        }
+        sent += 1;
+    }
+    // Exit 0 only once the server has every reliable event.
+    while let Some(ack) = acks.pop_front() {
+        last_offset = ack.wait().await?;
+    }
+    if args.datagram {
+        client.ping().await?;
+        eprintln!("sent {sent} datagrams to {}", args.room);
+    } else {
+        eprintln!(
+            "published {sent} reliable events to {} (last offset {last_offset})",
+            args.room
+        );
+    }
+    client.close().await;
+    Ok(())
+}

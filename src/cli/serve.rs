@@ -1,0 +1,159 @@
+//! `quicbus serve` and `quicbus certs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use quicbus::certs::{self, CertPaths};
+use quicbus::server::{Server, ServerConfig, ServerIdentity};
+
+use super::CliResult;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: SocketAddr,
+    /// Directory of the development certificates (created on first run).
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+    /// A real certificate chain (PEM) instead of the development one.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Reliable events queued per room per connection before a client is a slow consumer.
+    #[arg(long, default_value_t = 8192)]
+    reliable_queue: usize,
+    /// Datagrams queued per connection before the oldest are dropped.
+    #[arg(long, default_value_t = 1024)]
+    datagram_queue: usize,
+    /// Require clients to present this token.
+    #[arg(long)]
+    token: Option<String>,
+    /// Tokio worker threads; 0 runs everything on one thread (lowest latency
+    /// on small machines, see README).
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
+}
+
+pub fn serve(args: ServeArgs) -> CliResult {
+    let runtime = if args.worker_threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.worker_threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run_server(args))
+}
+
+async fn run_server(args: ServeArgs) -> CliResult {
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
+        _ => {
+            let (paths, created) = certs::ensure_dev_certs(&args.certs)?;
+            if created {
+                eprintln!(
+                    "created development certificates in {} (clients trust {})",
+                    args.certs.display(),
+                    paths.ca.display()
+                );
+            }
+            ServerIdentity::from_pem_files(&paths.server, &paths.server_key)?
+        }
+    };
+    let config = ServerConfig {
+        listen: args.listen,
+        max_connections: args.max_connections,
+        reliable_queue: args.reliable_queue,
+        datagram_queue: args.datagram_queue,
+        token: args.token.clone(),
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(config, identity)?;
+    let stats = server.stats();
+    eprintln!(
+        "quicbus listening on {} (Ctrl-C to stop)",
+        server.local_addr()
+    );
+    server.run(shutdown_signal()).await;
+    let s = stats.snapshot();
+    eprintln!(
+        "stopped: {} connections, {} reliable events, {} datagrams ({} dropped), {} slow consumers, {} protocol errors",
+        s.connections_accepted,
+        s.events_published,
+        s.datagrams_published,
+        s.datagrams_dropped,
+        s.slow_consumers,
+        s.protocol_errors
+    );
+    Ok(())
+}
+
+/// Completes on Ctrl-C or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    // A second Ctrl-C during the graceful shutdown stops at once.
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.pem, ca.key, server.pem and server.key into.
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    /// Extra subject alternative name (DNS name or IP) for the server certificate; repeatable.
+    #[arg(long)]
+    san: Vec<String>,
+    /// Replace certificates that already exist.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn certs(args: CertsArgs) -> CliResult {
+    let existing = CertPaths::in_dir(&args.dir);
+    if !args.force && (existing.ca.exists() || existing.server_files_exist()) {
+        return Err(format!(
+            "certificates already exist in {} (use --force to replace them; clients trusting the old CA would then fail)",
+            args.dir.display()
+        )
+        .into());
+    }
+    let paths = certs::write_dev_certs(&args.dir, &args.san)?;
+    println!("CA certificate:     {}", paths.ca.display());
+    println!("CA key:             {}", paths.ca_key.display());
+    println!("server certificate: {}", paths.server.display());
+    println!("server key:         {}", paths.server_key.display());
+    let mut sans: Vec<String> = certs::DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
+    sans.extend(args.san.iter().cloned());
+    println!("server names:       {}", sans.join(", "));
+    Ok(())
+}
