@@ -223,7 +223,14 @@ impl Client {
     /// all within `options.connect_timeout`.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
         let roots = match &options.trust {
-            Trust::CaFile(path) => tls::load_certs(path)?,
+            Trust::CaFile(path) => tls::load_certs(path).map_err(|e| {
+                let hint = if path.exists() {
+                    ""
+                } else {
+                    " (`quicbus serve` creates it on first run, or run `quicbus certs`)"
+                };
+                ClientError::Tls(format!("cannot load the trusted CA: {e}{hint}"))
+            })?,
             Trust::CaPem(pem) => tls::parse_certs(pem)?,
             Trust::Certificates(certs) => certs.clone(),
         };
@@ -247,10 +254,13 @@ impl Client {
                 })?;
             let conn = connecting.await.map_err(|e| match e {
                 quinn::ConnectionError::ApplicationClosed(_) => ClientError::from_connection(&e),
-                other => ClientError::Handshake {
-                    server,
-                    reason: other.to_string(),
-                },
+                other => {
+                    let mut reason = other.to_string();
+                    if reason.contains("certificate") {
+                        reason.push_str(" (is the trusted CA the one that signed the server's certificate?)");
+                    }
+                    ClientError::Handshake { server, reason }
+                }
             })?;
             let (send, recv) = conn
                 .open_bi()

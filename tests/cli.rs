@@ -1,0 +1,263 @@
+//! The `quicbus` binary end to end: certs, serve, pub, sub, demo, and exit codes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::within;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn quicbus() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quicbus"));
+    cmd.kill_on_drop(true).stdin(Stdio::null());
+    cmd
+}
+
+/// Output of a finished command: status code, stdout, stderr.
+async fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = within("quicbus command", cmd.output()).await.expect("spawn");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `quicbus serve` on a free port; returns the child and its address.
+async fn serve(certs: &Path) -> (Child, String) {
+    let mut child = quicbus()
+        .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
+        .arg(certs)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = within("serve to listen", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("quicbus listening on ") {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("serve exited without listening");
+    })
+    .await;
+    // Keep draining stderr so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// `quicbus sub`, returned once it has joined its rooms.
+async fn sub(addr: &str, ca: &Path, extra: &[&str]) -> Child {
+    let mut child = quicbus()
+        .args(["sub", "--server", addr, "--ca"])
+        .arg(ca)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sub");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    within("sub to join", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("joined ") {
+                return;
+            }
+        }
+        panic!("sub exited before joining");
+    })
+    .await;
+    child
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn serve_sub_and_pub_move_reliable_and_datagram_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let (mut server, addr) = serve(&certs).await;
+    let ca = certs.join("ca.pem");
+    assert!(ca.exists(), "serve creates certificates on first run");
+
+    let reader = sub(&addr, &ca, &["--room", "chat", "--count", "3", "--timeout", "20"]).await;
+    let (code, _, stderr) = run(quicbus()
+        .args(["pub", "--server", &addr, "--ca"])
+        .arg(&ca)
+        .args(["--room", "chat", "--event", "say", "--count", "3", "héllo"]))
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("published 3 reliable events"), "{stderr}");
+    let out = within("sub", reader.wait_with_output()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["type"], "event");
+        assert_eq!(line["room"], "chat");
+        assert_eq!(line["event"], "say");
+        assert_eq!(line["delivery"], "reliable");
+        assert_eq!(line["offset"], i as u64 + 1);
+        assert_eq!(line["payload"], "héllo");
+    }
+
+    // Datagrams, with stdin lines as payloads and a binary-safe field name check.
+    let reader = sub(&addr, &ca, &["--room", "pos", "--count", "1", "--timeout", "20"]).await;
+    let mut publisher = quicbus()
+        .args(["pub", "--server", &addr, "--ca"])
+        .arg(&ca)
+        .args(["--room", "pos", "--event", "xy", "--datagram"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = publisher.stdin.take().unwrap();
+        let text: String = (0..200).map(|i| format!("{i},{i}\n")).collect();
+        stdin.write_all(text.as_bytes()).await.unwrap();
+    }
+    let pub_out = within("pub datagrams", publisher.wait_with_output()).await.unwrap();
+    assert_eq!(pub_out.status.code(), Some(0));
+    let out = within("sub datagram", reader.wait_with_output()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(lines[0]["delivery"], "datagram");
+    assert!(lines[0]["seq"].as_u64().unwrap() >= 1);
+    assert!(lines[0]["payload"].as_str().unwrap().contains(','));
+
+    server.start_kill().unwrap();
+    let _ = within("server exit", server.wait()).await;
+}
+
+#[tokio::test]
+async fn certs_writes_files_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("c");
+    let (code, stdout, _) = run(quicbus()
+        .args(["certs", "--dir"])
+        .arg(&target)
+        .args(["--san", "bus.example", "--san", "10.0.0.7"]))
+    .await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("bus.example") && stdout.contains("10.0.0.7"));
+    for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+        assert!(target.join(f).exists(), "{f}");
+    }
+    let (code, _, stderr) = run(quicbus().args(["certs", "--dir"]).arg(&target)).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--force"), "{stderr}");
+    let (code, _, _) = run(quicbus().args(["certs", "--force", "--dir"]).arg(&target)).await;
+    assert_eq!(code, 0);
+}
+
+/// Exit 1 with exactly one line on stderr that contains `expected`.
+fn assert_one_line_failure((code, _, stderr): (i32, String, String), expected: &str) {
+    assert_eq!(code, 1, "stderr: {stderr}");
+    // Status lines ("joined …") may come first; the failure is one line.
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("quicbus: error: ")).collect();
+    assert_eq!(errors.len(), 1, "stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().last(), Some(errors[0]), "{stderr}");
+    assert!(errors[0].contains(expected), "{stderr:?} lacks {expected:?}");
+}
+
+#[tokio::test]
+async fn client_failures_exit_1_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let (mut server, addr) = serve(&certs).await;
+    let ca = certs.join("ca.pem");
+
+    // Unreachable: a UDP port where nobody speaks QUIC.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    assert_one_line_failure(
+        run(quicbus()
+            .args(["sub", "--room", "r", "--connect-timeout", "0.5", "--server", &silent_addr, "--ca"])
+            .arg(&ca))
+        .await,
+        "no answer from",
+    );
+
+    // A CA that did not sign the server's certificate.
+    let other = dir.path().join("other");
+    quicbus::certs::write_dev_certs(&other, &[]).unwrap();
+    assert_one_line_failure(
+        run(quicbus()
+            .args(["pub", "--room", "r", "--event", "e", "--server", &addr, "--ca"])
+            .arg(other.join("ca.pem"))
+            .arg("x"))
+        .await,
+        "certificate",
+    );
+
+    // A server address that is not one.
+    assert_one_line_failure(
+        run(quicbus()
+            .args(["sub", "--room", "r", "--server", "no-such-host.invalid:4433", "--ca"])
+            .arg(&ca))
+        .await,
+        "cannot resolve server address",
+    );
+    assert_one_line_failure(
+        run(quicbus()
+            .args(["sub", "--room", "r", "--server", "not an address", "--ca"])
+            .arg(&ca))
+        .await,
+        "not an address",
+    );
+
+    // A missing CA file.
+    assert_one_line_failure(
+        run(quicbus()
+            .args(["sub", "--room", "r", "--server", &addr, "--ca"])
+            .arg(dir.path().join("missing.pem")))
+        .await,
+        "missing.pem",
+    );
+
+    // --timeout passes before --count events arrive.
+    assert_one_line_failure(
+        run(quicbus()
+            .args(["sub", "--room", "quiet", "--count", "1", "--timeout", "0.3", "--server", &addr, "--ca"])
+            .arg(&ca))
+        .await,
+        "timed out",
+    );
+
+    server.start_kill().unwrap();
+    let _ = within("server exit", server.wait()).await;
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    for args in [
+        vec!["sub"],
+        vec!["pub", "--room", "r"],
+        vec!["sub", "--room", "r", "--count", "0"],
+        vec!["pub", "--room", "r", "--event", "e", "--rate", "-3", "x"],
+        vec!["serve", "--listen", "nowhere"],
+        vec!["frobnicate"],
+    ] {
+        let (code, _, stderr) = run(quicbus().args(&args)).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn demo_prints_a_line_per_second() {
+    let (code, stdout, stderr) =
+        run(quicbus().args(["demo", "--seconds", "2", "--entities", "200"])).await;
+    assert_eq!(code, 0, "{stderr}");
+    let seconds: Vec<&str> = stdout.lines().filter(|l| l.contains("snapshots/s")).collect();
+    assert_eq!(seconds.len(), 2, "{stdout}");
+    assert!(stdout.contains("done: publisher sent"), "{stdout}");
+    // The subscriber really received a world: 200 entities.
+    assert!(seconds[1].ends_with("entities 200"), "{stdout}");
+}
