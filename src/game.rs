@@ -380,7 +380,8 @@ pub async fn run_subscriber(
 ) -> Result<WorldView, ClientError> {
     let mut view = WorldView::new();
     let started = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    let mut ticker =
+        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
     let deadline = duration.map(|d| started + d);
     loop {
         tokio::select! {

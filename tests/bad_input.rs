@@ -1,6 +1,8 @@
 //! Bad input from one connection gets a typed error or a close code with a
 //! reason, and the server keeps serving everyone else.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use bytes::Bytes;
@@ -311,9 +313,6 @@ async fn unreachable_server_times_out_with_a_clear_error() {
         .await
         .err()
         .expect("connect must fail");
-    assert!(
-        matches!(err, ClientError::ConnectTimeout { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err:?}");
     assert!(err.to_string().contains("no answer"));
 }

@@ -1,5 +1,7 @@
 //! The `quicbus` binary end to end: certs, serve, pub, sub, demo, and exit codes.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
@@ -17,7 +19,9 @@ fn quicbus() -> Command {
 
 /// Output of a finished command: status code, stdout, stderr.
 async fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = within("quicbus command", cmd.output()).await.expect("spawn");
+    let out = within("quicbus command", cmd.output())
+        .await
+        .expect("spawn");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -86,7 +90,12 @@ async fn serve_sub_and_pub_move_reliable_and_datagram_events() {
     let ca = certs.join("ca.pem");
     assert!(ca.exists(), "serve creates certificates on first run");
 
-    let reader = sub(&addr, &ca, &["--room", "chat", "--count", "3", "--timeout", "20"]).await;
+    let reader = sub(
+        &addr,
+        &ca,
+        &["--room", "chat", "--count", "3", "--timeout", "20"],
+    )
+    .await;
     let (code, _, stderr) = run(quicbus()
         .args(["pub", "--server", &addr, "--ca"])
         .arg(&ca)
@@ -108,7 +117,12 @@ async fn serve_sub_and_pub_move_reliable_and_datagram_events() {
     }
 
     // Datagrams, with stdin lines as payloads and a binary-safe field name check.
-    let reader = sub(&addr, &ca, &["--room", "pos", "--count", "1", "--timeout", "20"]).await;
+    let reader = sub(
+        &addr,
+        &ca,
+        &["--room", "pos", "--count", "1", "--timeout", "20"],
+    )
+    .await;
     let mut publisher = quicbus()
         .args(["pub", "--server", &addr, "--ca"])
         .arg(&ca)
@@ -123,10 +137,19 @@ async fn serve_sub_and_pub_move_reliable_and_datagram_events() {
         let text: String = (0..200).map(|i| format!("{i},{i}\n")).collect();
         stdin.write_all(text.as_bytes()).await.unwrap();
     }
-    let pub_out = within("pub datagrams", publisher.wait_with_output()).await.unwrap();
+    let pub_out = within("pub datagrams", publisher.wait_with_output())
+        .await
+        .unwrap();
     assert_eq!(pub_out.status.code(), Some(0));
-    let out = within("sub datagram", reader.wait_with_output()).await.unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = within("sub datagram", reader.wait_with_output())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(lines[0]["delivery"], "datagram");
     assert!(lines[0]["seq"].as_u64().unwrap() >= 1);
@@ -140,10 +163,12 @@ async fn serve_sub_and_pub_move_reliable_and_datagram_events() {
 async fn certs_writes_files_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("c");
-    let (code, stdout, _) = run(quicbus()
-        .args(["certs", "--dir"])
-        .arg(&target)
-        .args(["--san", "bus.example", "--san", "10.0.0.7"]))
+    let (code, stdout, _) = run(quicbus().args(["certs", "--dir"]).arg(&target).args([
+        "--san",
+        "bus.example",
+        "--san",
+        "10.0.0.7",
+    ]))
     .await;
     assert_eq!(code, 0);
     assert!(stdout.contains("bus.example") && stdout.contains("10.0.0.7"));
@@ -161,10 +186,20 @@ async fn certs_writes_files_and_refuses_to_overwrite() {
 fn assert_one_line_failure((code, _, stderr): (i32, String, String), expected: &str) {
     assert_eq!(code, 1, "stderr: {stderr}");
     // Status lines ("joined …") may come first; the failure is one line.
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("quicbus: error: ")).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("quicbus: error: "))
+        .collect();
     assert_eq!(errors.len(), 1, "stderr: {stderr}");
-    assert_eq!(stderr.trim_end().lines().last(), Some(errors[0]), "{stderr}");
-    assert!(errors[0].contains(expected), "{stderr:?} lacks {expected:?}");
+    assert_eq!(
+        stderr.trim_end().lines().last(),
+        Some(errors[0]),
+        "{stderr}"
+    );
+    assert!(
+        errors[0].contains(expected),
+        "{stderr:?} lacks {expected:?}"
+    );
 }
 
 #[tokio::test]
@@ -179,7 +214,16 @@ async fn client_failures_exit_1_with_one_clear_line() {
     let silent_addr = silent.local_addr().unwrap().to_string();
     assert_one_line_failure(
         run(quicbus()
-            .args(["sub", "--room", "r", "--connect-timeout", "0.5", "--server", &silent_addr, "--ca"])
+            .args([
+                "sub",
+                "--room",
+                "r",
+                "--connect-timeout",
+                "0.5",
+                "--server",
+                &silent_addr,
+                "--ca",
+            ])
             .arg(&ca))
         .await,
         "no answer from",
@@ -190,7 +234,9 @@ async fn client_failures_exit_1_with_one_clear_line() {
     quicbus::certs::write_dev_certs(&other, &[]).unwrap();
     assert_one_line_failure(
         run(quicbus()
-            .args(["pub", "--room", "r", "--event", "e", "--server", &addr, "--ca"])
+            .args([
+                "pub", "--room", "r", "--event", "e", "--server", &addr, "--ca",
+            ])
             .arg(other.join("ca.pem"))
             .arg("x"))
         .await,
@@ -200,7 +246,14 @@ async fn client_failures_exit_1_with_one_clear_line() {
     // A server address that is not one.
     assert_one_line_failure(
         run(quicbus()
-            .args(["sub", "--room", "r", "--server", "no-such-host.invalid:4433", "--ca"])
+            .args([
+                "sub",
+                "--room",
+                "r",
+                "--server",
+                "no-such-host.invalid:4433",
+                "--ca",
+            ])
             .arg(&ca))
         .await,
         "cannot resolve server address",
@@ -225,7 +278,18 @@ async fn client_failures_exit_1_with_one_clear_line() {
     // --timeout passes before --count events arrive.
     assert_one_line_failure(
         run(quicbus()
-            .args(["sub", "--room", "quiet", "--count", "1", "--timeout", "0.3", "--server", &addr, "--ca"])
+            .args([
+                "sub",
+                "--room",
+                "quiet",
+                "--count",
+                "1",
+                "--timeout",
+                "0.3",
+                "--server",
+                &addr,
+                "--ca",
+            ])
             .arg(&ca))
         .await,
         "timed out",
@@ -255,7 +319,10 @@ async fn demo_prints_a_line_per_second() {
     let (code, stdout, stderr) =
         run(quicbus().args(["demo", "--seconds", "2", "--entities", "200"])).await;
     assert_eq!(code, 0, "{stderr}");
-    let seconds: Vec<&str> = stdout.lines().filter(|l| l.contains("snapshots/s")).collect();
+    let seconds: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("snapshots/s"))
+        .collect();
     assert_eq!(seconds.len(), 2, "{stdout}");
     assert!(stdout.contains("done: publisher sent"), "{stdout}");
     // The subscriber really received a world: 200 entities.

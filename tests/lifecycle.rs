@@ -1,5 +1,7 @@
 //! Graceful shutdown, slow consumers and the connection limit.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -22,10 +24,16 @@ async fn graceful_shutdown_delivers_every_accepted_event_then_closes() {
     let (subscriber, mut events) = within("connect", Client::connect(options)).await.unwrap();
     subscriber.join("s").await.unwrap();
     for i in 0..N - 1 {
-        publisher.emit("s", "e", i.to_be_bytes().to_vec()).await.unwrap();
+        publisher
+            .emit("s", "e", i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
     }
     // The ack of the last event means the server accepted all of them.
-    let last = publisher.emit_with_ack("s", "e", (N - 1).to_be_bytes().to_vec()).await.unwrap();
+    let last = publisher
+        .emit_with_ack("s", "e", (N - 1).to_be_bytes().to_vec())
+        .await
+        .unwrap();
     assert_eq!(last, N);
 
     let TestServerParts { handle, .. } = TestServerParts::from(server);
@@ -69,8 +77,9 @@ async fn slow_consumer_is_closed_while_others_get_everything() {
     let (healthy, mut healthy_events) = server.client().await;
     let mut slow_options = server.options();
     slow_options.event_queue = 1;
-    let (slow, _slow_events_never_read) =
-        within("connect", Client::connect(slow_options)).await.unwrap();
+    let (slow, _slow_events_never_read) = within("connect", Client::connect(slow_options))
+        .await
+        .unwrap();
     healthy.join("flood").await.unwrap();
     slow.join("flood").await.unwrap();
 
@@ -81,7 +90,10 @@ async fn slow_consumer_is_closed_while_others_get_everything() {
     let flood = tokio::spawn(async move {
         for i in 0..N {
             let _ = progress.wait_for(|done| done + 500 >= i).await;
-            publisher.emit("flood", "blob", payload.clone()).await.unwrap();
+            publisher
+                .emit("flood", "blob", payload.clone())
+                .await
+                .unwrap();
         }
         publisher
     });

@@ -1,5 +1,7 @@
 //! Reliable and datagram delivery between real clients over QUIC on loopback.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashSet;
@@ -54,7 +56,10 @@ async fn rooms_are_isolated_and_offsets_are_per_room() {
     }
     publisher.emit_with_ack("room-a", "end", "a").await.unwrap();
     publisher.emit_with_ack("room-b", "end", "b").await.unwrap();
-    for (events, room, name) in [(&mut a_events, "room-a", "x"), (&mut b_events, "room-b", "y")] {
+    for (events, room, name) in [
+        (&mut a_events, "room-a", "x"),
+        (&mut b_events, "room-b", "y"),
+    ] {
         for i in 0..5u8 {
             let e = next_event(events, room).await;
             assert_eq!((&*e.room, e.name.as_str()), (room, name));
@@ -79,7 +84,10 @@ async fn leave_stops_delivery() {
     sub.leave("r").await.unwrap();
     publisher.emit_with_ack("r", "after", "2").await.unwrap();
     // A marker in a room still joined proves the "after" event had its chance.
-    publisher.emit_with_ack("other", "marker", "3").await.unwrap();
+    publisher
+        .emit_with_ack("other", "marker", "3")
+        .await
+        .unwrap();
     let e = next_event(&mut events, "marker").await;
     assert_eq!((&*e.room, e.name.as_str()), ("other", "marker"));
     assert!(events.try_next().is_none());
@@ -92,7 +100,9 @@ async fn echo_is_off_by_default_and_on_when_asked() {
     let (quiet, mut quiet_events) = server.client().await;
     let (loud, mut loud_events) = server.client().await;
     quiet.join("e").await.unwrap();
-    loud.join_with("e", JoinOptions { echo: true }).await.unwrap();
+    loud.join_with("e", JoinOptions { echo: true })
+        .await
+        .unwrap();
     quiet.emit_with_ack("e", "from-quiet", "q").await.unwrap();
     loud.emit_with_ack("e", "from-loud", "l").await.unwrap();
     // quiet sees only loud's event; loud sees both, its own included.
@@ -127,7 +137,11 @@ async fn datagrams_arrive_on_loopback_with_increasing_sequence() {
             seen.push(e.seq().expect("datagram has a seq"));
         }
     }
-    assert!(seen.len() >= 20, "only {} of {sent} datagrams arrived", seen.len());
+    assert!(
+        seen.len() >= 20,
+        "only {} of {sent} datagrams arrived",
+        seen.len()
+    );
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     let unique: HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len());
@@ -156,7 +170,10 @@ async fn oversize_datagram_is_refused_with_the_limit() {
     sub.join("big").await.unwrap();
     let mut got = None;
     for _ in 0..50 {
-        client.emit_datagram("big", "blob", vec![7u8; limit]).await.unwrap();
+        client
+            .emit_datagram("big", "blob", vec![7u8; limit])
+            .await
+            .unwrap();
         if let Ok(Some(e)) =
             tokio::time::timeout(std::time::Duration::from_millis(100), events.next()).await
         {
@@ -164,5 +181,8 @@ async fn oversize_datagram_is_refused_with_the_limit() {
             break;
         }
     }
-    assert_eq!(got.expect("a full-size datagram arrived").payload.len(), limit);
+    assert_eq!(
+        got.expect("a full-size datagram arrived").payload.len(),
+        limit
+    );
 }

@@ -45,8 +45,12 @@ pub async fn demo(args: DemoArgs) -> CliResult {
     let mut world = World::new(args.entities as usize, 42);
     let publishing = async {
         // Run a little longer than the subscriber so its last second is full.
-        game::run_publisher(&publisher, &mut world, Some(duration + Duration::from_millis(200)))
-            .await
+        game::run_publisher(
+            &publisher,
+            &mut world,
+            Some(duration + Duration::from_millis(200)),
+        )
+        .await
     };
     let subscribing = game::run_subscriber(&subscriber, &mut events, Some(duration), |report| {
         println!("{report}");

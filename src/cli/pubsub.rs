@@ -44,8 +44,9 @@ fn event_json(event: &Event) -> serde_json::Value {
     match std::str::from_utf8(&event.payload) {
         Ok(text) => line["payload"] = text.into(),
         Err(_) => {
-            line["payload_b64"] =
-                base64::engine::general_purpose::STANDARD.encode(&event.payload).into()
+            line["payload_b64"] = base64::engine::general_purpose::STANDARD
+                .encode(&event.payload)
+                .into()
         }
     }
     line
@@ -167,7 +168,9 @@ pub async fn publish(args: PubArgs) -> CliResult {
             pace.tick().await;
         }
         if args.datagram {
-            client.emit_datagram(&args.room, &args.event, payload).await?;
+            client
+                .emit_datagram(&args.room, &args.event, payload)
+                .await?;
         } else {
             acks.push_back(client.emit_acked(&args.room, &args.event, payload).await?);
             if acks.len() >= ACK_WINDOW {

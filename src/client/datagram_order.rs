@@ -74,7 +74,12 @@ mod tests {
     fn extreme_values_do_not_overflow() {
         let mut o = DatagramOrder::default();
         assert_eq!(o.observe(0), Verdict::Fresh { skipped: 0 });
-        assert_eq!(o.observe(u64::MAX), Verdict::Fresh { skipped: u64::MAX - 1 });
+        assert_eq!(
+            o.observe(u64::MAX),
+            Verdict::Fresh {
+                skipped: u64::MAX - 1
+            }
+        );
         assert_eq!(o.observe(u64::MAX), Verdict::Stale);
     }
 }

@@ -92,7 +92,10 @@ impl Tasks {
 
     async fn accept_streams(self: Arc<Self>) {
         while let Ok(recv) = self.conn.accept_uni().await {
-            tokio::spawn(self.clone().read_room_stream(FrameReader::new(recv, self.max_frame)));
+            tokio::spawn(
+                self.clone()
+                    .read_room_stream(FrameReader::new(recv, self.max_frame)),
+            );
         }
     }
 

@@ -41,8 +41,7 @@ pub use event::{Delivery, Event, Events};
 
 use crate::tls::{self, TransportSettings};
 use crate::wire::{
-    self, validate_name, ErrorCode, Frame, FrameReader, RoomId, DEFAULT_MAX_FRAME,
-    PROTOCOL_VERSION,
+    self, validate_name, ErrorCode, Frame, FrameReader, RoomId, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// Which certificate authorities the client trusts to vouch for the server.
@@ -257,7 +256,9 @@ impl Client {
                 other => {
                     let mut reason = other.to_string();
                     if reason.contains("certificate") {
-                        reason.push_str(" (is the trusted CA the one that signed the server's certificate?)");
+                        reason.push_str(
+                            " (is the trusted CA the one that signed the server's certificate?)",
+                        );
                     }
                     ClientError::Handshake { server, reason }
                 }
@@ -305,9 +306,9 @@ impl Client {
         let (conn, send, reader, session_id) = timeout(options.connect_timeout, handshake)
             .await
             .map_err(|_| ClientError::ConnectTimeout {
-                server,
-                after: options.connect_timeout,
-            })??;
+            server,
+            after: options.connect_timeout,
+        })??;
 
         let (control_tx, control_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(options.event_queue.max(1));
@@ -379,8 +380,7 @@ impl Client {
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
         let room_id = {
             let mut rooms = lock(&self.shared.rooms);
-            let Some(&room_id) = rooms.ids.get(room).filter(|id| rooms.joined.contains(id))
-            else {
+            let Some(&room_id) = rooms.ids.get(room).filter(|id| rooms.joined.contains(id)) else {
                 return Err(ClientError::Server {
                     code: ErrorCode::NotJoined,
                     message: format!("room {room} is not joined"),
@@ -499,7 +499,11 @@ impl Client {
 
     /// The largest datagram payload that can be published to `room` as
     /// `event` right now (it changes as QUIC discovers the path MTU).
-    pub async fn max_datagram_payload(&self, room: &str, event: &str) -> Result<usize, ClientError> {
+    pub async fn max_datagram_payload(
+        &self,
+        room: &str,
+        event: &str,
+    ) -> Result<usize, ClientError> {
         let room_id = self.room_id(room).await?;
         self.datagram_limit(room_id, event)
     }
@@ -509,7 +513,10 @@ impl Client {
     /// handled and datagrams sent earlier have left this host.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let started = std::time::Instant::now();
-        match self.request("ping", |request| Frame::Ping { request }).await? {
+        match self
+            .request("ping", |request| Frame::Ping { request })
+            .await?
+        {
             Reply::Pong => Ok(started.elapsed()),
             _ => Err(ClientError::Protocol("unexpected answer to Ping".into())),
         }

@@ -369,7 +369,8 @@ mod tests {
         now(bp.subscribe(room, echoing.clone())).unwrap();
         now(bp.publish(room, 1, "e".into(), Bytes::new())).unwrap();
         now(bp.publish(room, 2, "e".into(), Bytes::new())).unwrap();
-        bp.publish_datagram(room, 1, "d".into(), Bytes::new()).unwrap();
+        bp.publish_datagram(room, 1, "d".into(), Bytes::new())
+            .unwrap();
         assert_eq!(quiet.offsets(), vec![2]);
         assert_eq!(echoing.offsets(), vec![1, 2]);
         assert_eq!(quiet.datagrams.lock().unwrap().len(), 0);

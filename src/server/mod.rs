@@ -152,9 +152,7 @@ impl Server {
 
     /// The address actually bound (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.endpoint
-            .local_addr()
-            .unwrap_or(self.ctx.config.listen)
+        self.endpoint.local_addr().unwrap_or(self.ctx.config.listen)
     }
 
     /// Live counters.
@@ -204,7 +202,9 @@ impl Server {
                         return;
                     }
                 };
-                ctx.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+                ctx.stats
+                    .connections_accepted
+                    .fetch_add(1, Ordering::Relaxed);
                 ctx.stats.active_sessions.fetch_add(1, Ordering::Relaxed);
                 session::run(conn, session, ctx.clone(), stop_rx).await;
                 ctx.stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
@@ -222,7 +222,10 @@ impl Server {
         if tokio::time::timeout(wait, done_rx.recv()).await.is_err() {
             tracing::warn!("sessions still running after the grace period; closing them");
         }
-        endpoint.close(close_code::SERVER_SHUTTING_DOWN.into(), b"server shutting down");
+        endpoint.close(
+            close_code::SERVER_SHUTTING_DOWN.into(),
+            b"server shutting down",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     }
 

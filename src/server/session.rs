@@ -103,7 +103,11 @@ pub(crate) async fn run(
     let control_writer = tokio::spawn(write_control(control_send, control_rx));
     let datagrams = Arc::new(DatagramRing::new(ctx.config.datagram_queue));
     let mut readers = JoinSet::new();
-    readers.spawn(write_datagrams(conn.clone(), datagrams.clone(), ctx.stats.clone()));
+    readers.spawn(write_datagrams(
+        conn.clone(),
+        datagrams.clone(),
+        ctx.stats.clone(),
+    ));
     let mut writers = JoinSet::new();
     let mut joined = HashSet::new();
     let mut room_state = Rooms {
@@ -161,7 +165,10 @@ pub(crate) async fn run(
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(session, "shutdown grace expired before the client read everything");
+            tracing::warn!(
+                session,
+                "shutdown grace expired before the client read everything"
+            );
         }
         conn.close(
             close_code::SERVER_SHUTTING_DOWN.into(),
@@ -215,9 +222,7 @@ async fn handshake(
         Some((
             ErrorCode::UnsupportedVersion,
             close_code::UNSUPPORTED_VERSION,
-            format!(
-                "client speaks protocol version {version}, server speaks {PROTOCOL_VERSION}"
-            ),
+            format!("client speaks protocol version {version}, server speaks {PROTOCOL_VERSION}"),
         ))
     } else if ctx.config.token.is_some() && token != ctx.config.token {
         Some((
@@ -384,7 +389,9 @@ fn handle_datagram(
         });
     match result {
         Ok(_) => {
-            ctx.stats.datagrams_published.fetch_add(1, Ordering::Relaxed);
+            ctx.stats
+                .datagrams_published
+                .fetch_add(1, Ordering::Relaxed);
         }
         // Never wait here: a client that ignores its errors loses some of them.
         Err((code, message)) => {
@@ -459,7 +466,11 @@ async fn read_publish_stream(
         };
         let reply = match validate_name("event", &event) {
             Err(message) => Some(error_frame(ack, ErrorCode::InvalidName, message)),
-            Ok(()) => match ctx.backplane.publish(room_id, session, event, payload).await {
+            Ok(()) => match ctx
+                .backplane
+                .publish(room_id, session, event, payload)
+                .await
+            {
                 Ok(offset) => {
                     ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
                     ack.map(|request| wire::encode_framed(&Frame::Ack { request, offset }))

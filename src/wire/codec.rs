@@ -287,10 +287,7 @@ mod tests {
     #[test]
     fn bad_utf8_unknown_tag_and_trailing_bytes_are_typed() {
         // Join { request: 1, room: [0xff, 0xfe], echo: false }
-        assert_eq!(
-            decode(&[1, 1, 2, 0xff, 0xfe, 0]),
-            Err(WireError::BadUtf8)
-        );
+        assert_eq!(decode(&[1, 1, 2, 0xff, 0xfe, 0]), Err(WireError::BadUtf8));
         assert_eq!(decode(&[200, 1]), Err(WireError::UnknownFrame));
         let mut body = encode(&samples()[0]).to_vec();
         body.push(0);
@@ -312,13 +309,17 @@ mod tests {
                 room,
                 echo
             }),
-            (any::<u64>(), text, payload.clone(), proptest::option::of(any::<u64>())).prop_map(
-                |(_, event, payload, ack)| Frame::Publish {
+            (
+                any::<u64>(),
+                text,
+                payload.clone(),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(_, event, payload, ack)| Frame::Publish {
                     event,
                     payload,
                     ack
-                }
-            ),
+                }),
             (any::<u64>(), text, payload.clone()).prop_map(|(offset, event, payload)| {
                 Frame::Event {
                     offset,

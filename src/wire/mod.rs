@@ -51,9 +51,15 @@ pub enum Frame {
         echo: bool,
     },
     /// Unsubscribe; answered by `Left` or `Error`.
-    Leave { request: u64, room_id: RoomId },
+    Leave {
+        request: u64,
+        room_id: RoomId,
+    },
     /// Learn a room's id without subscribing (to publish datagrams to it).
-    Resolve { request: u64, room: String },
+    Resolve {
+        request: u64,
+        room: String,
+    },
 
     // --- control stream, server → client ---
     /// Handshake accepted.
@@ -73,10 +79,19 @@ pub enum Frame {
         room_id: RoomId,
         offset: u64,
     },
-    Left { request: u64, room_id: RoomId },
-    Resolved { request: u64, room_id: RoomId },
+    Left {
+        request: u64,
+        room_id: RoomId,
+    },
+    Resolved {
+        request: u64,
+        room_id: RoomId,
+    },
     /// A reliable publish that asked for an ack was accepted at `offset`.
-    Ack { request: u64, offset: u64 },
+    Ack {
+        request: u64,
+        offset: u64,
+    },
     /// A request (or, without `request`, some earlier input) failed.
     Error {
         request: Option<u64>,
@@ -86,9 +101,14 @@ pub enum Frame {
 
     // --- unidirectional stream headers ---
     /// First frame of a client → server stream: every later frame publishes to `room`.
-    PublishStream { room: String },
+    PublishStream {
+        room: String,
+    },
     /// First frame of a server → client stream: every later frame is an event of `room`.
-    EventStream { room_id: RoomId, room: String },
+    EventStream {
+        room_id: RoomId,
+        room: String,
+    },
 
     // --- reliable events, on unidirectional streams ---
     /// Client → server: publish one reliable event.
@@ -122,9 +142,13 @@ pub enum Frame {
     // --- added at the end so earlier tags stay put ---
     /// Client → server on the control stream: answered by `Pong` once every
     /// control frame sent before it has been handled.
-    Ping { request: u64 },
+    Ping {
+        request: u64,
+    },
     /// Server → client on the control stream.
-    Pong { request: u64 },
+    Pong {
+        request: u64,
+    },
 }
 
 /// How many frame variants version 1 defines (tags `0..FRAME_TAGS`).

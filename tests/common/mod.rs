@@ -1,6 +1,7 @@
 //! Test helpers shared by the integration tests: a real server on
 //! 127.0.0.1:0 with fresh development certificates, and clients that trust it.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use std::future::Future;
 use std::time::Duration;
