@@ -186,3 +186,93 @@ async fn oversize_datagram_is_refused_with_the_limit() {
         limit
     );
 }
+
+#[tokio::test]
+async fn rejoining_to_change_echo_loses_and_reorders_nothing() {
+    const N: u64 = 3_000;
+    let server = common::start().await;
+    let (publisher, _p) = server.client().await;
+    let (sub, mut events) = server.client().await;
+    sub.join("r").await.unwrap();
+    let flood = tokio::spawn(async move {
+        for i in 0..N {
+            publisher.emit("r", "n", i.to_be_bytes().to_vec()).await.unwrap();
+        }
+        publisher.emit_with_ack("r", "n", "end").await.unwrap();
+    });
+    let mut i = 0;
+    let mut echoed = 0;
+    while i < N {
+        if i == N / 3 && echoed == 0 {
+            sub.join_with("r", JoinOptions { echo: true }).await.unwrap();
+            sub.emit("r", "mine", "echoed").await.unwrap();
+        }
+        let e = next_event(&mut events, "event across a re-join").await;
+        if e.name == "mine" {
+            echoed += 1;
+            continue;
+        }
+        assert_eq!(e.payload.as_ref(), i.to_be_bytes(), "event {i}");
+        i += 1;
+    }
+    let mut saw_end = false;
+    while !saw_end || echoed == 0 {
+        let e = next_event(&mut events, "end and the echoed event").await;
+        match e.name.as_str() {
+            "mine" => echoed += 1,
+            _ => {
+                assert_eq!(e.payload.as_ref(), b"end");
+                saw_end = true;
+            }
+        }
+    }
+    assert_eq!(echoed, 1, "the echoed event arrives exactly once");
+    within("flood", flood).await.unwrap();
+}
+
+#[tokio::test]
+async fn events_over_the_frame_limit_are_refused_with_the_limit() {
+    let server = common::start_with(quicbus::server::ServerConfig {
+        max_frame: 4096,
+        ..Default::default()
+    })
+    .await;
+    let (client, _e) = server.client().await;
+    match client.emit("r", "big", vec![0u8; 5000]).await {
+        Err(quicbus::client::ClientError::EventTooLarge { size, limit: 4096 }) => {
+            assert!(size > 5000)
+        }
+        other => panic!("expected EventTooLarge, got {other:?}"),
+    }
+    // A raw publisher at the exact frame limit: the server refuses with TooLarge
+    // (its Event would not fit) and keeps the session.
+    let mut peer = server.raw_session().await;
+    let mut send = peer.conn.open_uni().await.unwrap();
+    let header = quicbus::wire::encode_framed(&quicbus::wire::Frame::PublishStream {
+        room: "r".into(),
+    });
+    send.write_all(&header).await.unwrap();
+    let publish = quicbus::wire::Frame::Publish {
+        event: "big".into(),
+        payload: vec![0u8; 4080].into(),
+        ack: Some(9),
+    };
+    assert!(quicbus::wire::encoded_len(&publish) <= 4096);
+    send.write_all(&quicbus::wire::encode_framed(&publish))
+        .await
+        .unwrap();
+    match peer.next_control().await {
+        quicbus::wire::Frame::Error {
+            request: Some(9),
+            code: quicbus::wire::ErrorCode::TooLarge,
+            message,
+        } => assert!(message.contains("4096"), "{message}"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    peer.send_control(&quicbus::wire::Frame::Ping { request: 1 })
+        .await;
+    assert_eq!(
+        peer.next_control().await,
+        quicbus::wire::Frame::Pong { request: 1 }
+    );
+}

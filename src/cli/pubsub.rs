@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use base64::Engine;
+use serde::Serialize;
 use quicbus::client::{Client, Delivery, Event, PendingAck};
 use tokio::io::AsyncBufReadExt;
 
@@ -24,32 +25,43 @@ pub struct SubArgs {
     timeout: Option<f64>,
 }
 
-/// One event as a JSON line.
-fn event_json(event: &Event) -> serde_json::Value {
-    let mut line = serde_json::json!({
-        "type": "event",
-        "room": &*event.room,
-        "event": event.name,
-    });
-    match event.delivery {
-        Delivery::Reliable { offset } => {
-            line["delivery"] = "reliable".into();
-            line["offset"] = offset.into();
-        }
-        Delivery::Datagram { seq } => {
-            line["delivery"] = "datagram".into();
-            line["seq"] = seq.into();
-        }
-    }
-    match std::str::from_utf8(&event.payload) {
-        Ok(text) => line["payload"] = text.into(),
-        Err(_) => {
-            line["payload_b64"] = base64::engine::general_purpose::STANDARD
-                .encode(&event.payload)
-                .into()
-        }
-    }
-    line
+/// One event as a JSON line; fields in the documented order.
+#[derive(Serialize)]
+struct EventLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    event: &'a str,
+    delivery: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_b64: Option<String>,
+}
+
+fn event_json(event: &Event) -> serde_json::Result<String> {
+    let text = std::str::from_utf8(&event.payload).ok();
+    let line = EventLine {
+        kind: "event",
+        room: &event.room,
+        event: &event.name,
+        delivery: match event.delivery {
+            Delivery::Reliable { .. } => "reliable",
+            Delivery::Datagram { .. } => "datagram",
+        },
+        offset: event.offset(),
+        seq: event.seq(),
+        payload: text,
+        payload_b64: match text {
+            Some(_) => None,
+            None => Some(base64::engine::general_purpose::STANDARD.encode(&event.payload)),
+        },
+    };
+    serde_json::to_string(&line)
 }
 
 pub async fn subscribe(args: SubArgs) -> CliResult {
@@ -79,7 +91,7 @@ pub async fn subscribe(args: SubArgs) -> CliResult {
             return Err(client.closed().await.into());
         };
         let mut out = stdout.lock();
-        let written = writeln!(out, "{}", event_json(&event)).and_then(|()| out.flush());
+        let written = writeln!(out, "{}", event_json(&event)?).and_then(|()| out.flush());
         if let Err(e) = written {
             // A reader that went away (`quicbus sub | head`) is not a failure.
             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -196,4 +208,34 @@ pub async fn publish(args: PubArgs) -> CliResult {
     }
     client.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use quicbus::client::Delivery;
+
+    fn event(delivery: Delivery, payload: &'static [u8]) -> Event {
+        Event {
+            room: "r".into(),
+            name: "e".into(),
+            delivery,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn json_lines_have_the_documented_shape() {
+        let text = event_json(&event(Delivery::Reliable { offset: 7 }, b"hi")).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"event","room":"r","event":"e","delivery":"reliable","offset":7,"payload":"hi"}"#
+        );
+        let binary = event_json(&event(Delivery::Datagram { seq: 3 }, &[0xff, 0x00])).unwrap();
+        assert_eq!(
+            binary,
+            r#"{"type":"event","room":"r","event":"e","delivery":"datagram","seq":3,"payload_b64":"/wA="}"#
+        );
+    }
 }

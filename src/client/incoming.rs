@@ -100,10 +100,9 @@ impl Tasks {
     }
 
     async fn read_room_stream(self: Arc<Self>, mut reader: FrameReader) {
-        let room_id = match reader.next().await {
+        let room = match reader.next().await {
             Ok(Some(Frame::EventStream { room_id, room })) => {
-                lock(&self.rooms).learn(room_id, &room);
-                room_id
+                lock(&self.rooms).learn(room_id, &room)
             }
             Ok(Some(other)) => {
                 return self.violation(format!(
@@ -131,11 +130,11 @@ impl Tasks {
                 Err(e) => return self.read_failed("event stream", e),
             };
             // After `leave`, whatever was already in flight is dropped.
-            let Some(room) = lock(&self.rooms).joined_name(room_id) else {
+            if !lock(&self.rooms).accept_reliable(&room, offset) {
                 continue;
-            };
+            }
             let event = Event {
-                room,
+                room: room.clone(),
                 name,
                 delivery: Delivery::Reliable { offset },
                 payload,

@@ -153,16 +153,23 @@ pub(crate) enum Reply {
 
 pub(crate) type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
 
-/// What the client knows of rooms: ids, names, and which are joined.
+/// What the client knows of rooms: ids, names, which are joined, and how
+/// far delivery has got in each.
 #[derive(Default)]
 pub(crate) struct RoomTable {
     ids: HashMap<Arc<str>, RoomId>,
     names: HashMap<RoomId, Arc<str>>,
-    joined: HashSet<RoomId>,
+    /// Rooms joined or being joined, by name. A room counts from the moment
+    /// its `Join` is sent: its event stream (which names the room) may
+    /// overtake the `Joined` reply, and those events must not be lost.
+    joined: HashSet<Arc<str>>,
+    /// Offset of the newest reliable event delivered, per room. Events at or
+    /// below it (the tail of a stream replaced by a re-join) are dropped.
+    delivered: HashMap<Arc<str>, u64>,
 }
 
 impl RoomTable {
-    fn learn(&mut self, room_id: RoomId, name: &str) -> Arc<str> {
+    pub(crate) fn learn(&mut self, room_id: RoomId, name: &str) -> Arc<str> {
         if let Some(existing) = self.names.get(&room_id) {
             return existing.clone();
         }
@@ -172,13 +179,26 @@ impl RoomTable {
         name
     }
 
-    /// The room's name if this client has joined it.
+    /// The name of a joined room, by id.
     pub(crate) fn joined_name(&self, room_id: RoomId) -> Option<Arc<str>> {
-        if self.joined.contains(&room_id) {
-            self.names.get(&room_id).cloned()
-        } else {
-            None
+        self.names
+            .get(&room_id)
+            .filter(|name| self.joined.contains(*name))
+            .cloned()
+    }
+
+    /// Whether a reliable event should reach the application: its room is
+    /// joined and it is newer than anything delivered from that room.
+    pub(crate) fn accept_reliable(&mut self, room: &Arc<str>, offset: u64) -> bool {
+        if !self.joined.contains(room) {
+            return false;
         }
+        let last = self.delivered.entry(room.clone()).or_insert(0);
+        if offset <= *last {
+            return false;
+        }
+        *last = offset;
+        true
     }
 }
 
@@ -197,6 +217,8 @@ struct Shared {
     conn: quinn::Connection,
     endpoint: quinn::Endpoint,
     session_id: u64,
+    /// The server's frame limit, from `Welcome`.
+    max_frame: usize,
     request_timeout: Duration,
     control: mpsc::Sender<Bytes>,
     pending: Arc<Pending>,
@@ -279,7 +301,11 @@ impl Client {
                 .map_err(|_| closed_or_lost(&conn))?;
             let first = reader.next().await;
             let welcome = match first {
-                Ok(Some(Frame::Welcome { session_id, .. })) => session_id,
+                Ok(Some(Frame::Welcome {
+                    session_id,
+                    max_frame,
+                    ..
+                })) => (session_id, max_frame as usize),
                 Ok(Some(Frame::Reject {
                     code: ErrorCode::UnsupportedVersion,
                     server_version,
@@ -303,7 +329,7 @@ impl Client {
             };
             Ok::<_, ClientError>((conn, send, reader, welcome))
         };
-        let (conn, send, reader, session_id) = timeout(options.connect_timeout, handshake)
+        let (conn, send, reader, (session_id, max_frame)) = timeout(options.connect_timeout, handshake)
             .await
             .map_err(|_| ClientError::ConnectTimeout {
             server,
@@ -331,6 +357,7 @@ impl Client {
                 conn,
                 endpoint,
                 session_id,
+                max_frame,
                 request_timeout: options.request_timeout,
                 control: control_tx,
                 pending,
@@ -358,21 +385,29 @@ impl Client {
     /// Joins a room with options.
     pub async fn join_with(&self, room: &str, options: JoinOptions) -> Result<u64, ClientError> {
         validate_name("room", room).map_err(ClientError::InvalidName)?;
+        let name: Arc<str> = Arc::from(room);
+        let already = !lock(&self.shared.rooms).joined.insert(name.clone());
         let reply = self
             .request("join", |request| Frame::Join {
                 request,
                 room: room.to_string(),
                 echo: options.echo,
             })
-            .await?;
+            .await;
         match reply {
-            Reply::Joined { room_id, offset } => {
-                let mut rooms = lock(&self.shared.rooms);
-                rooms.learn(room_id, room);
-                rooms.joined.insert(room_id);
+            Ok(Reply::Joined { room_id, offset }) => {
+                lock(&self.shared.rooms).learn(room_id, room);
                 Ok(offset)
             }
-            _ => Err(ClientError::Protocol("unexpected answer to Join".into())),
+            other => {
+                if !already {
+                    lock(&self.shared.rooms).joined.remove(&name);
+                }
+                match other {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(ClientError::Protocol("unexpected answer to Join".into())),
+                }
+            }
         }
     }
 
@@ -380,14 +415,16 @@ impl Client {
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
         let room_id = {
             let mut rooms = lock(&self.shared.rooms);
-            let Some(&room_id) = rooms.ids.get(room).filter(|id| rooms.joined.contains(id)) else {
-                return Err(ClientError::Server {
-                    code: ErrorCode::NotJoined,
-                    message: format!("room {room} is not joined"),
-                });
-            };
-            rooms.joined.remove(&room_id);
-            room_id
+            let id = rooms.ids.get(room).copied();
+            match id {
+                Some(room_id) if rooms.joined.remove(room) => room_id,
+                _ => {
+                    return Err(ClientError::Server {
+                        code: ErrorCode::NotJoined,
+                        message: format!("room {room} is not joined"),
+                    })
+                }
+            }
         };
         match self
             .request("leave", |request| Frame::Leave { request, room_id })
@@ -407,7 +444,7 @@ impl Client {
         event: &str,
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
-        let frame = publish_frame(event, payload.into(), None)?;
+        let frame = self.publish_frame(event, payload.into(), None)?;
         self.publish(room, frame).await
     }
 
@@ -433,7 +470,13 @@ impl Client {
     ) -> Result<PendingAck, ClientError> {
         validate_name("event", event).map_err(ClientError::InvalidName)?;
         let (request, answer) = self.register();
-        let frame = publish_frame(event, payload.into(), Some(request))?;
+        let frame = match self.publish_frame(event, payload.into(), Some(request)) {
+            Ok(frame) => frame,
+            Err(e) => {
+                lock(&self.shared.pending).remove(&request);
+                return Err(e);
+            }
+        };
         if let Err(e) = self.publish(room, frame).await {
             lock(&self.shared.pending).remove(&request);
             return Err(e);
@@ -623,6 +666,27 @@ impl Client {
             .map_err(|_| closed_or_lost(&self.shared.conn))
     }
 
+    fn publish_frame(
+        &self,
+        event: &str,
+        payload: Bytes,
+        ack: Option<u64>,
+    ) -> Result<Bytes, ClientError> {
+        validate_name("event", event).map_err(ClientError::InvalidName)?;
+        let size = wire::event_frame_len(event.len(), payload.len());
+        if size > self.shared.max_frame {
+            return Err(ClientError::EventTooLarge {
+                size,
+                limit: self.shared.max_frame,
+            });
+        }
+        Ok(wire::encode_framed(&Frame::Publish {
+            event: event.to_string(),
+            payload,
+            ack,
+        }))
+    }
+
     fn register(&self) -> (u64, oneshot::Receiver<Reply>) {
         let request = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -698,15 +762,6 @@ fn closed_or_lost(conn: &quinn::Connection) -> ClientError {
         Some(reason) => ClientError::from_connection(&reason),
         None => ClientError::ConnectionLost("the connection's streams were closed".into()),
     }
-}
-
-fn publish_frame(event: &str, payload: Bytes, ack: Option<u64>) -> Result<Bytes, ClientError> {
-    validate_name("event", event).map_err(ClientError::InvalidName)?;
-    Ok(wire::encode_framed(&Frame::Publish {
-        event: event.to_string(),
-        payload,
-        ack,
-    }))
 }
 
 fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, ClientError> {

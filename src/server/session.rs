@@ -9,7 +9,7 @@
 //!   bounded queue;
 //! - one control writer and one datagram writer.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -109,7 +109,7 @@ pub(crate) async fn run(
         ctx.stats.clone(),
     ));
     let mut writers = JoinSet::new();
-    let mut joined = HashSet::new();
+    let mut joined = HashMap::new();
     let mut room_state = Rooms {
         conn: &conn,
         session,
@@ -154,9 +154,11 @@ pub(crate) async fn run(
 
     // Stop taking input, then let every room writer drain what was accepted.
     readers.abort_all();
-    for room in joined.iter() {
+    for room in joined.keys() {
         ctx.backplane.unsubscribe(*room, session);
     }
+    // With the backplane's copies gone, dropping ours closes every room queue.
+    drop(joined);
     drop(control_tx);
     if draining {
         let drained = timeout(ctx.config.shutdown_grace, async {
@@ -266,7 +268,8 @@ struct Rooms<'a> {
     conn: &'a Connection,
     session: SessionId,
     ctx: &'a SessionContext,
-    joined: &'a mut HashSet<RoomId>,
+    /// Each joined room's queue; the backplane's subscriber holds a clone.
+    joined: &'a mut HashMap<RoomId, mpsc::Sender<Bytes>>,
     writers: &'a mut JoinSet<()>,
     datagrams: &'a Arc<DatagramRing>,
 }
@@ -284,7 +287,7 @@ impl Rooms<'_> {
                 echo,
             } => self.join(request, &room, echo).await,
             Frame::Leave { request, room_id } => {
-                if self.joined.remove(&room_id) {
+                if self.joined.remove(&room_id).is_some() {
                     self.ctx.backplane.unsubscribe(room_id, self.session);
                     wire::encode_framed(&Frame::Left { request, room_id })
                 } else {
@@ -323,30 +326,35 @@ impl Rooms<'_> {
             Ok(id) => id,
             Err((code, message)) => return error_frame(Some(request), code, message),
         };
-        if self.joined.remove(&room_id) {
-            // Joining again (say, to change echo) starts a fresh stream.
-            self.ctx.backplane.unsubscribe(room_id, self.session);
-        }
+        // Joining a room already joined (say, to change echo) keeps its
+        // stream and queue: the new subscriber replaces the old one in one
+        // step, so no event is lost or reordered between them.
         let name: Arc<str> = Arc::from(room);
-        let (queue_tx, queue_rx) = mpsc::channel(self.ctx.config.reliable_queue.max(1));
-        self.writers.spawn(write_room_stream(
-            self.conn.clone(),
-            room_id,
-            name.clone(),
-            queue_rx,
-        ));
+        let queue_tx = match self.joined.get(&room_id) {
+            Some(queue) => queue.clone(),
+            None => {
+                let (queue_tx, queue_rx) = mpsc::channel(self.ctx.config.reliable_queue.max(1));
+                self.writers.spawn(write_room_stream(
+                    self.conn.clone(),
+                    room_id,
+                    name.clone(),
+                    queue_rx,
+                ));
+                queue_tx
+            }
+        };
         let subscriber = Arc::new(SessionSubscriber {
             session: self.session,
             echo,
             room: name,
-            reliable: queue_tx,
+            reliable: queue_tx.clone(),
             datagrams: self.datagrams.clone(),
             conn: self.conn.clone(),
             stats: self.ctx.stats.clone(),
         });
         match self.ctx.backplane.subscribe(room_id, subscriber).await {
             Ok(offset) => {
-                self.joined.insert(room_id);
+                self.joined.insert(room_id, queue_tx);
                 wire::encode_framed(&Frame::Joined {
                     request,
                     room_id,
@@ -464,8 +472,17 @@ async fn read_publish_stream(
                 return;
             }
         };
+        let event_len = wire::event_frame_len(event.len(), payload.len());
         let reply = match validate_name("event", &event) {
             Err(message) => Some(error_frame(ack, ErrorCode::InvalidName, message)),
+            Ok(()) if event_len > ctx.config.max_frame => Some(error_frame(
+                ack,
+                ErrorCode::TooLarge,
+                format!(
+                    "event '{event}' would be a {event_len}-byte frame, over the limit of {} bytes",
+                    ctx.config.max_frame
+                ),
+            )),
             Ok(()) => match ctx
                 .backplane
                 .publish(room_id, session, event, payload)

@@ -43,6 +43,24 @@ pub fn read_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, WireError> {
     }
 }
 
+/// How many bytes `value` takes as a varint.
+pub fn varint_len(value: u64) -> usize {
+    let bits = 64 - value.leading_zeros() as usize;
+    bits.max(1).div_ceil(7)
+}
+
+/// The largest body an `Event` frame can have for an event name and payload
+/// of these lengths (with the largest possible offset). The server refuses
+/// a publish whose event would not fit the frame limit, so that every
+/// subscriber can read every event.
+pub fn event_frame_len(event_len: usize, payload_len: usize) -> usize {
+    1 + MAX_VARINT_LEN
+        + varint_len(event_len as u64)
+        + event_len
+        + varint_len(payload_len as u64)
+        + payload_len
+}
+
 /// Encodes one frame body (what a datagram carries).
 pub fn encode(frame: &Frame) -> Bytes {
     let mut out = BytesMut::with_capacity(encoded_len(frame));
@@ -363,6 +381,13 @@ mod tests {
             let mut buf = BytesMut::new();
             write_varint(&mut buf, value);
             prop_assert_eq!(read_varint(&buf).unwrap(), Some((value, buf.len())));
+            prop_assert_eq!(varint_len(value), buf.len());
+        }
+
+        #[test]
+        fn event_frame_len_bounds_the_real_size(event in ".{0,300}", payload_len in 0usize..70_000) {
+            let frame = Frame::Event { offset: u64::MAX, event: event.clone(), payload: Bytes::from(vec![1u8; payload_len]) };
+            prop_assert_eq!(encoded_len(&frame), event_frame_len(event.len(), payload_len));
         }
     }
 }

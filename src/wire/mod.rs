@@ -13,8 +13,8 @@ mod codec;
 mod stream;
 
 pub use codec::{
-    decode, encode, encode_framed, encoded_len, read_varint, write_varint, FrameDecoder,
-    MAX_VARINT_LEN,
+    decode, encode, encode_framed, encoded_len, event_frame_len, read_varint, varint_len,
+    write_varint, FrameDecoder, MAX_VARINT_LEN,
 };
 pub use stream::{FrameReader, ReadFrameError};
 
@@ -241,7 +241,7 @@ pub enum ErrorCode {
     NotJoined,
     /// The server already holds its maximum number of rooms.
     TooManyRooms,
-    /// A payload does not fit (for example a datagram too large to forward).
+    /// An event would not fit the frame limit once the server adds its offset.
     TooLarge,
     /// The server is shutting down and accepts no more events.
     ShuttingDown,
