@@ -1,3 +1,36 @@
+//! quicbus: a low-latency event bus over QUIC.
+//!
+//! The programming model of socket.io (named events, rooms, emit/join,
+//! acknowledgements) carried on QUIC, where every emit chooses its trade-off:
+//! **reliable** events travel on one QUIC stream per room (ordered, nothing
+//! lost, and a loss in one room never stalls another), **datagram** events
+//! travel as QUIC DATAGRAM frames (lowest latency, may be lost; stale ones
+//! are dropped by the receiver).
+//!
+//! # A tour of the modules, following the data
+//!
+//! - [`wire`]: frames and their encoding (postcard, varint length prefix,
+//!   size limit checked before allocating). Pure code, no sockets.
+//! - [`tls`] and [`certs`]: rustls/quinn configuration and the development CA.
+//! - [`client`]: [`client::Client`] connects, joins rooms, emits; incoming
+//!   events of every room arrive on one [`client::Events`] stream.
+//! - [`server`]: the accept loop and one session task per connection. A
+//!   session publishes into a [`server::Backplane`] (rooms: naming,
+//!   offsets, fan-out); the backplane hands each subscriber the event
+//!   *encoded once* and the subscriber's bounded queue feeds the room's
+//!   stream writer.
+//! - [`game`]: the moving-entities world of the demo and the game examples.
+//!
+//! ```text
+//! client ──PublishStream/Publish──▶ session ──▶ Backplane::publish
+//!                                               │ offset += 1, encode once
+//!                                               ▼
+//! client ◀──EventStream/Event── room writer ◀── bounded queue (per room, per connection)
+//! client ◀──────── Datagram ─── datagram writer ◀── ring (per connection, newest wins)
+//! ```
+//!
+//! `docs/PROTOCOL.md` specifies the wire protocol.
+
 pub mod certs;
 pub mod client;
 pub mod game;

@@ -108,7 +108,7 @@ impl TransportSettings {
         t.max_idle_timeout(Some(idle));
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_concurrent_uni_streams(self.max_uni_streams.into());
-        // Only the control stream is bidirectional.
+        // Clients open one bidirectional stream (control); allow a few spare.
         t.max_concurrent_bidi_streams(4u32.into());
         t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
         t.datagram_send_buffer_size(self.datagram_send_buffer);

@@ -9,7 +9,8 @@ use std::collections::HashSet;
 use common::{next_event, within};
 use quicbus::client::{Delivery, JoinOptions};
 
-#[tokio::test]
+// On a multi-threaded runtime, so nothing relies on a single thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_reliable_events_reach_three_subscribers_in_order() {
     const N: u64 = 10_000;
     let server = common::start().await;
@@ -196,7 +197,10 @@ async fn rejoining_to_change_echo_loses_and_reorders_nothing() {
     sub.join("r").await.unwrap();
     let flood = tokio::spawn(async move {
         for i in 0..N {
-            publisher.emit("r", "n", i.to_be_bytes().to_vec()).await.unwrap();
+            publisher
+                .emit("r", "n", i.to_be_bytes().to_vec())
+                .await
+                .unwrap();
         }
         publisher.emit_with_ack("r", "n", "end").await.unwrap();
     });
@@ -204,7 +208,9 @@ async fn rejoining_to_change_echo_loses_and_reorders_nothing() {
     let mut echoed = 0;
     while i < N {
         if i == N / 3 && echoed == 0 {
-            sub.join_with("r", JoinOptions { echo: true }).await.unwrap();
+            sub.join_with("r", JoinOptions { echo: true })
+                .await
+                .unwrap();
             sub.emit("r", "mine", "echoed").await.unwrap();
         }
         let e = next_event(&mut events, "event across a re-join").await;
@@ -248,9 +254,8 @@ async fn events_over_the_frame_limit_are_refused_with_the_limit() {
     // (its Event would not fit) and keeps the session.
     let mut peer = server.raw_session().await;
     let mut send = peer.conn.open_uni().await.unwrap();
-    let header = quicbus::wire::encode_framed(&quicbus::wire::Frame::PublishStream {
-        room: "r".into(),
-    });
+    let header =
+        quicbus::wire::encode_framed(&quicbus::wire::Frame::PublishStream { room: "r".into() });
     send.write_all(&header).await.unwrap();
     let publish = quicbus::wire::Frame::Publish {
         event: "big".into(),

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use base64::Engine;
-use serde::Serialize;
 use quicbus::client::{Client, Delivery, Event, PendingAck};
+use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
 use super::{positive_secs, CliResult, ConnectArgs};

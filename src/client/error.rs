@@ -46,7 +46,9 @@ pub enum ClientError {
     #[error("datagram payload of {size} bytes is over the current limit of {limit} bytes")]
     DatagramTooLarge { size: usize, limit: usize },
     /// A reliable event is too large for the server's frame limit.
-    #[error("event of {size} bytes (as a frame) is over the server's frame limit of {limit} bytes")]
+    #[error(
+        "event of {size} bytes (as a frame) is over the server's frame limit of {limit} bytes"
+    )]
     EventTooLarge { size: usize, limit: usize },
     /// The peer does not accept datagrams on this connection.
     #[error("datagrams are not supported on this connection")]

@@ -329,12 +329,13 @@ impl Client {
             };
             Ok::<_, ClientError>((conn, send, reader, welcome))
         };
-        let (conn, send, reader, (session_id, max_frame)) = timeout(options.connect_timeout, handshake)
-            .await
-            .map_err(|_| ClientError::ConnectTimeout {
-            server,
-            after: options.connect_timeout,
-        })??;
+        let (conn, send, reader, (session_id, max_frame)) =
+            timeout(options.connect_timeout, handshake)
+                .await
+                .map_err(|_| ClientError::ConnectTimeout {
+                    server,
+                    after: options.connect_timeout,
+                })??;
 
         let (control_tx, control_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(options.event_queue.max(1));
