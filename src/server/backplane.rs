@@ -139,14 +139,19 @@ impl MemoryBackplane {
             .ok_or(BackplaneError::UnknownRoom(id))
     }
 
-    fn publish_now(
+    /// Sequences one event of `room` and fans it out, all under the room
+    /// lock so that sequence order is delivery order. `kind` picks the
+    /// counter, the encoding and the subscriber queue.
+    fn sequence_and_fan_out(
         &self,
         room: RoomId,
         from: SessionId,
+        kind: Kind,
         event: String,
         payload: Bytes,
     ) -> Result<u64, BackplaneError> {
-        let room = self.room(room)?;
+        let room_id = room;
+        let room = self.room(room_id)?;
         let mut state = lock(&room.state);
         // Checked under the room lock: once `close` has returned and a
         // session has unsubscribed (which takes this lock), no event can
@@ -154,20 +159,46 @@ impl MemoryBackplane {
         if self.closed.load(Ordering::SeqCst) {
             return Err(BackplaneError::ShuttingDown);
         }
-        state.last_offset += 1;
-        let offset = state.last_offset;
-        let frame = wire::encode_framed(&Frame::Event {
-            offset,
-            event,
-            payload,
-        });
-        for sub in &state.subscribers {
-            if sub.session() != from || sub.echo() {
-                sub.deliver_reliable(&frame);
+        let (number, frame) = match kind {
+            Kind::Reliable => {
+                state.last_offset += 1;
+                let offset = state.last_offset;
+                let frame = wire::encode_framed(&Frame::Event {
+                    offset,
+                    event,
+                    payload,
+                });
+                (offset, frame)
+            }
+            Kind::Datagram => {
+                state.last_datagram_seq += 1;
+                let seq = state.last_datagram_seq;
+                let frame = wire::encode(&Frame::Datagram {
+                    room_id,
+                    seq,
+                    event,
+                    payload,
+                });
+                (seq, frame)
+            }
+        };
+        for sub in state.subscribers.iter() {
+            if sub.session() == from && !sub.echo() {
+                continue;
+            }
+            match kind {
+                Kind::Reliable => sub.deliver_reliable(&frame),
+                Kind::Datagram => sub.deliver_datagram(&frame),
             }
         }
-        Ok(offset)
+        Ok(number)
     }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Reliable,
+    Datagram,
 }
 
 impl Backplane for MemoryBackplane {
@@ -229,37 +260,23 @@ impl Backplane for MemoryBackplane {
         event: String,
         payload: Bytes,
     ) -> BoxFuture<'_, Result<u64, BackplaneError>> {
-        Box::pin(std::future::ready(
-            self.publish_now(room, from, event, payload),
-        ))
+        Box::pin(std::future::ready(self.sequence_and_fan_out(
+            room,
+            from,
+            Kind::Reliable,
+            event,
+            payload,
+        )))
     }
 
     fn publish_datagram(
         &self,
-        room_id: RoomId,
+        room: RoomId,
         from: SessionId,
         event: String,
         payload: Bytes,
     ) -> Result<u64, BackplaneError> {
-        let room = self.room(room_id)?;
-        let mut state = lock(&room.state);
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(BackplaneError::ShuttingDown);
-        }
-        state.last_datagram_seq += 1;
-        let seq = state.last_datagram_seq;
-        let frame = wire::encode(&Frame::Datagram {
-            room_id,
-            seq,
-            event,
-            payload,
-        });
-        for sub in &state.subscribers {
-            if sub.session() != from || sub.echo() {
-                sub.deliver_datagram(&frame);
-            }
-        }
-        Ok(seq)
+        self.sequence_and_fan_out(room, from, Kind::Datagram, event, payload)
     }
 
     fn close(&self) {

@@ -299,7 +299,7 @@ impl Rooms<'_> {
                 }
             }
             Frame::Ping { request } => wire::encode_framed(&Frame::Pong { request }),
-            Frame::Resolve { request, room } => match self.resolve(&room) {
+            Frame::Resolve { request, room } => match resolve_room(self.ctx, &room) {
                 Ok(room_id) => wire::encode_framed(&Frame::Resolved { request, room_id }),
                 Err((code, message)) => error_frame(Some(request), code, message),
             },
@@ -313,16 +313,8 @@ impl Rooms<'_> {
         control.send(reply).await.map_err(|_| None)
     }
 
-    fn resolve(&self, room: &str) -> Result<RoomId, (ErrorCode, String)> {
-        validate_name("room", room).map_err(|m| (ErrorCode::InvalidName, m))?;
-        self.ctx
-            .backplane
-            .resolve(room)
-            .map_err(|e| (e.code(), e.to_string()))
-    }
-
     async fn join(&mut self, request: u64, room: &str, echo: bool) -> Bytes {
-        let room_id = match self.resolve(room) {
+        let room_id = match resolve_room(self.ctx, room) {
             Ok(id) => id,
             Err((code, message)) => return error_frame(Some(request), code, message),
         };
@@ -409,6 +401,32 @@ fn handle_datagram(
     Ok(())
 }
 
+/// The next frame of a publish stream; `None` once the stream has ended or
+/// the connection has been closed for what was on it.
+async fn next_publish_frame(
+    reader: &mut FrameReader,
+    conn: &Connection,
+    stats: &ServerStats,
+) -> Option<Frame> {
+    match reader.next().await {
+        Ok(frame) => frame,
+        Err(e) => {
+            if let Some(closing) = read_failure("publish stream", e) {
+                closing.apply(conn, stats);
+            }
+            None
+        }
+    }
+}
+
+/// Validates a room name and finds (or creates) the room.
+fn resolve_room(ctx: &SessionContext, room: &str) -> Result<RoomId, (ErrorCode, String)> {
+    validate_name("room", room).map_err(|m| (ErrorCode::InvalidName, m))?;
+    ctx.backplane
+        .resolve(room)
+        .map_err(|e| (e.code(), e.to_string()))
+}
+
 /// Reads one client publish stream: a `PublishStream` header, then `Publish` frames.
 async fn read_publish_stream(
     recv: RecvStream,
@@ -418,31 +436,18 @@ async fn read_publish_stream(
     control: mpsc::Sender<Bytes>,
 ) {
     let mut reader = FrameReader::new(recv, ctx.config.max_frame);
-    let room = match reader.next().await {
-        Ok(Some(Frame::PublishStream { room })) => room,
-        Ok(Some(other)) => {
+    let room = match next_publish_frame(&mut reader, &conn, &ctx.stats).await {
+        Some(Frame::PublishStream { room }) => room,
+        Some(other) => {
             return Closing::violation(format!(
                 "a publish stream must start with PublishStream, not {}",
                 other.name()
             ))
             .apply(&conn, &ctx.stats)
         }
-        Ok(None) => return,
-        Err(e) => {
-            if let Some(closing) = read_failure("publish stream", e) {
-                closing.apply(&conn, &ctx.stats);
-            }
-            return;
-        }
+        None => return,
     };
-    let resolved = validate_name("room", &room)
-        .map_err(|m| (ErrorCode::InvalidName, m))
-        .and_then(|()| {
-            ctx.backplane
-                .resolve(&room)
-                .map_err(|e| (e.code(), e.to_string()))
-        });
-    let room_id = match resolved {
+    let room_id = match resolve_room(&ctx, &room) {
         Ok(id) => id,
         Err((code, message)) => {
             let _ = control.send(error_frame(None, code, message)).await;
@@ -451,26 +456,20 @@ async fn read_publish_stream(
         }
     };
     loop {
-        let (event, payload, ack) = match reader.next().await {
-            Ok(Some(Frame::Publish {
+        let (event, payload, ack) = match next_publish_frame(&mut reader, &conn, &ctx.stats).await {
+            Some(Frame::Publish {
                 event,
                 payload,
                 ack,
-            })) => (event, payload, ack),
-            Ok(Some(other)) => {
+            }) => (event, payload, ack),
+            Some(other) => {
                 return Closing::violation(format!(
                     "{} is not allowed on a publish stream",
                     other.name()
                 ))
                 .apply(&conn, &ctx.stats)
             }
-            Ok(None) => return,
-            Err(e) => {
-                if let Some(closing) = read_failure("publish stream", e) {
-                    closing.apply(&conn, &ctx.stats);
-                }
-                return;
-            }
+            None => return,
         };
         let event_len = wire::event_frame_len(event.len(), payload.len());
         let reply = match validate_name("event", &event) {
