@@ -20,17 +20,17 @@
 mod datagram_order;
 mod error;
 mod event;
+mod handshake;
 mod incoming;
+mod options;
+mod rooms;
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
@@ -38,108 +38,13 @@ use tokio::time::timeout;
 pub use datagram_order::{DatagramOrder, Verdict};
 pub use error::ClientError;
 pub use event::{Delivery, Event, Events};
+pub use options::{ClientOptions, ClientStats, JoinOptions, Trust};
 
-use crate::tls::{self, TransportSettings};
-use crate::wire::{
-    self, validate_name, ErrorCode, Frame, FrameReader, RoomId, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
-};
+use handshake::Established;
+use options::Counters;
+use rooms::RoomTable;
 
-/// Which certificate authorities the client trusts to vouch for the server.
-#[derive(Debug, Clone)]
-pub enum Trust {
-    /// CA certificates read from a PEM file (default `certs/ca.pem`).
-    CaFile(PathBuf),
-    /// CA certificates given as PEM text.
-    CaPem(String),
-    /// CA certificates given as DER.
-    Certificates(Vec<CertificateDer<'static>>),
-}
-
-/// How to connect; [`ClientOptions::new`] fills in sensible defaults.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// The server's UDP address.
-    pub server: SocketAddr,
-    /// The name the server's certificate must carry.
-    pub server_name: String,
-    /// Trusted CAs. There is no option to skip verification.
-    pub trust: Trust,
-    /// A name for logs on the server.
-    pub client_name: String,
-    /// Sent in `Hello` for servers that require a token.
-    pub token: Option<String>,
-    /// Longest wait for the QUIC, TLS and quicbus handshakes together.
-    pub connect_timeout: Duration,
-    /// Longest wait for an answer to a request (join, leave, ack).
-    pub request_timeout: Duration,
-    /// Events buffered for the application before reliable streams push
-    /// back and datagrams are dropped.
-    pub event_queue: usize,
-    /// Largest stream frame accepted from the server.
-    pub max_frame: usize,
-    /// QUIC transport settings.
-    pub transport: TransportSettings,
-    /// Protocol version sent in `Hello` (only tests change it).
-    pub protocol_version: u32,
-}
-
-impl ClientOptions {
-    /// Defaults: server name `localhost`, trust `certs/ca.pem`, 5 s timeouts.
-    pub fn new(server: SocketAddr) -> Self {
-        ClientOptions {
-            server,
-            server_name: "localhost".into(),
-            trust: Trust::CaFile(PathBuf::from("certs/ca.pem")),
-            client_name: "quicbus-client".into(),
-            token: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            event_queue: 4096,
-            max_frame: DEFAULT_MAX_FRAME,
-            transport: TransportSettings::default(),
-            protocol_version: PROTOCOL_VERSION,
-        }
-    }
-}
-
-/// Options of one `join`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct JoinOptions {
-    /// Also receive the events this client publishes to the room.
-    pub echo: bool,
-}
-
-/// Connection statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ClientStats {
-    /// Current smoothed round-trip time.
-    pub rtt: Duration,
-    /// QUIC packets sent and declared lost.
-    pub sent_packets: u64,
-    pub lost_packets: u64,
-    /// Reliable events delivered to the application.
-    pub reliable_received: u64,
-    /// Datagrams delivered to the application.
-    pub datagrams_received: u64,
-    /// Datagram sequence numbers skipped (lost on the way, or arrived late).
-    pub datagrams_lost: u64,
-    /// Datagrams dropped on arrival because a newer one had already been delivered.
-    pub datagrams_stale: u64,
-    /// Datagrams dropped because the application's event queue was full.
-    pub datagrams_dropped_queue_full: u64,
-    /// Error frames from the server that answered no request.
-    pub server_errors: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    reliable_received: AtomicU64,
-    datagrams_received: AtomicU64,
-    datagrams_lost: AtomicU64,
-    datagrams_stale: AtomicU64,
-    datagrams_dropped_queue_full: AtomicU64,
-    server_errors: AtomicU64,
-}
+use crate::wire::{self, validate_name, ErrorCode, Frame, RoomId};
 
 /// Answers to requests, by request id.
 pub(crate) enum Reply {
@@ -152,55 +57,6 @@ pub(crate) enum Reply {
 }
 
 pub(crate) type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
-
-/// What the client knows of rooms: ids, names, which are joined, and how
-/// far delivery has got in each.
-#[derive(Default)]
-pub(crate) struct RoomTable {
-    ids: HashMap<Arc<str>, RoomId>,
-    names: HashMap<RoomId, Arc<str>>,
-    /// Rooms joined or being joined, by name. A room counts from the moment
-    /// its `Join` is sent: its event stream (which names the room) may
-    /// overtake the `Joined` reply, and those events must not be lost.
-    joined: HashSet<Arc<str>>,
-    /// Offset of the newest reliable event delivered, per room. Events at or
-    /// below it (the tail of a stream replaced by a re-join) are dropped.
-    delivered: HashMap<Arc<str>, u64>,
-}
-
-impl RoomTable {
-    pub(crate) fn learn(&mut self, room_id: RoomId, name: &str) -> Arc<str> {
-        if let Some(existing) = self.names.get(&room_id) {
-            return existing.clone();
-        }
-        let name: Arc<str> = Arc::from(name);
-        self.ids.insert(name.clone(), room_id);
-        self.names.insert(room_id, name.clone());
-        name
-    }
-
-    /// The name of a joined room, by id.
-    pub(crate) fn joined_name(&self, room_id: RoomId) -> Option<Arc<str>> {
-        self.names
-            .get(&room_id)
-            .filter(|name| self.joined.contains(*name))
-            .cloned()
-    }
-
-    /// Whether a reliable event should reach the application: its room is
-    /// joined and it is newer than anything delivered from that room.
-    pub(crate) fn accept_reliable(&mut self, room: &Arc<str>, offset: u64) -> bool {
-        if !self.joined.contains(room) {
-            return false;
-        }
-        let last = self.delivered.entry(room.clone()).or_insert(0);
-        if offset <= *last {
-            return false;
-        }
-        *last = offset;
-        true
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -243,99 +99,14 @@ impl Client {
     /// Connects, verifies the server, and completes the quicbus handshake,
     /// all within `options.connect_timeout`.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
-        let roots = match &options.trust {
-            Trust::CaFile(path) => tls::load_certs(path).map_err(|e| {
-                let hint = if path.exists() {
-                    ""
-                } else {
-                    " (`quicbus serve` creates it on first run, or run `quicbus certs`)"
-                };
-                ClientError::Tls(format!("cannot load the trusted CA: {e}{hint}"))
-            })?,
-            Trust::CaPem(pem) => tls::parse_certs(pem)?,
-            Trust::Certificates(certs) => certs.clone(),
-        };
-        let config = tls::client_config(&roots, &options.transport)?;
-        let bind: SocketAddr = if options.server.is_ipv6() {
-            "[::]:0".parse().expect("valid literal")
-        } else {
-            "0.0.0.0:0".parse().expect("valid literal")
-        };
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| ClientError::Socket(e.to_string()))?;
-        endpoint.set_default_client_config(config);
-
-        let server = options.server;
-        let handshake = async {
-            let connecting = endpoint
-                .connect(server, &options.server_name)
-                .map_err(|e| ClientError::Handshake {
-                    server,
-                    reason: e.to_string(),
-                })?;
-            let conn = connecting.await.map_err(|e| match e {
-                quinn::ConnectionError::ApplicationClosed(_) => ClientError::from_connection(&e),
-                other => {
-                    let mut reason = other.to_string();
-                    if reason.contains("certificate") {
-                        reason.push_str(
-                            " (is the trusted CA the one that signed the server's certificate?)",
-                        );
-                    }
-                    ClientError::Handshake { server, reason }
-                }
-            })?;
-            let (send, recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| ClientError::from_connection(&e))?;
-            let mut reader = FrameReader::new(recv, options.max_frame);
-            let mut send = send;
-            let hello = wire::encode_framed(&Frame::Hello {
-                version: options.protocol_version,
-                token: options.token.clone(),
-                client_name: options.client_name.clone(),
-            });
-            send.write_all(&hello)
-                .await
-                .map_err(|_| closed_or_lost(&conn))?;
-            let first = reader.next().await;
-            let welcome = match first {
-                Ok(Some(Frame::Welcome {
-                    session_id,
-                    max_frame,
-                    ..
-                })) => (session_id, max_frame as usize),
-                Ok(Some(Frame::Reject {
-                    code: ErrorCode::UnsupportedVersion,
-                    server_version,
-                    ..
-                })) => {
-                    return Err(ClientError::VersionMismatch {
-                        client: options.protocol_version,
-                        server: server_version,
-                    })
-                }
-                Ok(Some(Frame::Reject { code, reason, .. })) => {
-                    return Err(ClientError::Rejected { code, reason })
-                }
-                Ok(Some(other)) => {
-                    return Err(ClientError::Protocol(format!(
-                        "expected Welcome, got {}",
-                        other.name()
-                    )))
-                }
-                Ok(None) | Err(_) => return Err(closed_or_lost(&conn)),
-            };
-            Ok::<_, ClientError>((conn, send, reader, welcome))
-        };
-        let (conn, send, reader, (session_id, max_frame)) =
-            timeout(options.connect_timeout, handshake)
-                .await
-                .map_err(|_| ClientError::ConnectTimeout {
-                    server,
-                    after: options.connect_timeout,
-                })??;
+        let Established {
+            conn,
+            endpoint,
+            control_send: send,
+            control: reader,
+            session_id,
+            max_frame,
+        } = handshake::establish(&options).await?;
 
         let (control_tx, control_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(options.event_queue.max(1));

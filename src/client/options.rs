@@ -1,0 +1,109 @@
+//! What a client can be told: where to connect, whom to trust, limits; and
+//! what it reports back.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+
+use crate::tls::TransportSettings;
+use crate::wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+
+/// Which certificate authorities the client trusts to vouch for the server.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// CA certificates read from a PEM file (default `certs/ca.pem`).
+    CaFile(PathBuf),
+    /// CA certificates given as PEM text.
+    CaPem(String),
+    /// CA certificates given as DER.
+    Certificates(Vec<CertificateDer<'static>>),
+}
+
+/// How to connect; [`ClientOptions::new`] fills in sensible defaults.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The server's UDP address.
+    pub server: SocketAddr,
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+    /// Trusted CAs. There is no option to skip verification.
+    pub trust: Trust,
+    /// A name for logs on the server.
+    pub client_name: String,
+    /// Sent in `Hello` for servers that require a token.
+    pub token: Option<String>,
+    /// Longest wait for the QUIC, TLS and quicbus handshakes together.
+    pub connect_timeout: Duration,
+    /// Longest wait for an answer to a request (join, leave, ack).
+    pub request_timeout: Duration,
+    /// Events buffered for the application before reliable streams push
+    /// back and datagrams are dropped.
+    pub event_queue: usize,
+    /// Largest stream frame accepted from the server.
+    pub max_frame: usize,
+    /// QUIC transport settings.
+    pub transport: TransportSettings,
+    /// Protocol version sent in `Hello` (only tests change it).
+    pub protocol_version: u32,
+}
+
+impl ClientOptions {
+    /// Defaults: server name `localhost`, trust `certs/ca.pem`, 5 s timeouts.
+    pub fn new(server: SocketAddr) -> Self {
+        ClientOptions {
+            server,
+            server_name: "localhost".into(),
+            trust: Trust::CaFile(PathBuf::from("certs/ca.pem")),
+            client_name: "quicbus-client".into(),
+            token: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            event_queue: 4096,
+            max_frame: DEFAULT_MAX_FRAME,
+            transport: TransportSettings::default(),
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// Options of one `join`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JoinOptions {
+    /// Also receive the events this client publishes to the room.
+    pub echo: bool,
+}
+
+/// Connection statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClientStats {
+    /// Current smoothed round-trip time.
+    pub rtt: Duration,
+    /// QUIC packets sent and declared lost.
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    /// Reliable events delivered to the application.
+    pub reliable_received: u64,
+    /// Datagrams delivered to the application.
+    pub datagrams_received: u64,
+    /// Datagram sequence numbers skipped (lost on the way, or arrived late).
+    pub datagrams_lost: u64,
+    /// Datagrams dropped on arrival because a newer one had already been delivered.
+    pub datagrams_stale: u64,
+    /// Datagrams dropped because the application's event queue was full.
+    pub datagrams_dropped_queue_full: u64,
+    /// Error frames from the server that answered no request.
+    pub server_errors: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub reliable_received: AtomicU64,
+    pub datagrams_received: AtomicU64,
+    pub datagrams_lost: AtomicU64,
+    pub datagrams_stale: AtomicU64,
+    pub datagrams_dropped_queue_full: AtomicU64,
+    pub server_errors: AtomicU64,
+}

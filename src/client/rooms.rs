@@ -1,0 +1,86 @@
+//! The client's table of rooms: ids, names, membership and delivery position.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::wire::RoomId;
+
+/// What the client knows of rooms: ids, names, which are joined, and how
+/// far delivery has got in each.
+#[derive(Default)]
+pub(crate) struct RoomTable {
+    pub ids: HashMap<Arc<str>, RoomId>,
+    names: HashMap<RoomId, Arc<str>>,
+    /// Rooms joined or being joined, by name. A room counts from the moment
+    /// its `Join` is sent: its event stream (which names the room) may
+    /// overtake the `Joined` reply, and those events must not be lost.
+    pub joined: HashSet<Arc<str>>,
+    /// Offset of the newest reliable event delivered, per room. Events at or
+    /// below it (the tail of a stream replaced by a re-join) are dropped.
+    delivered: HashMap<Arc<str>, u64>,
+}
+
+impl RoomTable {
+    pub(crate) fn learn(&mut self, room_id: RoomId, name: &str) -> Arc<str> {
+        if let Some(existing) = self.names.get(&room_id) {
+            return existing.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.ids.insert(name.clone(), room_id);
+        self.names.insert(room_id, name.clone());
+        name
+    }
+
+    /// The name of a joined room, by id.
+    pub(crate) fn joined_name(&self, room_id: RoomId) -> Option<Arc<str>> {
+        self.names
+            .get(&room_id)
+            .filter(|name| self.joined.contains(*name))
+            .cloned()
+    }
+
+    /// Whether a reliable event should reach the application: its room is
+    /// joined and it is newer than anything delivered from that room.
+    pub(crate) fn accept_reliable(&mut self, room: &Arc<str>, offset: u64) -> bool {
+        if !self.joined.contains(room) {
+            return false;
+        }
+        let last = self.delivered.entry(room.clone()).or_insert(0);
+        if offset <= *last {
+            return false;
+        }
+        *last = offset;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_counts_as_joined_before_its_id_is_known() {
+        let mut rooms = RoomTable::default();
+        let name: Arc<str> = Arc::from("r");
+        rooms.joined.insert(name.clone());
+        // The event stream names the room; its events pass before `Joined`.
+        let learned = rooms.learn(4, "r");
+        assert!(rooms.accept_reliable(&learned, 1));
+        assert_eq!(rooms.joined_name(4).as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn old_or_repeated_offsets_and_left_rooms_are_dropped() {
+        let mut rooms = RoomTable::default();
+        let name = rooms.learn(1, "r");
+        assert!(!rooms.accept_reliable(&name, 1), "not joined");
+        rooms.joined.insert(name.clone());
+        assert!(rooms.accept_reliable(&name, 5));
+        assert!(!rooms.accept_reliable(&name, 5), "duplicate");
+        assert!(!rooms.accept_reliable(&name, 3), "older");
+        assert!(rooms.accept_reliable(&name, 9), "gaps are normal");
+        rooms.joined.remove(&name);
+        assert!(!rooms.accept_reliable(&name, 10), "left");
+        assert_eq!(rooms.joined_name(1), None);
+    }
+}
