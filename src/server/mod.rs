@@ -11,6 +11,7 @@
 //! drain, and a drop-guard channel closes when the last one has finished.
 
 pub mod backplane;
+mod ingest;
 mod outbound;
 mod session;
 mod stats;
@@ -46,6 +47,9 @@ pub struct ServerConfig {
     pub max_rooms: usize,
     /// Reliable events queued per room per connection before `slow consumer`.
     pub reliable_queue: usize,
+    /// Bytes of reliable events queued per room per connection before
+    /// `slow consumer` (never less than one frame).
+    pub reliable_queue_bytes: usize,
     /// Datagrams queued per connection before the oldest are dropped.
     pub datagram_queue: usize,
     /// Largest stream frame body accepted, in bytes.
@@ -67,6 +71,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_rooms: 100_000,
             reliable_queue: 8192,
+            reliable_queue_bytes: 16 * 1024 * 1024,
             datagram_queue: 1024,
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(5),

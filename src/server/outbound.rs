@@ -1,22 +1,29 @@
-//! Bounded outgoing queues of one connection, and the delivery policy of each.
+//! Everything one connection sends: bounded queues, their delivery
+//! policies, and the tasks that write them out.
 //!
-//! - Reliable events of a room go through a bounded FIFO to the task that
-//!   writes the room's stream. A full FIFO means the client reads slower than
-//!   the room is written: it is closed with `slow consumer` (it can recover
-//!   from history later), never silently skipped.
+//! - Reliable events of a room go through a [`RoomQueue`], bounded both in
+//!   events and in bytes, to the task that writes the room's stream. A full
+//!   queue means the client reads slower than the room is written: it is
+//!   closed with `slow consumer` (it can recover from history later), never
+//!   silently skipped.
 //! - Datagrams go through one [`DatagramRing`] per connection that drops the
 //!   oldest when full (newest wins) and counts what it dropped.
+//! - Control replies go through a bounded queue too (see `session::Control`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use quinn::{Connection, SendStream};
 use tokio::sync::{mpsc, Notify};
 
 use super::backplane::{RoomSubscriber, SessionId};
 use super::stats::ServerStats;
-use crate::wire::close_code;
+use crate::wire::{self, close_code, Frame, RoomId};
+
+/// Most frames gathered into one stream write.
+const WRITE_BATCH: usize = 64;
 
 /// A bounded ring of datagram frames: pushing onto a full ring drops the oldest.
 pub struct DatagramRing {
@@ -76,14 +83,73 @@ impl DatagramRing {
     }
 }
 
+/// The sending half of one room's reliable queue: at most `events` frames
+/// and `max_bytes` bytes wait for the room's writer.
+#[derive(Clone)]
+pub(crate) struct RoomQueue {
+    tx: mpsc::Sender<Bytes>,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// Why a frame could not be queued.
+pub(crate) enum QueueFull {
+    Events(usize),
+    Bytes(usize),
+}
+
+impl RoomQueue {
+    /// A queue and the receiving half its writer drains.
+    pub fn new(events: usize, max_bytes: usize) -> (RoomQueue, RoomQueueRx) {
+        let (tx, rx) = mpsc::channel(events.max(1));
+        let bytes = Arc::new(AtomicUsize::new(0));
+        (
+            RoomQueue {
+                tx,
+                bytes: bytes.clone(),
+                max_bytes,
+            },
+            RoomQueueRx { rx, bytes },
+        )
+    }
+
+    /// Queues a frame without waiting; `Ok(false)` if the writer is gone.
+    fn push(&self, frame: &Bytes) -> Result<bool, QueueFull> {
+        let len = frame.len();
+        let before = self.bytes.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.max_bytes {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return Err(QueueFull::Bytes(self.max_bytes));
+        }
+        match self.tx.try_send(frame.clone()) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.bytes.fetch_sub(len, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        Err(QueueFull::Events(self.tx.max_capacity()))
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Ok(false),
+                }
+            }
+        }
+    }
+}
+
+/// The receiving half of a [`RoomQueue`].
+pub(crate) struct RoomQueueRx {
+    rx: mpsc::Receiver<Bytes>,
+    bytes: Arc<AtomicUsize>,
+}
+
 /// One session's subscription to one room, as the backplane sees it.
 pub(crate) struct SessionSubscriber {
     pub session: SessionId,
     pub echo: bool,
     pub room: Arc<str>,
-    pub reliable: mpsc::Sender<Bytes>,
+    pub reliable: RoomQueue,
     pub datagrams: Arc<DatagramRing>,
-    pub conn: quinn::Connection,
+    pub conn: Connection,
     pub stats: Arc<ServerStats>,
 }
 
@@ -97,29 +163,96 @@ impl RoomSubscriber for SessionSubscriber {
     }
 
     fn deliver_reliable(&self, frame: &Bytes) {
-        match self.reliable.try_send(frame.clone()) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.conn.close_reason().is_none() {
-                    self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    let reason = format!(
-                        "slow consumer: more than {} reliable events queued for room {}",
-                        self.reliable.max_capacity(),
-                        self.room
-                    );
-                    tracing::warn!(session = self.session, "{reason}");
-                    self.conn
-                        .close(close_code::SLOW_CONSUMER.into(), reason.as_bytes());
-                }
-            }
-            // The room's writer is gone: the connection is closing anyway.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let limit = match self.reliable.push(frame) {
+            Ok(_) => return,
+            Err(QueueFull::Events(n)) => format!("{n} events"),
+            Err(QueueFull::Bytes(n)) => format!("{n} bytes"),
+        };
+        if self.conn.close_reason().is_none() {
+            self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            let reason = format!(
+                "slow consumer: more than {limit} of reliable events queued for room {}",
+                self.room
+            );
+            tracing::warn!(session = self.session, "{reason}");
+            self.conn
+                .close(close_code::SLOW_CONSUMER.into(), reason.as_bytes());
         }
     }
 
     fn deliver_datagram(&self, frame: &Bytes) {
         if self.datagrams.push(frame.clone()) {
             self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes one joined room's events to its own stream, batching what is
+/// queued, until the queue closes (leave or shutdown); then finishes the
+/// stream and waits until the client has received everything (the caller
+/// bounds that wait).
+pub(crate) async fn write_room_stream(
+    conn: Connection,
+    room_id: RoomId,
+    room: Arc<str>,
+    mut queue: RoomQueueRx,
+) {
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
+    let header = wire::encode_framed(&Frame::EventStream {
+        room_id,
+        room: room.to_string(),
+    });
+    if send.write_chunk(header).await.is_err() {
+        return;
+    }
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while queue.rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let len: usize = batch.iter().map(Bytes::len).sum();
+        let written = send.write_all_chunks(&mut batch).await;
+        queue.bytes.fetch_sub(len, Ordering::AcqRel);
+        if written.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
+}
+
+/// Writes control replies in order, batching what is queued.
+pub(crate) async fn write_control(mut send: SendStream, mut queue: mpsc::Receiver<Bytes>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if send.write_all_chunks(&mut batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
+}
+
+/// Sends the connection's datagrams as fast as QUIC accepts them.
+pub(crate) async fn write_datagrams(
+    conn: Connection,
+    ring: Arc<DatagramRing>,
+    stats: Arc<ServerStats>,
+) {
+    loop {
+        ring.wait().await;
+        while let Some(datagram) = ring.pop() {
+            match conn.send_datagram_wait(datagram).await {
+                Ok(()) => {}
+                // Too large for this client's path: dropped, like a full ring.
+                Err(quinn::SendDatagramError::TooLarge) => {
+                    stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => return,
+            }
         }
     }
 }
@@ -138,5 +271,26 @@ mod tests {
         assert_eq!(ring.pop().as_deref(), Some(&b"2"[..]));
         assert_eq!(ring.pop().as_deref(), Some(&b"3"[..]));
         assert_eq!(ring.pop(), None);
+    }
+
+    #[test]
+    fn room_queue_is_bounded_in_events_and_in_bytes() {
+        let (queue, mut rx) = RoomQueue::new(3, 10);
+        assert!(matches!(queue.push(&Bytes::from_static(b"1234")), Ok(true)));
+        assert!(matches!(queue.push(&Bytes::from_static(b"1234")), Ok(true)));
+        assert!(matches!(
+            queue.push(&Bytes::from_static(b"123")),
+            Err(QueueFull::Bytes(10))
+        ));
+        assert!(matches!(queue.push(&Bytes::from_static(b"1")), Ok(true)));
+        assert!(matches!(
+            queue.push(&Bytes::from_static(b"")),
+            Err(QueueFull::Events(3))
+        ));
+        // Refused frames are not counted.
+        assert_eq!(rx.bytes.load(Ordering::Acquire), 9);
+        assert_eq!(rx.rx.try_recv().ok().as_deref(), Some(&b"1234"[..]));
+        drop(rx);
+        assert!(matches!(queue.push(&Bytes::from_static(b"x")), Ok(false)));
     }
 }

@@ -1,37 +1,36 @@
-//! One task per connection: the handshake, control requests, publish
-//! streams and datagrams coming in, and the writers of everything going out.
+//! One task per connection: the handshake, then control requests, with the
+//! connection's other tasks started and stopped from here.
 //!
 //! Tasks of one session:
-//! - the session task itself (this module's [`run`]): control requests,
-//!   datagrams, accepting publish streams;
-//! - one reader per client publish stream ([`read_publish_stream`]);
-//! - one writer per joined room ([`write_room_stream`]), fed by that room's
-//!   bounded queue;
-//! - one control writer and one datagram writer.
+//! - the session task itself ([`run`]): control requests, datagrams,
+//!   accepting publish streams;
+//! - one reader per client publish stream (`ingest.rs`);
+//! - one writer per joined room, fed by that room's bounded queue, one
+//!   control writer and one datagram writer (`outbound.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{Connection, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 
 use super::backplane::{Backplane, SessionId};
-use super::outbound::{DatagramRing, SessionSubscriber};
+use super::ingest::{handle_datagram, read_publish_stream, resolve_room};
+use super::outbound::{
+    write_control, write_datagrams, write_room_stream, DatagramRing, RoomQueue, SessionSubscriber,
+};
 use super::stats::ServerStats;
 use super::ServerConfig;
 use crate::wire::{
-    self, close_code, validate_name, ErrorCode, Frame, FrameReader, ReadFrameError, RoomId,
-    PROTOCOL_VERSION,
+    self, close_code, ErrorCode, Frame, FrameReader, ReadFrameError, RoomId, PROTOCOL_VERSION,
 };
 
-/// Control frames queued for the client before the session waits.
+/// Control replies queued for a client before it counts as a slow consumer.
 const CONTROL_QUEUE: usize = 1024;
-/// Most frames gathered into one stream write.
-const WRITE_BATCH: usize = 64;
 
 /// What every session of a server shares.
 pub(crate) struct SessionContext {
@@ -41,20 +40,20 @@ pub(crate) struct SessionContext {
 }
 
 /// A reason to close the connection: an application close code and a phrase.
-struct Closing {
-    code: u32,
-    reason: String,
+pub(crate) struct Closing {
+    pub code: u32,
+    pub reason: String,
 }
 
 impl Closing {
-    fn violation(reason: impl Into<String>) -> Self {
+    pub fn violation(reason: impl Into<String>) -> Self {
         Closing {
             code: close_code::PROTOCOL_VIOLATION,
             reason: reason.into(),
         }
     }
 
-    fn apply(self, conn: &Connection, stats: &ServerStats) {
+    pub fn apply(self, conn: &Connection, stats: &ServerStats) {
         if matches!(
             self.code,
             close_code::PROTOCOL_VIOLATION | close_code::FRAME_TOO_LARGE
@@ -68,7 +67,7 @@ impl Closing {
 
 /// Maps a failed read to a close, or to `None` when the connection or
 /// stream is already gone (nothing left to tell the peer).
-fn read_failure(what: &str, err: ReadFrameError) -> Option<Closing> {
+pub(crate) fn read_failure(what: &str, err: ReadFrameError) -> Option<Closing> {
     match err {
         ReadFrameError::Wire(e) => Some(Closing {
             code: e.close_code(),
@@ -78,12 +77,48 @@ fn read_failure(what: &str, err: ReadFrameError) -> Option<Closing> {
     }
 }
 
-fn error_frame(request: Option<u64>, code: ErrorCode, message: String) -> Bytes {
+pub(crate) fn error_frame(request: Option<u64>, code: ErrorCode, message: String) -> Bytes {
     wire::encode_framed(&Frame::Error {
         request,
         code,
         message,
     })
+}
+
+/// Completes once the server has asked sessions to stop.
+pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    // A dropped sender also means stop.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The queue of control replies to one client. Queuing never waits: a
+/// client that leaves [`CONTROL_QUEUE`] replies unread is closed as a slow
+/// consumer, so no task of the session ever blocks on a client.
+#[derive(Clone)]
+pub(crate) struct Control {
+    tx: mpsc::Sender<Bytes>,
+    conn: Connection,
+    stats: Arc<ServerStats>,
+}
+
+impl Control {
+    /// Queues a reply; `false` when the connection is closing.
+    pub fn send(&self, frame: Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.conn.close_reason().is_none() {
+                    self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    let reason =
+                        format!("slow consumer: more than {CONTROL_QUEUE} control replies unread");
+                    self.conn
+                        .close(close_code::SLOW_CONSUMER.into(), reason.as_bytes());
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 /// Runs one session until the connection ends or the server shuts down.
@@ -93,24 +128,29 @@ pub(crate) async fn run(
     ctx: Arc<SessionContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (control_send, mut control) = match handshake(&conn, session, &ctx).await {
+    let (control_send, mut control_reader) = match handshake(&conn, session, &ctx).await {
         Ok(streams) => streams,
         Err(Some(closing)) => return closing.apply(&conn, &ctx.stats),
         Err(None) => return,
     };
 
     let (control_tx, control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
+    let control = Control {
+        tx: control_tx,
+        conn: conn.clone(),
+        stats: ctx.stats.clone(),
+    };
     let control_writer = tokio::spawn(write_control(control_send, control_rx));
     let datagrams = Arc::new(DatagramRing::new(ctx.config.datagram_queue));
-    let mut readers = JoinSet::new();
-    readers.spawn(write_datagrams(
+    let datagram_writer = tokio::spawn(write_datagrams(
         conn.clone(),
         datagrams.clone(),
         ctx.stats.clone(),
     ));
+    let mut readers = JoinSet::new();
     let mut writers = JoinSet::new();
     let mut joined = HashMap::new();
-    let mut room_state = Rooms {
+    let mut rooms = Rooms {
         conn: &conn,
         session,
         ctx: &ctx,
@@ -120,12 +160,14 @@ pub(crate) async fn run(
     };
 
     let draining = loop {
-        while room_state.writers.try_join_next().is_some() {}
+        // Reap finished tasks so a long session does not accumulate them.
+        while rooms.writers.try_join_next().is_some() {}
+        while readers.try_join_next().is_some() {}
         tokio::select! {
-            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break true,
-            frame = control.next() => {
+            () = stopping(&mut shutdown) => break true,
+            frame = control_reader.next() => {
                 let outcome = match frame {
-                    Ok(Some(frame)) => room_state.handle_control(frame, &control_tx).await,
+                    Ok(Some(frame)) => rooms.handle_control(frame, &control).await,
                     Ok(None) => Err(Some(Closing { code: close_code::NORMAL, reason: "control stream finished".into() })),
                     Err(e) => Err(read_failure("control stream", e)),
                 };
@@ -136,13 +178,13 @@ pub(crate) async fn run(
             }
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    readers.spawn(read_publish_stream(recv, conn.clone(), session, ctx.clone(), control_tx.clone()));
+                    readers.spawn(read_publish_stream(recv, conn.clone(), session, ctx.clone(), control.clone(), shutdown.clone()));
                 }
                 Err(_) => break false,
             },
             datagram = conn.read_datagram() => match datagram {
                 Ok(bytes) => {
-                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &control_tx) {
+                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &control) {
                         closing.apply(&conn, &ctx.stats);
                         break false;
                     }
@@ -151,34 +193,46 @@ pub(crate) async fn run(
             },
         }
     };
-
-    // Stop taking input, then let every room writer drain what was accepted.
-    readers.abort_all();
-    for room in joined.keys() {
-        ctx.backplane.unsubscribe(*room, session);
-    }
-    // With the backplane's copies gone, dropping ours closes every room queue.
-    drop(joined);
-    drop(control_tx);
-    if draining {
-        let drained = timeout(ctx.config.shutdown_grace, async {
-            while writers.join_next().await.is_some() {}
-            let _ = control_writer.await;
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                session,
-                "shutdown grace expired before the client read everything"
-            );
-        }
-        conn.close(
-            close_code::SERVER_SHUTTING_DOWN.into(),
-            b"server shutting down",
-        );
-    } else {
+    datagram_writer.abort();
+    if !draining {
+        // The connection is gone or being closed: nothing more to deliver.
+        readers.abort_all();
         control_writer.abort();
+        for room in joined.keys() {
+            ctx.backplane.unsubscribe(*room, session);
+        }
+        return;
     }
+
+    // Shutdown: publish readers stop between frames (so every accepted
+    // event's ack is queued), then every room writer delivers what was
+    // accepted, then the control writer flushes, then the close.
+    let deadline = Instant::now() + ctx.config.shutdown_grace;
+    let drained = timeout_at(deadline, async {
+        while readers.join_next().await.is_some() {}
+        for room in joined.keys() {
+            ctx.backplane.unsubscribe(*room, session);
+        }
+        // With the backplane's copies gone, dropping ours closes every room queue.
+        joined.clear();
+        drop(control);
+        while writers.join_next().await.is_some() {}
+        let _ = control_writer.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            session,
+            "shutdown grace expired before the client received everything"
+        );
+        for room in joined.keys() {
+            ctx.backplane.unsubscribe(*room, session);
+        }
+    }
+    conn.close(
+        close_code::SERVER_SHUTTING_DOWN.into(),
+        b"server shutting down",
+    );
 }
 
 /// Accepts the control stream, reads `Hello`, answers `Welcome` or `Reject`.
@@ -269,7 +323,7 @@ struct Rooms<'a> {
     session: SessionId,
     ctx: &'a SessionContext,
     /// Each joined room's queue; the backplane's subscriber holds a clone.
-    joined: &'a mut HashMap<RoomId, mpsc::Sender<Bytes>>,
+    joined: &'a mut HashMap<RoomId, RoomQueue>,
     writers: &'a mut JoinSet<()>,
     datagrams: &'a Arc<DatagramRing>,
 }
@@ -278,7 +332,7 @@ impl Rooms<'_> {
     async fn handle_control(
         &mut self,
         frame: Frame,
-        control: &mpsc::Sender<Bytes>,
+        control: &Control,
     ) -> Result<(), Option<Closing>> {
         let reply = match frame {
             Frame::Join {
@@ -310,7 +364,11 @@ impl Rooms<'_> {
                 ))))
             }
         };
-        control.send(reply).await.map_err(|_| None)
+        if control.send(reply) {
+            Ok(())
+        } else {
+            Err(None)
+        }
     }
 
     async fn join(&mut self, request: u64, room: &str, echo: bool) -> Bytes {
@@ -325,7 +383,12 @@ impl Rooms<'_> {
         let queue_tx = match self.joined.get(&room_id) {
             Some(queue) => queue.clone(),
             None => {
-                let (queue_tx, queue_rx) = mpsc::channel(self.ctx.config.reliable_queue.max(1));
+                let config = &self.ctx.config;
+                // Never smaller than one frame, or one large event would count as slow.
+                let max_bytes = config
+                    .reliable_queue_bytes
+                    .max(config.max_frame + wire::MAX_VARINT_LEN);
+                let (queue_tx, queue_rx) = RoomQueue::new(config.reliable_queue, max_bytes);
                 self.writers.spawn(write_room_stream(
                     self.conn.clone(),
                     room_id,
@@ -354,209 +417,6 @@ impl Rooms<'_> {
                 })
             }
             Err(e) => error_frame(Some(request), e.code(), e.to_string()),
-        }
-    }
-}
-
-/// Decodes and publishes one client datagram.
-fn handle_datagram(
-    bytes: &[u8],
-    session: SessionId,
-    ctx: &SessionContext,
-    control: &mpsc::Sender<Bytes>,
-) -> Result<(), Closing> {
-    let frame = wire::decode(bytes).map_err(|e| Closing {
-        code: e.close_code(),
-        reason: format!("malformed datagram: {e}"),
-    })?;
-    let Frame::PublishDatagram {
-        room_id,
-        event,
-        payload,
-    } = frame
-    else {
-        return Err(Closing::violation(format!(
-            "{} is not a client datagram",
-            frame.name()
-        )));
-    };
-    let result = validate_name("event", &event)
-        .map_err(|m| (ErrorCode::InvalidName, m))
-        .and_then(|()| {
-            ctx.backplane
-                .publish_datagram(room_id, session, event, payload)
-                .map_err(|e| (e.code(), format!("datagram dropped: {e}")))
-        });
-    match result {
-        Ok(_) => {
-            ctx.stats
-                .datagrams_published
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        // Never wait here: a client that ignores its errors loses some of them.
-        Err((code, message)) => {
-            let _ = control.try_send(error_frame(None, code, message));
-        }
-    }
-    Ok(())
-}
-
-/// The next frame of a publish stream; `None` once the stream has ended or
-/// the connection has been closed for what was on it.
-async fn next_publish_frame(
-    reader: &mut FrameReader,
-    conn: &Connection,
-    stats: &ServerStats,
-) -> Option<Frame> {
-    match reader.next().await {
-        Ok(frame) => frame,
-        Err(e) => {
-            if let Some(closing) = read_failure("publish stream", e) {
-                closing.apply(conn, stats);
-            }
-            None
-        }
-    }
-}
-
-/// Validates a room name and finds (or creates) the room.
-fn resolve_room(ctx: &SessionContext, room: &str) -> Result<RoomId, (ErrorCode, String)> {
-    validate_name("room", room).map_err(|m| (ErrorCode::InvalidName, m))?;
-    ctx.backplane
-        .resolve(room)
-        .map_err(|e| (e.code(), e.to_string()))
-}
-
-/// Reads one client publish stream: a `PublishStream` header, then `Publish` frames.
-async fn read_publish_stream(
-    recv: RecvStream,
-    conn: Connection,
-    session: SessionId,
-    ctx: Arc<SessionContext>,
-    control: mpsc::Sender<Bytes>,
-) {
-    let mut reader = FrameReader::new(recv, ctx.config.max_frame);
-    let room = match next_publish_frame(&mut reader, &conn, &ctx.stats).await {
-        Some(Frame::PublishStream { room }) => room,
-        Some(other) => {
-            return Closing::violation(format!(
-                "a publish stream must start with PublishStream, not {}",
-                other.name()
-            ))
-            .apply(&conn, &ctx.stats)
-        }
-        None => return,
-    };
-    let room_id = match resolve_room(&ctx, &room) {
-        Ok(id) => id,
-        Err((code, message)) => {
-            let _ = control.send(error_frame(None, code, message)).await;
-            reader.stop(close_code::PROTOCOL_VIOLATION);
-            return;
-        }
-    };
-    loop {
-        let (event, payload, ack) = match next_publish_frame(&mut reader, &conn, &ctx.stats).await {
-            Some(Frame::Publish {
-                event,
-                payload,
-                ack,
-            }) => (event, payload, ack),
-            Some(other) => {
-                return Closing::violation(format!(
-                    "{} is not allowed on a publish stream",
-                    other.name()
-                ))
-                .apply(&conn, &ctx.stats)
-            }
-            None => return,
-        };
-        let event_len = wire::event_frame_len(event.len(), payload.len());
-        let reply = match validate_name("event", &event) {
-            Err(message) => Some(error_frame(ack, ErrorCode::InvalidName, message)),
-            Ok(()) if event_len > ctx.config.max_frame => Some(error_frame(
-                ack,
-                ErrorCode::TooLarge,
-                format!(
-                    "event '{event}' would be a {event_len}-byte frame, over the limit of {} bytes",
-                    ctx.config.max_frame
-                ),
-            )),
-            Ok(()) => match ctx
-                .backplane
-                .publish(room_id, session, event, payload)
-                .await
-            {
-                Ok(offset) => {
-                    ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
-                    ack.map(|request| wire::encode_framed(&Frame::Ack { request, offset }))
-                }
-                Err(e) => Some(error_frame(ack, e.code(), e.to_string())),
-            },
-        };
-        if let Some(reply) = reply {
-            if control.send(reply).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Writes one joined room's events to its own stream, batching what is queued.
-async fn write_room_stream(
-    conn: Connection,
-    room_id: RoomId,
-    room: Arc<str>,
-    mut queue: mpsc::Receiver<Bytes>,
-) {
-    let Ok(mut send) = conn.open_uni().await else {
-        return;
-    };
-    let header = wire::encode_framed(&Frame::EventStream {
-        room_id,
-        room: room.to_string(),
-    });
-    if send.write_chunk(header).await.is_err() {
-        return;
-    }
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        if send.write_all_chunks(&mut batch).await.is_err() {
-            return;
-        }
-        batch.clear();
-    }
-    // The room was left or the server is draining: finish, and wait until
-    // the client has received everything (the caller bounds the wait).
-    if send.finish().is_ok() {
-        let _ = send.stopped().await;
-    }
-}
-
-async fn write_control(mut send: SendStream, mut queue: mpsc::Receiver<Bytes>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        if send.write_all_chunks(&mut batch).await.is_err() {
-            return;
-        }
-        batch.clear();
-    }
-    if send.finish().is_ok() {
-        let _ = send.stopped().await;
-    }
-}
-
-async fn write_datagrams(conn: Connection, ring: Arc<DatagramRing>, stats: Arc<ServerStats>) {
-    loop {
-        ring.wait().await;
-        while let Some(datagram) = ring.pop() {
-            match conn.send_datagram_wait(datagram).await {
-                Ok(()) => {}
-                Err(quinn::SendDatagramError::TooLarge) => {
-                    stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => return,
-            }
         }
     }
 }

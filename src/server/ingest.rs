@@ -1,0 +1,181 @@
+//! Everything one connection sends us: publish streams and datagrams.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quinn::{Connection, RecvStream};
+use tokio::sync::watch;
+
+use super::backplane::SessionId;
+use super::session::{error_frame, read_failure, stopping, Closing, Control, SessionContext};
+use super::stats::ServerStats;
+use crate::wire::{self, close_code, validate_name, ErrorCode, Frame, FrameReader, RoomId};
+
+/// Validates a room name and finds (or creates) the room.
+pub(crate) fn resolve_room(
+    ctx: &SessionContext,
+    room: &str,
+) -> Result<RoomId, (ErrorCode, String)> {
+    validate_name("room", room).map_err(|m| (ErrorCode::InvalidName, m))?;
+    ctx.backplane
+        .resolve(room)
+        .map_err(|e| (e.code(), e.to_string()))
+}
+
+/// Decodes and publishes one client datagram.
+pub(crate) fn handle_datagram(
+    bytes: &[u8],
+    session: SessionId,
+    ctx: &SessionContext,
+    control: &Control,
+) -> Result<(), Closing> {
+    let frame = wire::decode(bytes).map_err(|e| Closing {
+        code: e.close_code(),
+        reason: format!("malformed datagram: {e}"),
+    })?;
+    let Frame::PublishDatagram {
+        room_id,
+        event,
+        payload,
+    } = frame
+    else {
+        return Err(Closing::violation(format!(
+            "{} is not a client datagram",
+            frame.name()
+        )));
+    };
+    let result = validate_name("event", &event)
+        .map_err(|m| (ErrorCode::InvalidName, m))
+        .and_then(|()| {
+            ctx.backplane
+                .publish_datagram(room_id, session, event, payload)
+                .map_err(|e| (e.code(), format!("datagram dropped: {e}")))
+        });
+    match result {
+        Ok(_) => {
+            ctx.stats
+                .datagrams_published
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Err((code, message)) => {
+            control.send(error_frame(None, code, message));
+        }
+    }
+    Ok(())
+}
+
+/// The next frame of a publish stream; `None` once the stream has ended or
+/// the connection has been closed for what was on it.
+async fn next_publish_frame(
+    reader: &mut FrameReader,
+    conn: &Connection,
+    stats: &ServerStats,
+) -> Option<Frame> {
+    match reader.next().await {
+        Ok(frame) => frame,
+        Err(e) => {
+            if let Some(closing) = read_failure("publish stream", e) {
+                closing.apply(conn, stats);
+            }
+            None
+        }
+    }
+}
+
+/// Reads one client publish stream: a `PublishStream` header, then `Publish`
+/// frames, until the stream ends or the server starts shutting down. Shutdown
+/// is noticed only between frames, so an event that was accepted always gets
+/// its ack queued.
+pub(crate) async fn read_publish_stream(
+    recv: RecvStream,
+    conn: Connection,
+    session: SessionId,
+    ctx: Arc<SessionContext>,
+    control: Control,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut reader = FrameReader::new(recv, ctx.config.max_frame);
+    let room = match next_publish_frame(&mut reader, &conn, &ctx.stats).await {
+        Some(Frame::PublishStream { room }) => room,
+        Some(other) => {
+            return Closing::violation(format!(
+                "a publish stream must start with PublishStream, not {}",
+                other.name()
+            ))
+            .apply(&conn, &ctx.stats)
+        }
+        None => return,
+    };
+    let room_id = match resolve_room(&ctx, &room) {
+        Ok(id) => id,
+        Err((code, message)) => {
+            control.send(error_frame(None, code, message));
+            reader.stop(close_code::PROTOCOL_VIOLATION);
+            return;
+        }
+    };
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = stopping(&mut shutdown) => return,
+            frame = next_publish_frame(&mut reader, &conn, &ctx.stats) => frame,
+        };
+        let (event, payload, ack) = match frame {
+            Some(Frame::Publish {
+                event,
+                payload,
+                ack,
+            }) => (event, payload, ack),
+            Some(other) => {
+                return Closing::violation(format!(
+                    "{} is not allowed on a publish stream",
+                    other.name()
+                ))
+                .apply(&conn, &ctx.stats)
+            }
+            None => return,
+        };
+        if let Some(reply) = publish(&ctx, session, room_id, event, payload, ack).await {
+            if !control.send(reply) {
+                return;
+            }
+        }
+    }
+}
+
+/// Publishes one reliable event; returns the reply to queue, if any.
+async fn publish(
+    ctx: &SessionContext,
+    session: SessionId,
+    room_id: RoomId,
+    event: String,
+    payload: Bytes,
+    ack: Option<u64>,
+) -> Option<Bytes> {
+    if let Err(message) = validate_name("event", &event) {
+        return Some(error_frame(ack, ErrorCode::InvalidName, message));
+    }
+    let event_len = wire::event_frame_len(event.len(), payload.len());
+    if event_len > ctx.config.max_frame {
+        return Some(error_frame(
+            ack,
+            ErrorCode::TooLarge,
+            format!(
+                "event '{event}' would be a {event_len}-byte frame, over the limit of {} bytes",
+                ctx.config.max_frame
+            ),
+        ));
+    }
+    match ctx
+        .backplane
+        .publish(room_id, session, event, payload)
+        .await
+    {
+        Ok(offset) => {
+            ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
+            ack.map(|request| wire::encode_framed(&Frame::Ack { request, offset }))
+        }
+        Err(e) => Some(error_frame(ack, e.code(), e.to_string())),
+    }
+}
