@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{next_event, within};
+use common::{next_event, next_frame, within};
 use quicbus::client::{Delivery, JoinOptions};
 
 // On a multi-threaded runtime, so nothing relies on a single thread.
@@ -280,4 +280,73 @@ async fn events_over_the_frame_limit_are_refused_with_the_limit() {
         peer.next_control().await,
         quicbus::wire::Frame::Pong { request: 1 }
     );
+}
+
+/// Leave and isolation as the server implements them, seen on the wire by a
+/// raw peer (the client library would hide a server that got them wrong).
+#[tokio::test]
+async fn the_server_finishes_a_left_room_and_opens_no_stream_for_other_rooms() {
+    use quicbus::wire::Frame;
+    let server = common::start().await;
+    let (publisher, _p) = server.client().await;
+    let mut peer = server.raw_session().await;
+    let join = |request: u64, room: &str| Frame::Join {
+        request,
+        room: room.into(),
+        echo: false,
+    };
+    peer.send_control(&join(1, "mine")).await;
+    let room_id = match peer.next_control().await {
+        Frame::Joined {
+            request: 1,
+            room_id,
+            offset: 0,
+        } => room_id,
+        other => panic!("expected Joined, got {other:?}"),
+    };
+    let mut stream = peer.accept_stream().await;
+    assert_eq!(
+        next_frame(&mut stream).await,
+        Some(Frame::EventStream {
+            room_id,
+            room: "mine".into()
+        })
+    );
+    publisher.emit_with_ack("other", "x", "not yours").await.unwrap();
+    publisher.emit_with_ack("mine", "e", "one").await.unwrap();
+    assert_eq!(
+        next_frame(&mut stream).await,
+        Some(Frame::Event {
+            offset: 1,
+            event: "e".into(),
+            payload: "one".into()
+        })
+    );
+    peer.send_control(&Frame::Leave {
+        request: 2,
+        room_id,
+    })
+    .await;
+    assert_eq!(
+        peer.next_control().await,
+        Frame::Left {
+            request: 2,
+            room_id
+        }
+    );
+    publisher.emit_with_ack("mine", "e", "two").await.unwrap();
+    // The stream ends (FIN) without the event published after Left.
+    assert_eq!(next_frame(&mut stream).await, None);
+    // Streams are accepted in the order opened: had the server opened one
+    // for "other", it would come before the one for "third".
+    peer.send_control(&join(3, "third")).await;
+    assert!(matches!(
+        peer.next_control().await,
+        Frame::Joined { request: 3, .. }
+    ));
+    let mut third = peer.accept_stream().await;
+    assert!(matches!(
+        next_frame(&mut third).await,
+        Some(Frame::EventStream { room, .. }) if room == "third"
+    ));
 }

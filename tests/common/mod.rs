@@ -147,3 +147,20 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+impl RawPeer {
+    /// The next stream the server opens to this peer.
+    pub async fn accept_stream(&self) -> quicbus::wire::FrameReader {
+        let recv = within("a server-opened stream", self.conn.accept_uni())
+            .await
+            .expect("accept stream");
+        quicbus::wire::FrameReader::new(recv, 1 << 20)
+    }
+}
+
+/// The next frame of a stream (`None` at its end), within the test timeout.
+pub async fn next_frame(reader: &mut quicbus::wire::FrameReader) -> Option<quicbus::wire::Frame> {
+    within("a stream frame", reader.next())
+        .await
+        .expect("stream read")
+}
