@@ -170,3 +170,44 @@ async fn a_server_that_breaks_the_protocol_is_closed_with_a_reason() {
     }
     assert!(client.join("x").await.is_err());
 }
+
+#[tokio::test]
+async fn requests_acks_and_backed_up_emits_time_out_with_typed_errors() {
+    use quicbus::client::ClientError;
+    use std::time::Duration;
+    let server = ScriptedServer::new();
+    let mut options = server.options();
+    options.request_timeout = Duration::from_millis(300);
+    // The scripted server completes the handshake and then never answers
+    // and never reads a publish stream.
+    let (connected, _session) = tokio::join!(Client::connect(options), server.accept());
+    let (client, _events) = connected.unwrap();
+
+    match within("join", client.join("r")).await {
+        Err(ClientError::Timeout {
+            what: "join",
+            after,
+        }) => {
+            assert_eq!(after, Duration::from_millis(300))
+        }
+        other => panic!("expected a join timeout, got {other:?}"),
+    }
+    match within("ack", client.emit_with_ack("r", "e", "x")).await {
+        Err(ClientError::Timeout { what: "ack", .. }) => {}
+        other => panic!("expected an ack timeout, got {other:?}"),
+    }
+    // Plain emits queue until flow control and the queue are full, then
+    // fail with a timeout instead of waiting forever.
+    let payload = Bytes::from(vec![0u8; 64 * 1024]);
+    let mut result = Ok(());
+    for _ in 0..1_000 {
+        result = within("emit", client.emit("r", "big", payload.clone())).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    match result {
+        Err(ClientError::Timeout { what, .. }) => assert!(what.contains("backed up"), "{what}"),
+        other => panic!("expected an emit timeout, got {other:?}"),
+    }
+}

@@ -33,7 +33,10 @@ async fn graceful_shutdown_delivers_every_accepted_event_then_closes() {
             publisher.emit("s", "e", payload(i)).await.unwrap();
         }
         // The ack of the last event means the server accepted all of them.
-        let last = publisher.emit_with_ack("s", "e", payload(N - 1)).await.unwrap();
+        let last = publisher
+            .emit_with_ack("s", "e", payload(N - 1))
+            .await
+            .unwrap();
         assert_eq!(last, N);
     })
     .await;

@@ -312,7 +312,10 @@ async fn the_server_finishes_a_left_room_and_opens_no_stream_for_other_rooms() {
             room: "mine".into()
         })
     );
-    publisher.emit_with_ack("other", "x", "not yours").await.unwrap();
+    publisher
+        .emit_with_ack("other", "x", "not yours")
+        .await
+        .unwrap();
     publisher.emit_with_ack("mine", "e", "one").await.unwrap();
     assert_eq!(
         next_frame(&mut stream).await,

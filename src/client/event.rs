@@ -1,13 +1,14 @@
 //! Events as the application receives them.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use super::rooms::RoomTable;
 use super::ClientError;
 
 /// How an event travelled.
@@ -59,17 +60,42 @@ impl Event {
 /// order within their room). Ends when the connection closes.
 pub struct Events {
     pub(crate) rx: mpsc::Receiver<Event>,
+    pub(crate) rooms: Arc<Mutex<RoomTable>>,
 }
 
 impl Events {
     /// The next event, or `None` once the connection has closed.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
     /// An event already received, without waiting.
     pub fn try_next(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        while let Ok(event) = self.rx.try_recv() {
+            if self.is_joined(&event) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    /// Events of rooms left after they were queued are dropped here, so
+    /// that nothing of a room arrives once `leave` has returned.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(event)) if !self.is_joined(&event) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_joined(&self, event: &Event) -> bool {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .joined
+            .contains(&event.room)
     }
 }
 
@@ -77,6 +103,6 @@ impl futures_core::Stream for Events {
     type Item = Event;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
+        self.poll_event(cx)
     }
 }

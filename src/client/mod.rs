@@ -23,6 +23,7 @@ mod event;
 mod handshake;
 mod incoming;
 mod options;
+mod publish;
 mod rooms;
 
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 
 pub use datagram_order::{DatagramOrder, Verdict};
 pub use error::ClientError;
@@ -42,6 +43,7 @@ pub use options::{ClientOptions, ClientStats, JoinOptions, Trust};
 
 use handshake::Established;
 use options::Counters;
+use publish::{PublishQueue, WriterGone};
 use rooms::RoomTable;
 
 use crate::wire::{self, validate_name, ErrorCode, Frame, RoomId};
@@ -80,7 +82,7 @@ struct Shared {
     pending: Arc<Pending>,
     next_request: AtomicU64,
     rooms: Arc<Mutex<RoomTable>>,
-    publishers: Mutex<HashMap<Arc<str>, mpsc::Sender<Bytes>>>,
+    publishers: Mutex<HashMap<Arc<str>, PublishQueue>>,
     counters: Arc<Counters>,
 }
 
@@ -92,7 +94,6 @@ impl Drop for Shared {
 }
 
 /// Frames queued per outgoing room stream before `emit` waits.
-const PUBLISH_QUEUE: usize = 1024;
 const WRITE_BATCH: usize = 64;
 
 impl Client {
@@ -120,7 +121,8 @@ impl Client {
             rooms: rooms.clone(),
             counters: counters.clone(),
             events: events_tx,
-            max_frame: options.max_frame,
+            // The server refuses events over its own limit, so accept up to it.
+            max_frame: options.max_frame.max(max_frame),
         };
         tasks.spawn(reader);
 
@@ -139,7 +141,11 @@ impl Client {
                 counters,
             }),
         };
-        Ok((client, Events { rx: events_rx }))
+        let events = Events {
+            rx: events_rx,
+            rooms: client.shared.rooms.clone(),
+        };
+        Ok((client, events))
     }
 
     /// The session id the server assigned.
@@ -209,7 +215,8 @@ impl Client {
 
     /// Publishes a reliable event. It is queued on the room's stream in
     /// order; this returns once it is queued, not once the server has it
-    /// (use [`Client::emit_with_ack`] for that).
+    /// (use [`Client::emit_with_ack`] for that). If the stream stays backed
+    /// up for the request timeout, this fails with [`ClientError::Timeout`].
     pub async fn emit(
         &self,
         room: &str,
@@ -217,11 +224,12 @@ impl Client {
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
         let frame = self.publish_frame(event, payload.into(), None)?;
-        self.publish(room, frame).await
+        self.publish(room, frame, self.deadline()).await
     }
 
-    /// Publishes a reliable event and waits (at most the request timeout)
-    /// until the server has accepted it; returns its offset.
+    /// Publishes a reliable event and waits until the server has accepted
+    /// it; returns its offset. Queuing and the ack together take at most the
+    /// request timeout, else [`ClientError::Timeout`].
     pub async fn emit_with_ack(
         &self,
         room: &str,
@@ -241,6 +249,7 @@ impl Client {
         payload: impl Into<Bytes>,
     ) -> Result<PendingAck, ClientError> {
         validate_name("event", event).map_err(ClientError::InvalidName)?;
+        let deadline = self.deadline();
         let (request, answer) = self.register();
         let frame = match self.publish_frame(event, payload.into(), Some(request)) {
             Ok(frame) => frame,
@@ -249,7 +258,7 @@ impl Client {
                 return Err(e);
             }
         };
-        if let Err(e) = self.publish(room, frame).await {
+        if let Err(e) = self.publish(room, frame, deadline).await {
             lock(&self.shared.pending).remove(&request);
             return Err(e);
         }
@@ -257,6 +266,7 @@ impl Client {
             client: self.clone(),
             request,
             answer,
+            deadline,
         })
     }
 
@@ -289,6 +299,7 @@ impl Client {
                 limit,
             });
         }
+        let size = payload.len();
         let frame = wire::encode(&Frame::PublishDatagram {
             room_id,
             event: event.to_string(),
@@ -296,7 +307,7 @@ impl Client {
         });
         self.shared.conn.send_datagram(frame).map_err(|e| match e {
             quinn::SendDatagramError::ConnectionLost(e) => ClientError::from_connection(&e),
-            quinn::SendDatagramError::TooLarge => ClientError::DatagramTooLarge { size: 0, limit },
+            quinn::SendDatagramError::TooLarge => ClientError::DatagramTooLarge { size, limit },
             _ => ClientError::DatagramsUnsupported,
         })
     }
@@ -408,34 +419,54 @@ impl Client {
     }
 
     /// Queues a framed `Publish` on the room's stream, opening it if needed.
-    async fn publish(&self, room: &str, frame: Bytes) -> Result<(), ClientError> {
-        let sender = {
+    async fn publish(
+        &self,
+        room: &str,
+        frame: Bytes,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        let queue = {
             let mut publishers = lock(&self.shared.publishers);
             match publishers.get(room) {
-                Some(sender) if !sender.is_closed() => sender.clone(),
+                Some(queue) if !queue.is_closed() => queue.clone(),
                 _ => {
                     validate_name("room", room).map_err(ClientError::InvalidName)?;
-                    let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
-                    let conn = self.shared.conn.clone();
-                    let header = wire::encode_framed(&Frame::PublishStream {
-                        room: room.to_string(),
-                    });
-                    tokio::spawn(async move {
-                        if let Ok(mut send) = conn.open_uni().await {
-                            if send.write_chunk(header).await.is_ok() {
-                                write_frames(send, rx).await;
-                            }
-                        }
-                    });
-                    publishers.insert(Arc::from(room), tx.clone());
-                    tx
+                    let queue = PublishQueue::open(&self.shared.conn, room);
+                    publishers.insert(Arc::from(room), queue.clone());
+                    queue
                 }
             }
         };
-        sender
-            .send(frame)
-            .await
-            .map_err(|_| closed_or_lost(&self.shared.conn))
+        match timeout_at(deadline, queue.push(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(WriterGone)) => Err(closed_or_lost(&self.shared.conn)),
+            Err(_) => Err(ClientError::Timeout {
+                what: "emit (the room's stream is backed up)",
+                after: self.shared.request_timeout,
+            }),
+        }
+    }
+
+    /// Queues a frame for a writer task, waiting for room until `deadline`.
+    async fn queue(
+        &self,
+        what: &'static str,
+        sender: &mpsc::Sender<Bytes>,
+        frame: Bytes,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        match timeout_at(deadline, sender.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(closed_or_lost(&self.shared.conn)),
+            Err(_) => Err(ClientError::Timeout {
+                what,
+                after: self.shared.request_timeout,
+            }),
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.shared.request_timeout
     }
 
     fn publish_frame(
@@ -471,13 +502,17 @@ impl Client {
         what: &'static str,
         frame: impl FnOnce(u64) -> Frame,
     ) -> Result<Reply, ClientError> {
+        let deadline = self.deadline();
         let (request, answer) = self.register();
         let bytes = wire::encode_framed(&frame(request));
-        if self.shared.control.send(bytes).await.is_err() {
+        if let Err(e) = self
+            .queue(what, &self.shared.control, bytes, deadline)
+            .await
+        {
             lock(&self.shared.pending).remove(&request);
-            return Err(closed_or_lost(&self.shared.conn));
+            return Err(e);
         }
-        self.await_reply(what, request, answer).await
+        self.await_reply(what, request, answer, deadline).await
     }
 
     async fn await_reply(
@@ -485,6 +520,7 @@ impl Client {
         what: &'static str,
         request: u64,
         answer: oneshot::Receiver<Reply>,
+        deadline: Instant,
     ) -> Result<Reply, ClientError> {
         let after = self.shared.request_timeout;
         // A request made just as the connection ends must fail at once, not time out.
@@ -495,7 +531,7 @@ impl Client {
                 lost = self.shared.conn.closed() => Err(ClientError::from_connection(&lost)),
             }
         };
-        match timeout(after, answer).await {
+        match timeout_at(deadline, answer).await {
             Ok(Ok(Reply::Error { code, message })) => Err(ClientError::Server { code, message }),
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e),
@@ -512,15 +548,17 @@ pub struct PendingAck {
     client: Client,
     request: u64,
     answer: oneshot::Receiver<Reply>,
+    deadline: Instant,
 }
 
 impl PendingAck {
-    /// Waits (at most the request timeout, counted from now) for the
-    /// server's answer: the assigned offset, or why the event was refused.
+    /// Waits for the server's answer: the assigned offset, or why the event
+    /// was refused. The server has the request timeout, counted from the
+    /// emit, to answer; after that this fails with [`ClientError::Timeout`].
     pub async fn wait(self) -> Result<u64, ClientError> {
         match self
             .client
-            .await_reply("ack", self.request, self.answer)
+            .await_reply("ack", self.request, self.answer, self.deadline)
             .await?
         {
             Reply::Ack { offset } => Ok(offset),
