@@ -353,3 +353,38 @@ async fn the_server_finishes_a_left_room_and_opens_no_stream_for_other_rooms() {
         Some(Frame::EventStream { room, .. }) if room == "third"
     ));
 }
+
+/// One client naming many rooms cannot use the room table up for everyone:
+/// rooms nobody subscribes to are evicted to make space.
+#[tokio::test]
+async fn naming_many_rooms_evicts_idle_ones_instead_of_locking_others_out() {
+    let server = common::start_with(quicbus::server::ServerConfig {
+        max_rooms: 4,
+        ..Default::default()
+    })
+    .await;
+    let (keeper, mut kept_events) = server.client().await;
+    keeper.join("kept").await.unwrap();
+    let (flooder, _f) = server.client().await;
+    let first = flooder.emit_with_ack("x", "e", "1").await.unwrap();
+    assert_eq!(first, 1);
+    for i in 0..50 {
+        flooder
+            .emit_with_ack(&format!("room-{i}"), "e", "spam")
+            .await
+            .unwrap();
+    }
+    // "x" was evicted meanwhile: publishing on its open stream names it
+    // again, and its offsets start over.
+    assert_eq!(flooder.emit_with_ack("x", "e", "2").await.unwrap(), 1);
+    // Someone else can still make and join a new room, and "kept" lives.
+    let (newcomer, mut new_events) = server.client().await;
+    newcomer.join("fresh").await.unwrap();
+    flooder.emit_with_ack("fresh", "hello", "!").await.unwrap();
+    assert_eq!(next_event(&mut new_events, "fresh").await.name, "hello");
+    flooder
+        .emit_with_ack("kept", "still", "here")
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut kept_events, "kept").await.name, "still");
+}

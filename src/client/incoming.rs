@@ -8,7 +8,7 @@ use quinn::Connection;
 use tokio::sync::mpsc;
 
 use super::{lock, Counters, DatagramOrder, Delivery, Event, Pending, Reply, RoomTable, Verdict};
-use crate::wire::{self, close_code, Frame, FrameReader, ReadFrameError};
+use crate::wire::{self, close_code, ErrorCode, Frame, FrameReader, ReadFrameError};
 
 /// Everything the reading tasks share.
 pub(crate) struct Tasks {
@@ -74,6 +74,9 @@ impl Tasks {
                 } => {
                     self.counters.server_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("server error ({code}): {message}");
+                    if code == ErrorCode::UnknownRoom {
+                        lock(&self.rooms).forget_unjoined();
+                    }
                     continue;
                 }
                 other => {

@@ -164,7 +164,7 @@ impl Client {
     pub async fn join_with(&self, room: &str, options: JoinOptions) -> Result<u64, ClientError> {
         validate_name("room", room).map_err(ClientError::InvalidName)?;
         let name: Arc<str> = Arc::from(room);
-        let already = !lock(&self.shared.rooms).joined.insert(name.clone());
+        let already = lock(&self.shared.rooms).start_joining(&name);
         let reply = self
             .request("join", |request| Frame::Join {
                 request,
@@ -335,8 +335,9 @@ impl Client {
     }
 
     /// A round trip on the control stream; returns how long it took. When
-    /// it returns, everything sent earlier on the control stream has been
-    /// handled and datagrams sent earlier have left this host.
+    /// it returns, every control request sent earlier has been handled, and
+    /// datagrams emitted earlier have been sent (quinn puts queued datagrams
+    /// into packets ahead of stream data), though not necessarily received.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let started = std::time::Instant::now();
         match self

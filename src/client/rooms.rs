@@ -31,6 +31,26 @@ impl RoomTable {
         name
     }
 
+    /// Marks a room joined from the moment its `Join` is sent; returns
+    /// whether it already was. A fresh join forgets the delivery position:
+    /// the room may have been evicted and started over meanwhile.
+    pub(crate) fn start_joining(&mut self, name: &Arc<str>) -> bool {
+        let already = !self.joined.insert(name.clone());
+        if !already {
+            self.delivered.remove(name);
+        }
+        already
+    }
+
+    /// Forgets the ids of rooms not joined: the server said one of them no
+    /// longer exists (rooms nobody subscribes to can be evicted), so they
+    /// are resolved again when next used.
+    pub(crate) fn forget_unjoined(&mut self) {
+        let joined = &self.joined;
+        self.ids.retain(|name, _| joined.contains(name));
+        self.names.retain(|_, name| joined.contains(name));
+    }
+
     /// The name of a joined room, by id.
     pub(crate) fn joined_name(&self, room_id: RoomId) -> Option<Arc<str>> {
         self.names
@@ -67,6 +87,22 @@ mod tests {
         let learned = rooms.learn(4, "r");
         assert!(rooms.accept_reliable(&learned, 1));
         assert_eq!(rooms.joined_name(4).as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn forgetting_keeps_joined_rooms_and_a_fresh_join_resets_the_position() {
+        let mut rooms = RoomTable::default();
+        let kept = rooms.learn(1, "kept");
+        rooms.learn(2, "gone");
+        assert!(!rooms.start_joining(&kept));
+        assert!(rooms.start_joining(&kept), "second join of the same room");
+        assert!(rooms.accept_reliable(&kept, 10));
+        rooms.forget_unjoined();
+        assert_eq!(rooms.ids.get("kept"), Some(&1));
+        assert_eq!(rooms.ids.get("gone"), None);
+        rooms.joined.remove(&kept);
+        assert!(!rooms.start_joining(&kept));
+        assert!(rooms.accept_reliable(&kept, 1), "offsets may start over");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
@@ -102,11 +102,23 @@ pub trait Backplane: Send + Sync + 'static {
 }
 
 /// The embedded, in-process backplane.
+///
+/// It holds at most `max_rooms` rooms. When a new room would exceed that,
+/// rooms nobody is subscribed to are evicted first, so that no client can
+/// use the room table up for everyone by naming many rooms. Room ids are
+/// never reused; an evicted room that is named again starts over with a new
+/// id and offsets from 1.
 pub struct MemoryBackplane {
-    names: RwLock<HashMap<Arc<str>, RoomId>>,
-    rooms: RwLock<Vec<Arc<Room>>>,
+    registry: RwLock<Registry>,
     max_rooms: usize,
     closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Registry {
+    names: HashMap<Arc<str>, RoomId>,
+    rooms: HashMap<RoomId, Arc<Room>>,
+    next_id: RoomId,
 }
 
 struct Room {
@@ -119,24 +131,42 @@ struct RoomState {
     last_offset: u64,
     last_datagram_seq: u64,
     subscribers: Vec<Arc<dyn RoomSubscriber>>,
+    /// Set (under this lock) when the room leaves the registry, so that a
+    /// subscribe or publish that raced with the eviction fails as
+    /// `UnknownRoom` instead of reaching a room nobody can see.
+    evicted: bool,
 }
 
 impl MemoryBackplane {
     /// A backplane that holds at most `max_rooms` rooms.
     pub fn new(max_rooms: usize) -> Self {
         MemoryBackplane {
-            names: RwLock::new(HashMap::new()),
-            rooms: RwLock::new(Vec::new()),
+            registry: RwLock::new(Registry::default()),
             max_rooms,
             closed: AtomicBool::new(false),
         }
     }
 
+    /// How many rooms exist now.
+    pub fn room_count(&self) -> usize {
+        read(&self.registry).rooms.len()
+    }
+
     fn room(&self, id: RoomId) -> Result<Arc<Room>, BackplaneError> {
-        read(&self.rooms)
-            .get(id as usize)
+        read(&self.registry)
+            .rooms
+            .get(&id)
             .cloned()
             .ok_or(BackplaneError::UnknownRoom(id))
+    }
+
+    /// Locks a room's state, failing if it has been evicted meanwhile.
+    fn live_state(room: &Room, id: RoomId) -> Result<MutexGuard<'_, RoomState>, BackplaneError> {
+        let state = lock(&room.state);
+        if state.evicted {
+            return Err(BackplaneError::UnknownRoom(id));
+        }
+        Ok(state)
     }
 
     /// Sequences one event of `room` and fans it out, all under the room
@@ -152,7 +182,7 @@ impl MemoryBackplane {
     ) -> Result<u64, BackplaneError> {
         let room_id = room;
         let room = self.room(room_id)?;
-        let mut state = lock(&room.state);
+        let mut state = Self::live_state(&room, room_id)?;
         // Checked under the room lock: once `close` has returned and a
         // session has unsubscribed (which takes this lock), no event can
         // be accepted that that session would miss.
@@ -203,26 +233,33 @@ enum Kind {
 
 impl Backplane for MemoryBackplane {
     fn resolve(&self, name: &str) -> Result<RoomId, BackplaneError> {
-        if let Some(id) = read(&self.names).get(name) {
+        if let Some(id) = read(&self.registry).names.get(name) {
             return Ok(*id);
         }
-        let mut names = write(&self.names);
-        if let Some(id) = names.get(name) {
+        let mut registry = write(&self.registry);
+        if let Some(id) = registry.names.get(name) {
             return Ok(*id);
         }
-        let mut rooms = write(&self.rooms);
-        if rooms.len() >= self.max_rooms {
-            return Err(BackplaneError::TooManyRooms {
-                max: self.max_rooms,
-            });
+        if registry.rooms.len() >= self.max_rooms {
+            registry.evict_unsubscribed();
         }
-        let id = rooms.len() as RoomId;
+        let too_many = BackplaneError::TooManyRooms {
+            max: self.max_rooms,
+        };
+        if registry.rooms.len() >= self.max_rooms {
+            return Err(too_many);
+        }
+        let id = registry.next_id;
+        registry.next_id = id.checked_add(1).ok_or(too_many)?;
         let name: Arc<str> = Arc::from(name);
-        rooms.push(Arc::new(Room {
-            name: name.clone(),
-            state: Mutex::new(RoomState::default()),
-        }));
-        names.insert(name, id);
+        registry.rooms.insert(
+            id,
+            Arc::new(Room {
+                name: name.clone(),
+                state: Mutex::new(RoomState::default()),
+            }),
+        );
+        registry.names.insert(name, id);
         Ok(id)
     }
 
@@ -235,12 +272,12 @@ impl Backplane for MemoryBackplane {
         room: RoomId,
         subscriber: Arc<dyn RoomSubscriber>,
     ) -> BoxFuture<'_, Result<u64, BackplaneError>> {
-        let result = self.room(room).map(|room| {
-            let mut state = lock(&room.state);
+        let result = self.room(room).and_then(|r| {
+            let mut state = Self::live_state(&r, room)?;
             let session = subscriber.session();
             state.subscribers.retain(|s| s.session() != session);
             state.subscribers.push(subscriber);
-            state.last_offset
+            Ok(state.last_offset)
         });
         Box::pin(std::future::ready(result))
     }
@@ -283,15 +320,31 @@ impl Backplane for MemoryBackplane {
         self.closed.store(true, Ordering::SeqCst);
         // Take every room lock once so that a publish already past its
         // check has finished its fan-out when `close` returns.
-        for room in read(&self.rooms).iter() {
+        for room in read(&self.registry).rooms.values() {
             drop(lock(&room.state));
         }
     }
 }
 
+impl Registry {
+    /// Drops every room without subscribers.
+    fn evict_unsubscribed(&mut self) {
+        let names = &mut self.names;
+        self.rooms.retain(|_, room| {
+            let mut state = lock(&room.state);
+            if !state.subscribers.is_empty() {
+                return true;
+            }
+            state.evicted = true;
+            names.remove(&room.name);
+            false
+        });
+    }
+}
+
 // A poisoned lock only means another thread panicked while holding it; the
 // room state is still consistent (every mutation is a single push/retain/add).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -412,9 +465,34 @@ mod tests {
     }
 
     #[test]
+    fn a_full_registry_evicts_unsubscribed_rooms_and_never_reuses_ids() {
+        let bp = MemoryBackplane::new(2);
+        let kept = bp.resolve("kept").unwrap();
+        now(bp.subscribe(kept, Probe::new(1, false))).unwrap();
+        let idle = bp.resolve("idle").unwrap();
+        // Full: naming a third room evicts the idle one, not the kept one.
+        let third = bp.resolve("third").unwrap();
+        assert_eq!(bp.room_count(), 2);
+        assert!(third > idle);
+        assert_eq!(bp.resolve("kept").unwrap(), kept);
+        assert_eq!(
+            now(bp.publish(idle, 9, "e".into(), Bytes::new())),
+            Err(BackplaneError::UnknownRoom(idle))
+        );
+        // Named again, the evicted room comes back with a new id.
+        now(bp.subscribe(third, Probe::new(2, false))).unwrap();
+        assert_eq!(
+            bp.resolve("idle"),
+            Err(BackplaneError::TooManyRooms { max: 2 }),
+            "every room is subscribed: nothing to evict"
+        );
+    }
+
+    #[test]
     fn room_limit_and_unknown_room() {
         let bp = MemoryBackplane::new(1);
-        bp.resolve("one").unwrap();
+        let one = bp.resolve("one").unwrap();
+        now(bp.subscribe(one, Probe::new(1, false))).unwrap();
         assert_eq!(
             bp.resolve("two"),
             Err(BackplaneError::TooManyRooms { max: 1 })

@@ -107,7 +107,7 @@ pub(crate) async fn read_publish_stream(
         }
         None => return,
     };
-    let room_id = match resolve_room(&ctx, &room) {
+    let mut room_id = match resolve_room(&ctx, &room) {
         Ok(id) => id,
         Err((code, message)) => {
             control.send(error_frame(None, code, message));
@@ -136,7 +136,8 @@ pub(crate) async fn read_publish_stream(
             }
             None => return,
         };
-        if let Some(reply) = publish(&ctx, session, room_id, event, payload, ack).await {
+        if let Some(reply) = publish(&ctx, session, &room, &mut room_id, event, payload, ack).await
+        {
             if !control.send(reply) {
                 return;
             }
@@ -148,7 +149,8 @@ pub(crate) async fn read_publish_stream(
 async fn publish(
     ctx: &SessionContext,
     session: SessionId,
-    room_id: RoomId,
+    room: &str,
+    room_id: &mut RoomId,
     event: String,
     payload: Bytes,
     ack: Option<u64>,
@@ -167,11 +169,20 @@ async fn publish(
             ),
         ));
     }
-    match ctx
+    if ctx.backplane.room_name(*room_id).is_none() {
+        // The room was evicted while nobody was subscribed: name it again.
+        // (Should that race with another eviction, the publish below fails
+        // with a typed `UnknownRoom`.)
+        match resolve_room(ctx, room) {
+            Ok(id) => *room_id = id,
+            Err((code, message)) => return Some(error_frame(ack, code, message)),
+        }
+    }
+    let result = ctx
         .backplane
-        .publish(room_id, session, event, payload)
-        .await
-    {
+        .publish(*room_id, session, event, payload)
+        .await;
+    match result {
         Ok(offset) => {
             ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
             ack.map(|request| wire::encode_framed(&Frame::Ack { request, offset }))

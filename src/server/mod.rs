@@ -36,6 +36,10 @@ use crate::tls::{self, TlsError, TransportSettings};
 use crate::wire::{close_code, DEFAULT_MAX_FRAME};
 use session::SessionContext;
 
+/// Over-the-limit connections told `server busy` at once; more are refused
+/// without a handshake.
+const MAX_REFUSALS_IN_FLIGHT: usize = 32;
+
 /// Server settings; [`ServerConfig::default`] suits a development machine.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -175,6 +179,7 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
         let mut next_session: u64 = 1;
         tokio::pin!(shutdown);
         loop {
@@ -186,13 +191,22 @@ impl Server {
                 },
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
-                let (stats, max) = (ctx.stats.clone(), ctx.config.max_connections);
+                ctx.stats
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                // Tell the client why, after a handshake, but only a few at a
+                // time: beyond that a flood is refused before any TLS work.
+                let Ok(refusing) = refusals.clone().try_acquire_owned() else {
+                    incoming.refuse();
+                    continue;
+                };
+                let max = ctx.config.max_connections;
                 tokio::spawn(async move {
                     if let Ok(conn) = incoming.await {
-                        stats.connections_refused.fetch_add(1, Ordering::Relaxed);
                         let reason = format!("server busy: connection limit of {max} reached");
                         conn.close(close_code::SERVER_BUSY.into(), reason.as_bytes());
                     }
+                    drop(refusing);
                 });
                 continue;
             };

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::backplane::{Backplane, SessionId};
+use super::backplane::{Backplane, BackplaneError, SessionId};
 use super::ingest::{handle_datagram, read_publish_stream, resolve_room};
 use super::outbound::{
     write_control, write_datagrams, write_room_stream, DatagramRing, RoomQueue, SessionSubscriber,
@@ -372,51 +372,70 @@ impl Rooms<'_> {
     }
 
     async fn join(&mut self, request: u64, room: &str, echo: bool) -> Bytes {
-        let room_id = match resolve_room(self.ctx, room) {
-            Ok(id) => id,
-            Err((code, message)) => return error_frame(Some(request), code, message),
-        };
+        // A room evicted between resolving and subscribing is resolved again, once.
+        let mut retried = false;
+        loop {
+            let room_id = match resolve_room(self.ctx, room) {
+                Ok(id) => id,
+                Err((code, message)) => return error_frame(Some(request), code, message),
+            };
+            match self.subscribe(room_id, room, echo).await {
+                Ok(offset) => {
+                    return wire::encode_framed(&Frame::Joined {
+                        request,
+                        room_id,
+                        offset,
+                    })
+                }
+                Err(BackplaneError::UnknownRoom(_)) if !retried => retried = true,
+                Err(e) => return error_frame(Some(request), e.code(), e.to_string()),
+            }
+        }
+    }
+
+    /// Subscribes to a room and starts its stream writer; returns the room's offset.
+    async fn subscribe(
+        &mut self,
+        room_id: RoomId,
+        room: &str,
+        echo: bool,
+    ) -> Result<u64, BackplaneError> {
         // Joining a room already joined (say, to change echo) keeps its
         // stream and queue: the new subscriber replaces the old one in one
         // step, so no event is lost or reordered between them.
         let name: Arc<str> = Arc::from(room);
-        let queue_tx = match self.joined.get(&room_id) {
-            Some(queue) => queue.clone(),
+        let (queue, new_writer) = match self.joined.get(&room_id) {
+            Some(queue) => (queue.clone(), None),
             None => {
                 let config = &self.ctx.config;
                 // Never smaller than one frame, or one large event would count as slow.
                 let max_bytes = config
                     .reliable_queue_bytes
                     .max(config.max_frame + wire::MAX_VARINT_LEN);
-                let (queue_tx, queue_rx) = RoomQueue::new(config.reliable_queue, max_bytes);
-                self.writers.spawn(write_room_stream(
-                    self.conn.clone(),
-                    room_id,
-                    name.clone(),
-                    queue_rx,
-                ));
-                queue_tx
+                let (queue, queue_rx) = RoomQueue::new(config.reliable_queue, max_bytes);
+                (queue, Some(queue_rx))
             }
         };
         let subscriber = Arc::new(SessionSubscriber {
             session: self.session,
             echo,
-            room: name,
-            reliable: queue_tx.clone(),
+            room: name.clone(),
+            reliable: queue.clone(),
             datagrams: self.datagrams.clone(),
             conn: self.conn.clone(),
             stats: self.ctx.stats.clone(),
         });
-        match self.ctx.backplane.subscribe(room_id, subscriber).await {
-            Ok(offset) => {
-                self.joined.insert(room_id, queue_tx);
-                wire::encode_framed(&Frame::Joined {
-                    request,
-                    room_id,
-                    offset,
-                })
-            }
-            Err(e) => error_frame(Some(request), e.code(), e.to_string()),
+        let offset = self.ctx.backplane.subscribe(room_id, subscriber).await?;
+        if let Some(queue_rx) = new_writer {
+            // Events queued since `subscribe` wait in the queue until it starts.
+            self.writers.spawn(write_room_stream(
+                self.conn.clone(),
+                room_id,
+                name,
+                queue_rx,
+            ));
         }
+        self.joined.insert(room_id, queue);
+        Ok(offset)
     }
 }

@@ -156,8 +156,8 @@ impl FrameDecoder {
         }
         let len = len as usize;
         if self.buf.len() < prefix + len {
-            // Reserve for the rest of this frame only now that its size is known to be allowed.
-            self.buf.reserve(prefix + len - self.buf.len());
+            // The buffer grows only as bytes arrive: a large announced length
+            // costs nothing until the peer actually sends it.
             return Ok(None);
         }
         self.buf.advance(prefix);
@@ -275,6 +275,16 @@ mod tests {
         dec.extend(&bytes[..bytes.len() - 1]);
         assert_eq!(dec.next_frame().unwrap(), None);
         assert_eq!(dec.finish(), Err(WireError::UnexpectedEnd));
+    }
+
+    #[test]
+    fn an_allowed_but_unsent_length_allocates_nothing() {
+        let mut dec = FrameDecoder::new(1 << 20);
+        let mut prefix = BytesMut::new();
+        write_varint(&mut prefix, 1 << 20);
+        dec.extend(&prefix);
+        assert_eq!(dec.next_frame(), Ok(None));
+        assert!(dec.buf.capacity() < 1024, "{}", dec.buf.capacity());
     }
 
     #[test]
