@@ -21,6 +21,10 @@ pub enum CertError {
     /// rcgen refused the parameters (for example an invalid SAN).
     #[error("cannot generate certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The directory holds a CA but not the server certificate and key;
+    /// generating a new set would replace the CA that clients trust.
+    #[error("{dir} has ca.pem but no server.pem/server.key; run `quicbus certs --dir {dir} --force` for a new set (clients must then trust the new ca.pem), or restore the files")]
+    Incomplete { dir: String },
     /// A file could not be written or read.
     #[error("{path}: {source}")]
     Io {
@@ -130,23 +134,40 @@ pub fn ensure_dev_certs(dir: &Path) -> Result<(CertPaths, bool), CertError> {
     if paths.server_files_exist() {
         return Ok((paths, false));
     }
+    if paths.ca.exists() {
+        return Err(CertError::Incomplete {
+            dir: dir.display().to_string(),
+        });
+    }
     write_dev_certs(dir, &[]).map(|paths| (paths, true))
 }
 
+/// Writes a file; a private key is created readable by its owner only
+/// (never world-readable, not even for a moment).
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
+    use std::io::Write;
     let io_err = |source| CertError::Io {
         path: path.to_owned(),
         source,
     };
-    fs::write(path, contents).map_err(io_err)?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     if private {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
     #[cfg(not(unix))]
     let _ = private;
-    Ok(())
+    let mut file = options.open(path).map_err(io_err)?;
+    // An existing file keeps its mode on open: tighten it as well.
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_err)?;
+    }
+    file.write_all(contents.as_bytes()).map_err(io_err)
 }
 
 #[cfg(test)]
@@ -166,6 +187,29 @@ mod tests {
         let (_, created) = ensure_dev_certs(dir.path()).unwrap();
         assert!(!created);
         assert_eq!(before, std::fs::read_to_string(&paths.server).unwrap());
+    }
+
+    #[test]
+    fn a_lone_ca_is_not_silently_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, _) = ensure_dev_certs(dir.path()).unwrap();
+        let ca = std::fs::read_to_string(&paths.ca).unwrap();
+        std::fs::remove_file(&paths.server_key).unwrap();
+        let err = ensure_dev_certs(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert_eq!(std::fs::read_to_string(&paths.ca).unwrap(), ca);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write_dev_certs(dir.path(), &[]).unwrap();
+        for key in [&paths.ca_key, &paths.server_key] {
+            let mode = std::fs::metadata(key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{key:?}");
+        }
     }
 
     #[test]

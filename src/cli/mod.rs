@@ -97,11 +97,19 @@ async fn resolve(addr: &str) -> CliResult<SocketAddr> {
         .ok_or_else(|| format!("server address '{addr}' resolves to nothing").into())
 }
 
-fn positive_secs(s: &str) -> Result<f64, String> {
+fn positive(s: &str, unit: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
     if v > 0.0 && v.is_finite() && v < 1e9 {
         Ok(v)
     } else {
-        Err(format!("'{s}' must be a positive number of seconds"))
+        Err(format!("'{s}' must be a positive number of {unit}"))
     }
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    positive(s, "seconds")
+}
+
+fn positive_hz(s: &str) -> Result<f64, String> {
+    positive(s, "events per second")
 }

@@ -8,7 +8,7 @@ use quicbus::client::{Client, Delivery, Event, PendingAck};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
-use super::{positive_secs, CliResult, ConnectArgs};
+use super::{positive_hz, positive_secs, CliResult, ConnectArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct SubArgs {
@@ -129,7 +129,7 @@ pub struct PubArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     count: u64,
     /// Events per second (default: as fast as possible).
-    #[arg(long, value_parser = positive_secs)]
+    #[arg(long, value_parser = positive_hz)]
     rate: Option<f64>,
     /// The payload; without it, each line of standard input is one event.
     payload: Option<String>,

@@ -28,9 +28,18 @@ pub struct ServeArgs {
     /// Reliable events queued per room per connection before a client is a slow consumer.
     #[arg(long, default_value_t = 8192)]
     reliable_queue: usize,
+    /// Bytes of reliable events queued per room per connection before a client is a slow consumer.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    reliable_queue_bytes: usize,
     /// Datagrams queued per connection before the oldest are dropped.
     #[arg(long, default_value_t = 1024)]
     datagram_queue: usize,
+    /// Largest stream frame (one event with its name) accepted, in bytes.
+    #[arg(long, default_value_t = quicbus::wire::DEFAULT_MAX_FRAME as u32, value_parser = clap::value_parser!(u32).range(1024..))]
+    max_frame: u32,
+    /// Most rooms held; when full, rooms nobody subscribes to are evicted.
+    #[arg(long, default_value_t = 100_000)]
+    max_rooms: usize,
     /// Require clients to present this token.
     #[arg(long)]
     token: Option<String>,
@@ -73,8 +82,11 @@ async fn run_server(args: ServeArgs) -> CliResult {
         listen: args.listen,
         max_connections: args.max_connections,
         reliable_queue: args.reliable_queue,
+        reliable_queue_bytes: args.reliable_queue_bytes,
         datagram_queue: args.datagram_queue,
         token: args.token.clone(),
+        max_frame: args.max_frame as usize,
+        max_rooms: args.max_rooms,
         ..ServerConfig::default()
     };
     let server = Server::bind(config, identity)?;
