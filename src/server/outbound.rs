@@ -171,7 +171,7 @@ impl RoomSubscriber for SessionSubscriber {
         if self.conn.close_reason().is_none() {
             self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
             let reason = format!(
-                "slow consumer: more than {limit} of reliable events queued for room {}",
+                "slow consumer: reliable queue of room {} over its bound of {limit}",
                 self.room
             );
             tracing::warn!(session = self.session, "{reason}");
