@@ -112,6 +112,7 @@ async fn unknown_room_id_in_a_datagram_is_a_typed_error_and_the_session_lives() 
         request: 5,
         room: "healthy".into(),
         echo: false,
+        since: None,
     })
     .await;
     assert!(matches!(
@@ -156,6 +157,7 @@ async fn invalid_names_are_typed_errors_not_closes() {
         request: 1,
         room: "x".repeat(300),
         echo: false,
+        since: None,
     })
     .await;
     assert!(matches!(
@@ -235,6 +237,7 @@ async fn frames_of_the_wrong_kind_close_the_connection() {
         request: 1,
         room: "r".into(),
         echo: false,
+        since: None,
     })
     .await;
     expect_close(&peer, close_code::PROTOCOL_VIOLATION, "Hello").await;

@@ -66,6 +66,7 @@ impl ScriptedServer {
                 session_id: 1,
                 max_datagram_payload: 1200,
                 max_frame: 1 << 20,
+                epoch: 7,
             })
             .await;
         session
@@ -95,6 +96,7 @@ impl ScriptedSession {
                     request,
                     room_id,
                     offset: 0,
+                    recovery: quicbus::wire::Recovery::Live,
                 })
                 .await
             }

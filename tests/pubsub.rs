@@ -101,9 +101,15 @@ async fn echo_is_off_by_default_and_on_when_asked() {
     let (quiet, mut quiet_events) = server.client().await;
     let (loud, mut loud_events) = server.client().await;
     quiet.join("e").await.unwrap();
-    loud.join_with("e", JoinOptions { echo: true })
-        .await
-        .unwrap();
+    loud.join_with(
+        "e",
+        JoinOptions {
+            echo: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     quiet.emit_with_ack("e", "from-quiet", "q").await.unwrap();
     loud.emit_with_ack("e", "from-loud", "l").await.unwrap();
     // quiet sees only loud's event; loud sees both, its own included.
@@ -208,9 +214,15 @@ async fn rejoining_to_change_echo_loses_and_reorders_nothing() {
     let mut echoed = 0;
     while i < N {
         if i == N / 3 && echoed == 0 {
-            sub.join_with("r", JoinOptions { echo: true })
-                .await
-                .unwrap();
+            sub.join_with(
+                "r",
+                JoinOptions {
+                    echo: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
             sub.emit("r", "mine", "echoed").await.unwrap();
         }
         let e = next_event(&mut events, "event across a re-join").await;
@@ -294,6 +306,7 @@ async fn the_server_finishes_a_left_room_and_opens_no_stream_for_other_rooms() {
         request,
         room: room.into(),
         echo: false,
+        since: None,
     };
     peer.send_control(&join(1, "mine")).await;
     let room_id = match peer.next_control().await {
@@ -301,6 +314,7 @@ async fn the_server_finishes_a_left_room_and_opens_no_stream_for_other_rooms() {
             request: 1,
             room_id,
             offset: 0,
+            recovery: quicbus::wire::Recovery::Live,
         } => room_id,
         other => panic!("expected Joined, got {other:?}"),
     };

@@ -24,21 +24,18 @@ pub enum ClientError {
     /// Client and server speak different protocol versions.
     #[error("protocol version mismatch: client speaks {client}, server speaks {server}")]
     VersionMismatch { client: u32, server: u32 },
-    /// The server refused the session.
-    #[error("server rejected the session ({code}): {reason}")]
+    /// The server refused the session or a request (an ack included).
+    #[error("rejected by the server ({code}): {reason}")]
     Rejected { code: ErrorCode, reason: String },
     /// The server closed the connection with a quicbus close code.
     #[error("connection closed by the server: {} (code {code}): {reason}", close_code::describe(*code))]
     Closed { code: u64, reason: String },
     /// The connection was lost (timeout, reset, or closed locally).
-    #[error("connection lost: {0}")]
-    ConnectionLost(String),
+    #[error("disconnected: {0}")]
+    Disconnected(String),
     /// A request got no answer in time.
     #[error("{what} timed out after {after:?}")]
     Timeout { what: &'static str, after: Duration },
-    /// The server answered a request with an error.
-    #[error("server refused the request ({code}): {message}")]
-    Server { code: ErrorCode, message: String },
     /// A room or event name is invalid.
     #[error("{0}")]
     InvalidName(String),
@@ -81,7 +78,7 @@ impl ClientError {
                 code: close.error_code.into_inner(),
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),
             },
-            other => ClientError::ConnectionLost(other.to_string()),
+            other => ClientError::Disconnected(other.to_string()),
         }
     }
 }

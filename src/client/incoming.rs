@@ -57,7 +57,15 @@ impl Tasks {
                     request,
                     room_id,
                     offset,
-                } => (request, Reply::Joined { room_id, offset }),
+                    recovery,
+                } => (
+                    request,
+                    Reply::Joined {
+                        room_id,
+                        offset,
+                        recovery,
+                    },
+                ),
                 Frame::Left { request, .. } => (request, Reply::Left),
                 Frame::Resolved { request, room_id } => (request, Reply::Resolved { room_id }),
                 Frame::Ack { request, offset } => (request, Reply::Ack { offset }),

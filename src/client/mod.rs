@@ -36,10 +36,11 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, timeout_at, Instant};
 
+pub use crate::wire::{Recovery, RecoveryFailure};
 pub use datagram_order::{DatagramOrder, Verdict};
 pub use error::ClientError;
 pub use event::{Delivery, Event, Events};
-pub use options::{ClientOptions, ClientStats, JoinOptions, Trust};
+pub use options::{ClientOptions, ClientStats, JoinOptions, JoinOutcome, Trust};
 
 use handshake::Established;
 use options::Counters;
@@ -50,12 +51,23 @@ use crate::wire::{self, validate_name, ErrorCode, Frame, RoomId};
 
 /// Answers to requests, by request id.
 pub(crate) enum Reply {
-    Joined { room_id: RoomId, offset: u64 },
+    Joined {
+        room_id: RoomId,
+        offset: u64,
+        recovery: Recovery,
+    },
     Left,
-    Resolved { room_id: RoomId },
-    Ack { offset: u64 },
+    Resolved {
+        room_id: RoomId,
+    },
+    Ack {
+        offset: u64,
+    },
     Pong,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 pub(crate) type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
@@ -157,11 +169,17 @@ impl Client {
     /// reliable event, 0 if none). Events published afterwards arrive on
     /// [`Events`]; this client's own events only with [`JoinOptions::echo`].
     pub async fn join(&self, room: &str) -> Result<u64, ClientError> {
-        self.join_with(room, JoinOptions::default()).await
+        Ok(self.join_with(room, JoinOptions::default()).await?.offset)
     }
 
-    /// Joins a room with options.
-    pub async fn join_with(&self, room: &str, options: JoinOptions) -> Result<u64, ClientError> {
+    /// Joins a room with options; with `since`, the events after that offset
+    /// are replayed first, and [`JoinOutcome::recovery`] says whether that
+    /// was possible (a late joiner catching up, or a client resuming).
+    pub async fn join_with(
+        &self,
+        room: &str,
+        options: JoinOptions,
+    ) -> Result<JoinOutcome, ClientError> {
         validate_name("room", room).map_err(ClientError::InvalidName)?;
         let name: Arc<str> = Arc::from(room);
         let already = lock(&self.shared.rooms).start_joining(&name);
@@ -170,12 +188,17 @@ impl Client {
                 request,
                 room: room.to_string(),
                 echo: options.echo,
+                since: options.since,
             })
             .await;
         match reply {
-            Ok(Reply::Joined { room_id, offset }) => {
+            Ok(Reply::Joined {
+                room_id,
+                offset,
+                recovery,
+            }) => {
                 lock(&self.shared.rooms).learn(room_id, room);
-                Ok(offset)
+                Ok(JoinOutcome { offset, recovery })
             }
             other => {
                 if !already {
@@ -197,9 +220,9 @@ impl Client {
             match id {
                 Some(room_id) if rooms.joined.remove(room) => room_id,
                 _ => {
-                    return Err(ClientError::Server {
+                    return Err(ClientError::Rejected {
                         code: ErrorCode::NotJoined,
-                        message: format!("room {room} is not joined"),
+                        reason: format!("room {room} is not joined"),
                     })
                 }
             }
@@ -533,7 +556,10 @@ impl Client {
             }
         };
         match timeout_at(deadline, answer).await {
-            Ok(Ok(Reply::Error { code, message })) => Err(ClientError::Server { code, message }),
+            Ok(Ok(Reply::Error { code, message })) => Err(ClientError::Rejected {
+                code,
+                reason: message,
+            }),
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e),
             Err(_) => {
@@ -571,7 +597,7 @@ impl PendingAck {
 fn closed_or_lost(conn: &quinn::Connection) -> ClientError {
     match conn.close_reason() {
         Some(reason) => ClientError::from_connection(&reason),
-        None => ClientError::ConnectionLost("the connection's streams were closed".into()),
+        None => ClientError::Disconnected("the connection's streams were closed".into()),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 
 use crate::tls::TransportSettings;
-use crate::wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use crate::wire::{Recovery, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 
 /// Which certificate authorities the client trusts to vouch for the server.
 #[derive(Debug, Clone)]
@@ -74,6 +74,18 @@ impl ClientOptions {
 pub struct JoinOptions {
     /// Also receive the events this client publishes to the room.
     pub echo: bool,
+    /// Replay the events after this offset first (from the room's history).
+    pub since: Option<u64>,
+}
+
+/// What a `join` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// The room's offset at the join: that of its newest event, 0 if none.
+    pub offset: u64,
+    /// Whether the events after `since` were replayed ([`Recovery::Live`]
+    /// when no `since` was given).
+    pub recovery: Recovery,
 }
 
 /// Connection statistics.

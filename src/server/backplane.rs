@@ -12,10 +12,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::wire::{self, ErrorCode, Frame, RoomId};
+use super::history::{Gap, History, HistoryLimits};
+use crate::wire::{self, ErrorCode, Frame, Recovery, RecoveryFailure, RoomId};
 
 /// Identifies one connection on a server.
 pub type SessionId = u64;
@@ -62,20 +64,36 @@ pub trait RoomSubscriber: Send + Sync {
     fn deliver_datagram(&self, frame: &Bytes);
 }
 
-/// Where rooms live: naming, sequencing and fan-out.
+/// The outcome of [`Backplane::subscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The room's current offset: that of its newest event, 0 if none.
+    pub offset: u64,
+    /// What became of `since`.
+    pub recovery: Recovery,
+    /// The frames to send before any live event (empty unless recovered).
+    pub replay: Vec<Bytes>,
+}
+
+/// Where rooms live: naming, sequencing, history and fan-out.
 pub trait Backplane: Send + Sync + 'static {
+    /// Identifies this backplane's history: it changes when history is lost
+    /// (for the in-memory backplane, on every start).
+    fn epoch(&self) -> u64;
     /// The id of the room called `name`, creating the room if needed.
     fn resolve(&self, name: &str) -> Result<RoomId, BackplaneError>;
     /// The name of a room.
     fn room_name(&self, room: RoomId) -> Option<Arc<str>>;
-    /// Adds a subscriber (replacing any earlier one of the same session) and
-    /// returns the room's current offset: the offset of its newest event, 0
-    /// if it has none.
+    /// Adds a subscriber (replacing any earlier one of the same session).
+    /// With `since`, also returns the history after that offset, taken in
+    /// the same step, so that replay followed by live events has no gap and
+    /// no duplicate.
     fn subscribe(
         &self,
         room: RoomId,
         subscriber: Arc<dyn RoomSubscriber>,
-    ) -> BoxFuture<'_, Result<u64, BackplaneError>>;
+        since: Option<u64>,
+    ) -> BoxFuture<'_, Result<Subscribed, BackplaneError>>;
     /// Removes the session's subscriber from a room; once this returns, no
     /// more events of that room are delivered to it.
     fn unsubscribe(&self, room: RoomId, session: SessionId);
@@ -111,6 +129,8 @@ pub trait Backplane: Send + Sync + 'static {
 pub struct MemoryBackplane {
     registry: RwLock<Registry>,
     max_rooms: usize,
+    history: HistoryLimits,
+    epoch: u64,
     closed: AtomicBool,
 }
 
@@ -126,9 +146,11 @@ struct Room {
     state: Mutex<RoomState>,
 }
 
-#[derive(Default)]
 struct RoomState {
     last_offset: u64,
+    history: History,
+    /// When the room last had an event, for choosing what to evict.
+    last_activity: Instant,
     last_datagram_seq: u64,
     subscribers: Vec<Arc<dyn RoomSubscriber>>,
     /// Set (under this lock) when the room leaves the registry, so that a
@@ -138,11 +160,15 @@ struct RoomState {
 }
 
 impl MemoryBackplane {
-    /// A backplane that holds at most `max_rooms` rooms.
-    pub fn new(max_rooms: usize) -> Self {
+    /// A backplane that holds at most `max_rooms` rooms, each keeping the
+    /// history `history` allows. Its epoch is random: history does not
+    /// survive the process.
+    pub fn new(max_rooms: usize, history: HistoryLimits) -> Self {
         MemoryBackplane {
             registry: RwLock::new(Registry::default()),
             max_rooms,
+            history,
+            epoch: rand::random::<u64>().max(1),
             closed: AtomicBool::new(false),
         }
     }
@@ -198,6 +224,9 @@ impl MemoryBackplane {
                     event,
                     payload,
                 });
+                let now = Instant::now();
+                state.last_activity = now;
+                state.history.push(offset, frame.clone(), now);
                 (offset, frame)
             }
             Kind::Datagram => {
@@ -232,6 +261,10 @@ enum Kind {
 }
 
 impl Backplane for MemoryBackplane {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     fn resolve(&self, name: &str) -> Result<RoomId, BackplaneError> {
         if let Some(id) = read(&self.registry).names.get(name) {
             return Ok(*id);
@@ -241,7 +274,7 @@ impl Backplane for MemoryBackplane {
             return Ok(*id);
         }
         if registry.rooms.len() >= self.max_rooms {
-            registry.evict_unsubscribed();
+            registry.evict_unsubscribed(self.max_rooms);
         }
         let too_many = BackplaneError::TooManyRooms {
             max: self.max_rooms,
@@ -256,7 +289,14 @@ impl Backplane for MemoryBackplane {
             id,
             Arc::new(Room {
                 name: name.clone(),
-                state: Mutex::new(RoomState::default()),
+                state: Mutex::new(RoomState {
+                    last_offset: 0,
+                    history: History::new(self.history),
+                    last_activity: Instant::now(),
+                    last_datagram_seq: 0,
+                    subscribers: Vec::new(),
+                    evicted: false,
+                }),
             }),
         );
         registry.names.insert(name, id);
@@ -271,13 +311,37 @@ impl Backplane for MemoryBackplane {
         &self,
         room: RoomId,
         subscriber: Arc<dyn RoomSubscriber>,
-    ) -> BoxFuture<'_, Result<u64, BackplaneError>> {
+        since: Option<u64>,
+    ) -> BoxFuture<'_, Result<Subscribed, BackplaneError>> {
         let result = self.room(room).and_then(|r| {
             let mut state = Self::live_state(&r, room)?;
             let session = subscriber.session();
             state.subscribers.retain(|s| s.session() != session);
             state.subscribers.push(subscriber);
-            Ok(state.last_offset)
+            let offset = state.last_offset;
+            let (recovery, replay) = match since {
+                None => (Recovery::Live, Vec::new()),
+                Some(since) => match state.history.since(since, offset, Instant::now()) {
+                    Ok(replay) => (
+                        Recovery::Recovered {
+                            replayed: replay.len() as u64,
+                        },
+                        replay,
+                    ),
+                    Err(gap) => {
+                        let reason = match gap {
+                            Gap::TooShort => RecoveryFailure::HistoryTooShort,
+                            Gap::UnknownPosition => RecoveryFailure::UnknownPosition,
+                        };
+                        (Recovery::NotRecovered { reason }, Vec::new())
+                    }
+                },
+            };
+            Ok(Subscribed {
+                offset,
+                recovery,
+                replay,
+            })
         });
         Box::pin(std::future::ready(result))
     }
@@ -327,18 +391,38 @@ impl Backplane for MemoryBackplane {
 }
 
 impl Registry {
-    /// Drops every room without subscribers.
-    fn evict_unsubscribed(&mut self) {
-        let names = &mut self.names;
-        self.rooms.retain(|_, room| {
+    /// Makes room in a full registry. Rooms with subscribers always stay.
+    /// Unsubscribed rooms whose history is empty go first; if that frees
+    /// nothing, the least recently active eighth of the unsubscribed rooms
+    /// goes, history and all (a client that later asks to recover from one
+    /// is told `UnknownPosition`, never silently served nothing).
+    fn evict_unsubscribed(&mut self, max_rooms: usize) {
+        let now = Instant::now();
+        let mut idle = Vec::new();
+        for (id, room) in &self.rooms {
             let mut state = lock(&room.state);
-            if !state.subscribers.is_empty() {
-                return true;
+            state.history.trim(now);
+            if state.subscribers.is_empty() {
+                idle.push((state.history.is_empty(), state.last_activity, *id));
             }
-            state.evicted = true;
-            names.remove(&room.name);
-            false
-        });
+        }
+        if idle.is_empty() {
+            return;
+        }
+        let empty = idle.iter().filter(|(empty, ..)| *empty).count();
+        let count = if empty > 0 {
+            empty
+        } else {
+            (max_rooms / 8).clamp(1, idle.len())
+        };
+        // Empty histories first, then the least recently active.
+        idle.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, _, id) in idle.into_iter().take(count) {
+            if let Some(room) = self.rooms.remove(&id) {
+                lock(&room.state).evicted = true;
+                self.names.remove(&room.name);
+            }
+        }
     }
 }
 
@@ -358,6 +442,89 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::wire::FrameDecoder;
+    use std::time::Duration;
+
+    const NO_HISTORY: HistoryLimits = HistoryLimits {
+        max_events: 0,
+        max_age: Duration::ZERO,
+        max_bytes: 0,
+    };
+
+    fn offsets_of(frames: &[Bytes]) -> Vec<u64> {
+        let mut dec = FrameDecoder::new(1 << 20);
+        for f in frames {
+            dec.extend(f);
+        }
+        let mut out = Vec::new();
+        while let Some(Frame::Event { offset, .. }) = dec.next_frame().unwrap() {
+            out.push(offset);
+        }
+        out
+    }
+
+    #[test]
+    fn subscribing_since_a_position_replays_then_goes_live() {
+        let bp = MemoryBackplane::new(10, HistoryLimits::default());
+        let room = bp.resolve("r").unwrap();
+        for _ in 0..5 {
+            now(bp.publish(room, 9, "e".into(), Bytes::new())).unwrap();
+        }
+        let sub = Probe::new(1, false);
+        let got = now(bp.subscribe(room, sub.clone(), Some(2))).unwrap();
+        assert_eq!(got.offset, 5);
+        assert_eq!(got.recovery, Recovery::Recovered { replayed: 3 });
+        assert_eq!(offsets_of(&got.replay), vec![3, 4, 5]);
+        now(bp.publish(room, 9, "e".into(), Bytes::new())).unwrap();
+        assert_eq!(sub.offsets(), vec![6], "live events follow the replay");
+        let ahead = now(bp.subscribe(room, Probe::new(2, false), Some(99))).unwrap();
+        assert_eq!(
+            ahead.recovery,
+            Recovery::NotRecovered {
+                reason: RecoveryFailure::UnknownPosition
+            }
+        );
+        let live = now(bp.subscribe(room, Probe::new(3, false), None)).unwrap();
+        assert_eq!((live.recovery, live.replay.len()), (Recovery::Live, 0));
+    }
+
+    #[test]
+    fn a_history_shorter_than_the_gap_is_reported() {
+        let limits = HistoryLimits {
+            max_events: 2,
+            ..HistoryLimits::default()
+        };
+        let bp = MemoryBackplane::new(10, limits);
+        let room = bp.resolve("r").unwrap();
+        for _ in 0..5 {
+            now(bp.publish(room, 9, "e".into(), Bytes::new())).unwrap();
+        }
+        let got = now(bp.subscribe(room, Probe::new(1, false), Some(1))).unwrap();
+        assert_eq!(
+            got.recovery,
+            Recovery::NotRecovered {
+                reason: RecoveryFailure::HistoryTooShort
+            }
+        );
+        assert!(got.replay.is_empty());
+        assert_ne!(bp.epoch(), 0);
+    }
+
+    #[test]
+    fn idle_rooms_without_history_go_before_the_least_recently_active() {
+        let bp = MemoryBackplane::new(3, HistoryLimits::default());
+        let old = bp.resolve("old").unwrap();
+        now(bp.publish(old, 9, "e".into(), Bytes::new())).unwrap();
+        let recent = bp.resolve("recent").unwrap();
+        now(bp.publish(recent, 9, "e".into(), Bytes::new())).unwrap();
+        let empty = bp.resolve("empty").unwrap();
+        let fourth = bp.resolve("fourth").unwrap();
+        now(bp.publish(fourth, 9, "e".into(), Bytes::new())).unwrap();
+        assert_eq!(bp.room_name(empty), None, "no history: evicted first");
+        assert!(bp.room_name(old).is_some() && bp.room_name(recent).is_some());
+        bp.resolve("fifth").unwrap();
+        assert_eq!(bp.room_name(old), None, "then the least recently active");
+        assert!(bp.room_name(recent).is_some());
+    }
 
     struct Probe {
         session: SessionId,
@@ -415,12 +582,12 @@ mod tests {
 
     #[test]
     fn offsets_increase_per_room_and_rooms_are_independent() {
-        let bp = MemoryBackplane::new(10);
+        let bp = MemoryBackplane::new(10, HistoryLimits::default());
         let a = bp.resolve("a").unwrap();
         let b = bp.resolve("b").unwrap();
         assert_eq!(bp.resolve("a").unwrap(), a);
         let sub = Probe::new(1, false);
-        assert_eq!(now(bp.subscribe(a, sub.clone())).unwrap(), 0);
+        assert_eq!(now(bp.subscribe(a, sub.clone(), None)).unwrap().offset, 0);
         for _ in 0..3 {
             now(bp.publish(a, 2, "e".into(), Bytes::new())).unwrap();
         }
@@ -431,12 +598,14 @@ mod tests {
 
     #[test]
     fn publisher_is_skipped_unless_echo() {
-        let bp = MemoryBackplane::new(10);
+        let bp = MemoryBackplane::new(10, HistoryLimits::default());
         let room = bp.resolve("r").unwrap();
         let quiet = Probe::new(1, false);
         let echoing = Probe::new(2, true);
-        now(bp.subscribe(room, quiet.clone())).unwrap();
-        now(bp.subscribe(room, echoing.clone())).unwrap();
+        now(bp.subscribe(room, quiet.clone(), None)).unwrap().offset;
+        now(bp.subscribe(room, echoing.clone(), None))
+            .unwrap()
+            .offset;
         now(bp.publish(room, 1, "e".into(), Bytes::new())).unwrap();
         now(bp.publish(room, 2, "e".into(), Bytes::new())).unwrap();
         bp.publish_datagram(room, 1, "d".into(), Bytes::new())
@@ -449,10 +618,10 @@ mod tests {
 
     #[test]
     fn unsubscribe_stops_delivery_and_close_refuses_events() {
-        let bp = MemoryBackplane::new(10);
+        let bp = MemoryBackplane::new(10, HistoryLimits::default());
         let room = bp.resolve("r").unwrap();
         let sub = Probe::new(1, false);
-        now(bp.subscribe(room, sub.clone())).unwrap();
+        now(bp.subscribe(room, sub.clone(), None)).unwrap().offset;
         now(bp.publish(room, 9, "e".into(), Bytes::new())).unwrap();
         bp.unsubscribe(room, 1);
         now(bp.publish(room, 9, "e".into(), Bytes::new())).unwrap();
@@ -466,9 +635,11 @@ mod tests {
 
     #[test]
     fn a_full_registry_evicts_unsubscribed_rooms_and_never_reuses_ids() {
-        let bp = MemoryBackplane::new(2);
+        let bp = MemoryBackplane::new(2, NO_HISTORY);
         let kept = bp.resolve("kept").unwrap();
-        now(bp.subscribe(kept, Probe::new(1, false))).unwrap();
+        now(bp.subscribe(kept, Probe::new(1, false), None))
+            .unwrap()
+            .offset;
         let idle = bp.resolve("idle").unwrap();
         // Full: naming a third room evicts the idle one, not the kept one.
         let third = bp.resolve("third").unwrap();
@@ -480,7 +651,9 @@ mod tests {
             Err(BackplaneError::UnknownRoom(idle))
         );
         // Named again, the evicted room comes back with a new id.
-        now(bp.subscribe(third, Probe::new(2, false))).unwrap();
+        now(bp.subscribe(third, Probe::new(2, false), None))
+            .unwrap()
+            .offset;
         assert_eq!(
             bp.resolve("idle"),
             Err(BackplaneError::TooManyRooms { max: 2 }),
@@ -490,9 +663,11 @@ mod tests {
 
     #[test]
     fn room_limit_and_unknown_room() {
-        let bp = MemoryBackplane::new(1);
+        let bp = MemoryBackplane::new(1, NO_HISTORY);
         let one = bp.resolve("one").unwrap();
-        now(bp.subscribe(one, Probe::new(1, false))).unwrap();
+        now(bp.subscribe(one, Probe::new(1, false), None))
+            .unwrap()
+            .offset;
         assert_eq!(
             bp.resolve("two"),
             Err(BackplaneError::TooManyRooms { max: 1 })

@@ -11,6 +11,7 @@
 //! drain, and a drop-guard channel closes when the last one has finished.
 
 pub mod backplane;
+mod history;
 mod ingest;
 mod outbound;
 mod session;
@@ -27,7 +28,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-pub use backplane::{Backplane, BackplaneError, MemoryBackplane, RoomSubscriber, SessionId};
+pub use backplane::{
+    Backplane, BackplaneError, MemoryBackplane, RoomSubscriber, SessionId, Subscribed,
+};
+pub use history::HistoryLimits;
 pub use outbound::DatagramRing;
 pub use stats::{ServerStats, StatsSnapshot};
 
@@ -64,6 +68,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// When set, `Hello` must carry exactly this token.
     pub token: Option<String>,
+    /// How much history each room keeps for recovery.
+    pub history: HistoryLimits,
     /// QUIC transport settings.
     pub transport: TransportSettings,
 }
@@ -81,6 +87,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
             token: None,
+            history: HistoryLimits::default(),
             transport: TransportSettings::default(),
         }
     }
@@ -133,7 +140,7 @@ pub struct Server {
 impl Server {
     /// Binds the UDP socket with the in-memory backplane. Call inside a Tokio runtime.
     pub fn bind(config: ServerConfig, identity: ServerIdentity) -> Result<Self, ServerError> {
-        let backplane = Arc::new(MemoryBackplane::new(config.max_rooms));
+        let backplane = Arc::new(MemoryBackplane::new(config.max_rooms, config.history));
         Self::with_backplane(config, identity, backplane)
     }
 

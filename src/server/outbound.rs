@@ -187,14 +187,16 @@ impl RoomSubscriber for SessionSubscriber {
     }
 }
 
-/// Writes one joined room's events to its own stream, batching what is
-/// queued, until the queue closes (leave or shutdown); then finishes the
+/// Writes one joined room's events to its own stream: the header, the
+/// replayed history, then live events, batching what is queued, until the
+/// queue closes (leave or shutdown); then finishes the
 /// stream and waits until the client has received everything (the caller
 /// bounds that wait).
 pub(crate) async fn write_room_stream(
     conn: Connection,
     room_id: RoomId,
     room: Arc<str>,
+    replay: Vec<Bytes>,
     mut queue: RoomQueueRx,
 ) {
     let Ok(mut send) = conn.open_uni().await else {
@@ -204,7 +206,10 @@ pub(crate) async fn write_room_stream(
         room_id,
         room: room.to_string(),
     });
-    if send.write_chunk(header).await.is_err() {
+    let mut first = Vec::with_capacity(1 + replay.len());
+    first.push(header);
+    first.extend(replay);
+    if send.write_all_chunks(&mut first).await.is_err() {
         return;
     }
     let mut batch = Vec::with_capacity(WRITE_BATCH);

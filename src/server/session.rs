@@ -26,7 +26,8 @@ use super::outbound::{
 use super::stats::ServerStats;
 use super::ServerConfig;
 use crate::wire::{
-    self, close_code, ErrorCode, Frame, FrameReader, ReadFrameError, RoomId, PROTOCOL_VERSION,
+    self, close_code, ErrorCode, Frame, FrameReader, ReadFrameError, Recovery, RoomId,
+    PROTOCOL_VERSION,
 };
 
 /// Control replies queued for a client before it counts as a slow consumer.
@@ -311,6 +312,7 @@ async fn handshake(
         session_id: session,
         max_datagram_payload,
         max_frame: ctx.config.max_frame as u32,
+        epoch: ctx.backplane.epoch(),
     });
     send.write_all(&welcome).await.map_err(|_| None)?;
     tracing::debug!(session, client = %client_name, addr = %conn.remote_address(), "session started");
@@ -339,7 +341,8 @@ impl Rooms<'_> {
                 request,
                 room,
                 echo,
-            } => self.join(request, &room, echo).await,
+                since,
+            } => self.join(request, &room, echo, since).await,
             Frame::Leave { request, room_id } => {
                 if self.joined.remove(&room_id).is_some() {
                     self.ctx.backplane.unsubscribe(room_id, self.session);
@@ -371,7 +374,7 @@ impl Rooms<'_> {
         }
     }
 
-    async fn join(&mut self, request: u64, room: &str, echo: bool) -> Bytes {
+    async fn join(&mut self, request: u64, room: &str, echo: bool, since: Option<u64>) -> Bytes {
         // A room evicted between resolving and subscribing is resolved again, once.
         let mut retried = false;
         loop {
@@ -379,12 +382,13 @@ impl Rooms<'_> {
                 Ok(id) => id,
                 Err((code, message)) => return error_frame(Some(request), code, message),
             };
-            match self.subscribe(room_id, room, echo).await {
-                Ok(offset) => {
+            match self.subscribe(room_id, room, echo, since).await {
+                Ok((offset, recovery)) => {
                     return wire::encode_framed(&Frame::Joined {
                         request,
                         room_id,
                         offset,
+                        recovery,
                     })
                 }
                 Err(BackplaneError::UnknownRoom(_)) if !retried => retried = true,
@@ -393,13 +397,15 @@ impl Rooms<'_> {
         }
     }
 
-    /// Subscribes to a room and starts its stream writer; returns the room's offset.
+    /// Subscribes to a room and starts its stream writer, which sends the
+    /// replayed history first; returns the room's offset and the recovery.
     async fn subscribe(
         &mut self,
         room_id: RoomId,
         room: &str,
         echo: bool,
-    ) -> Result<u64, BackplaneError> {
+        since: Option<u64>,
+    ) -> Result<(u64, Recovery), BackplaneError> {
         // Joining a room already joined (say, to change echo) keeps its
         // stream and queue: the new subscriber replaces the old one in one
         // step, so no event is lost or reordered between them.
@@ -425,17 +431,25 @@ impl Rooms<'_> {
             conn: self.conn.clone(),
             stats: self.ctx.stats.clone(),
         });
-        let offset = self.ctx.backplane.subscribe(room_id, subscriber).await?;
+        // A room already joined is live on its stream: there is nothing to replay.
+        let since = since.filter(|_| new_writer.is_some());
+        let subscribed = self
+            .ctx
+            .backplane
+            .subscribe(room_id, subscriber, since)
+            .await?;
         if let Some(queue_rx) = new_writer {
-            // Events queued since `subscribe` wait in the queue until it starts.
+            // Events queued since `subscribe` wait in the queue, behind the
+            // replay, until the writer starts.
             self.writers.spawn(write_room_stream(
                 self.conn.clone(),
                 room_id,
                 name,
+                subscribed.replay,
                 queue_rx,
             ));
         }
         self.joined.insert(room_id, queue);
-        Ok(offset)
+        Ok((subscribed.offset, subscribed.recovery))
     }
 }

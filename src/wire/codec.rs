@@ -192,11 +192,13 @@ mod tests {
                 request: 7,
                 room: "lobby".into(),
                 echo: true,
+                since: None,
             },
             Frame::Welcome {
                 session_id: 42,
                 max_datagram_payload: 1100,
                 max_frame: 1 << 20,
+                epoch: 7,
             },
             Frame::Error {
                 request: None,
@@ -335,7 +337,8 @@ mod tests {
             (any::<u64>(), text, any::<bool>()).prop_map(|(r, room, echo)| Frame::Join {
                 request: r,
                 room,
-                echo
+                echo,
+                since: None
             }),
             (
                 any::<u64>(),

@@ -44,11 +44,13 @@ pub enum Frame {
         token: Option<String>,
         client_name: String,
     },
-    /// Subscribe to a room; answered by `Joined` or `Error`.
+    /// Subscribe to a room; answered by `Joined` or `Error`. With `since`,
+    /// the events after that offset are replayed from history first.
     Join {
         request: u64,
         room: String,
         echo: bool,
+        since: Option<u64>,
     },
     /// Unsubscribe; answered by `Left` or `Error`.
     Leave {
@@ -67,6 +69,9 @@ pub enum Frame {
         session_id: u64,
         max_datagram_payload: u32,
         max_frame: u32,
+        /// Changes whenever the server loses its history (a restart):
+        /// offsets from another epoch cannot be recovered.
+        epoch: u64,
     },
     /// Handshake refused; the server closes the connection afterwards.
     Reject {
@@ -78,6 +83,7 @@ pub enum Frame {
         request: u64,
         room_id: RoomId,
         offset: u64,
+        recovery: Recovery,
     },
     Left {
         request: u64,
@@ -223,6 +229,44 @@ impl Frame {
             Frame::Ping { .. } => "Ping",
             Frame::Pong { .. } => "Pong",
         }
+    }
+}
+
+/// What became of a `Join` with `since`: the explicit answer to "did I miss anything?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Recovery {
+    /// No position was given: delivery starts with the next event.
+    Live,
+    /// Every event after the position, `replayed` of them, comes first on
+    /// the room's stream, then live events: nothing missed, nothing twice.
+    Recovered { replayed: u64 },
+    /// The gap cannot be filled; delivery starts with the next event and
+    /// the application should resynchronize.
+    NotRecovered { reason: RecoveryFailure },
+}
+
+/// Why missed events could not be recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryFailure {
+    /// The room's history no longer reaches back to the position.
+    HistoryTooShort,
+    /// The position is beyond the room's newest event: it belongs to an
+    /// earlier life of the room (it was evicted and named again).
+    UnknownPosition,
+    /// The server restarted (another history epoch) since the position.
+    EpochChanged,
+    /// The session's resume token expired or is unknown.
+    TokenExpired,
+}
+
+impl std::fmt::Display for RecoveryFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecoveryFailure::HistoryTooShort => "history too short",
+            RecoveryFailure::UnknownPosition => "position unknown to the room",
+            RecoveryFailure::EpochChanged => "server epoch changed",
+            RecoveryFailure::TokenExpired => "session token expired",
+        })
     }
 }
 
