@@ -602,10 +602,8 @@ mod tests {
         let room = bp.resolve("r").unwrap();
         let quiet = Probe::new(1, false);
         let echoing = Probe::new(2, true);
-        now(bp.subscribe(room, quiet.clone(), None)).unwrap().offset;
-        now(bp.subscribe(room, echoing.clone(), None))
-            .unwrap()
-            .offset;
+        now(bp.subscribe(room, quiet.clone(), None)).unwrap();
+        now(bp.subscribe(room, echoing.clone(), None)).unwrap();
         now(bp.publish(room, 1, "e".into(), Bytes::new())).unwrap();
         now(bp.publish(room, 2, "e".into(), Bytes::new())).unwrap();
         bp.publish_datagram(room, 1, "d".into(), Bytes::new())
@@ -621,7 +619,7 @@ mod tests {
         let bp = MemoryBackplane::new(10, HistoryLimits::default());
         let room = bp.resolve("r").unwrap();
         let sub = Probe::new(1, false);
-        now(bp.subscribe(room, sub.clone(), None)).unwrap().offset;
+        now(bp.subscribe(room, sub.clone(), None)).unwrap();
         now(bp.publish(room, 9, "e".into(), Bytes::new())).unwrap();
         bp.unsubscribe(room, 1);
         now(bp.publish(room, 9, "e".into(), Bytes::new())).unwrap();
@@ -637,9 +635,7 @@ mod tests {
     fn a_full_registry_evicts_unsubscribed_rooms_and_never_reuses_ids() {
         let bp = MemoryBackplane::new(2, NO_HISTORY);
         let kept = bp.resolve("kept").unwrap();
-        now(bp.subscribe(kept, Probe::new(1, false), None))
-            .unwrap()
-            .offset;
+        now(bp.subscribe(kept, Probe::new(1, false), None)).unwrap();
         let idle = bp.resolve("idle").unwrap();
         // Full: naming a third room evicts the idle one, not the kept one.
         let third = bp.resolve("third").unwrap();
@@ -651,9 +647,7 @@ mod tests {
             Err(BackplaneError::UnknownRoom(idle))
         );
         // Named again, the evicted room comes back with a new id.
-        now(bp.subscribe(third, Probe::new(2, false), None))
-            .unwrap()
-            .offset;
+        now(bp.subscribe(third, Probe::new(2, false), None)).unwrap();
         assert_eq!(
             bp.resolve("idle"),
             Err(BackplaneError::TooManyRooms { max: 2 }),
@@ -665,9 +659,7 @@ mod tests {
     fn room_limit_and_unknown_room() {
         let bp = MemoryBackplane::new(1, NO_HISTORY);
         let one = bp.resolve("one").unwrap();
-        now(bp.subscribe(one, Probe::new(1, false), None))
-            .unwrap()
-            .offset;
+        now(bp.subscribe(one, Probe::new(1, false), None)).unwrap();
         assert_eq!(
             bp.resolve("two"),
             Err(BackplaneError::TooManyRooms { max: 1 })
