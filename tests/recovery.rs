@@ -90,3 +90,97 @@ async fn a_history_shorter_than_the_gap_is_reported_then_live_delivery_continues
         }
     );
 }
+
+/// A backplane that refuses events for one room, to see a refusal travel
+/// back to `emit_with_ack` as a typed `Rejected`.
+struct Refusing(quicbus::server::MemoryBackplane);
+
+impl quicbus::server::Backplane for Refusing {
+    fn epoch(&self) -> u64 {
+        self.0.epoch()
+    }
+    fn resolve(&self, name: &str) -> Result<u32, quicbus::server::BackplaneError> {
+        self.0.resolve(name)
+    }
+    fn room_name(&self, room: u32) -> Option<std::sync::Arc<str>> {
+        self.0.room_name(room)
+    }
+    fn subscribe(
+        &self,
+        room: u32,
+        subscriber: std::sync::Arc<dyn quicbus::server::RoomSubscriber>,
+        since: Option<u64>,
+    ) -> quicbus::server::backplane::BoxFuture<
+        '_,
+        Result<quicbus::server::Subscribed, quicbus::server::BackplaneError>,
+    > {
+        self.0.subscribe(room, subscriber, since)
+    }
+    fn unsubscribe(&self, room: u32, session: u64) {
+        self.0.unsubscribe(room, session)
+    }
+    fn publish(
+        &self,
+        room: u32,
+        from: u64,
+        event: String,
+        payload: bytes::Bytes,
+    ) -> quicbus::server::backplane::BoxFuture<'_, Result<u64, quicbus::server::BackplaneError>>
+    {
+        if self.0.room_name(room).as_deref() == Some("closed") {
+            return Box::pin(std::future::ready(Err(
+                quicbus::server::BackplaneError::ShuttingDown,
+            )));
+        }
+        self.0.publish(room, from, event, payload)
+    }
+    fn publish_datagram(
+        &self,
+        room: u32,
+        from: u64,
+        event: String,
+        payload: bytes::Bytes,
+    ) -> Result<u64, quicbus::server::BackplaneError> {
+        self.0.publish_datagram(room, from, event, payload)
+    }
+    fn close(&self) {
+        self.0.close()
+    }
+}
+
+#[tokio::test]
+async fn a_refused_event_is_a_typed_rejection_of_its_ack() {
+    use quicbus::client::ClientError;
+    use quicbus::server::{MemoryBackplane, Server, ServerIdentity};
+    let certs = quicbus::certs::generate(&[]).unwrap();
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
+    let backplane = std::sync::Arc::new(Refusing(MemoryBackplane::new(
+        100,
+        HistoryLimits::default(),
+    )));
+    let server = Server::with_backplane(
+        config,
+        ServerIdentity::from_dev_certs(&certs).unwrap(),
+        backplane,
+    )
+    .unwrap()
+    .spawn();
+    let mut options = quicbus::client::ClientOptions::new(server.local_addr());
+    options.trust = quicbus::client::Trust::CaPem(certs.ca_pem.clone());
+    let (client, _e) = within("connect", quicbus::client::Client::connect(options))
+        .await
+        .unwrap();
+    match within("ack", client.emit_with_ack("closed", "e", "x")).await {
+        Err(ClientError::Rejected { code, reason }) => {
+            assert_eq!(code, quicbus::wire::ErrorCode::ShuttingDown);
+            assert!(reason.contains("shutting down"), "{reason}");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    // The session keeps working for other rooms.
+    assert_eq!(client.emit_with_ack("open", "e", "x").await.unwrap(), 1);
+    server.shutdown().await;
+}
