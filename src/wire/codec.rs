@@ -231,6 +231,71 @@ mod tests {
         }
     }
 
+    /// The worked example of docs/PROTOCOL.md, byte for byte.
+    #[test]
+    fn protocol_md_worked_example() {
+        use crate::wire::Recovery;
+        let hex = |f: &Frame| {
+            encode_framed(f)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let hello = Frame::Hello {
+            version: 1,
+            token: None,
+            client_name: "cli".into(),
+        };
+        assert_eq!(hex(&hello), "07 00 01 00 03 63 6c 69");
+        let welcome = Frame::Welcome {
+            session_id: 1,
+            max_datagram_payload: 1200,
+            max_frame: 1 << 20,
+            epoch: 5,
+        };
+        assert_eq!(hex(&welcome), "08 04 01 b0 09 80 80 40 05");
+        let join = Frame::Join {
+            request: 1,
+            room: "chat".into(),
+            echo: false,
+            since: None,
+        };
+        assert_eq!(hex(&join), "09 01 01 04 63 68 61 74 00 00");
+        let join_since = Frame::Join {
+            request: 2,
+            room: "chat".into(),
+            echo: false,
+            since: Some(300),
+        };
+        assert_eq!(hex(&join_since), "0b 01 02 04 63 68 61 74 00 01 ac 02");
+        let joined = Frame::Joined {
+            request: 1,
+            room_id: 0,
+            offset: 0,
+            recovery: Recovery::Live,
+        };
+        assert_eq!(hex(&joined), "05 06 01 00 00 00");
+        let recovered = Frame::Joined {
+            request: 2,
+            room_id: 0,
+            offset: 310,
+            recovery: Recovery::Recovered { replayed: 10 },
+        };
+        assert_eq!(hex(&recovered), "07 06 02 00 b6 02 01 0a");
+        let header = Frame::EventStream {
+            room_id: 0,
+            room: "chat".into(),
+        };
+        assert_eq!(hex(&header), "07 0c 00 04 63 68 61 74");
+        let event = Frame::Event {
+            offset: 1,
+            event: "say".into(),
+            payload: Bytes::from_static(b"hi"),
+        };
+        assert_eq!(hex(&event), "09 0e 01 03 73 61 79 02 68 69");
+    }
+
     #[test]
     fn tags_are_stable_and_counted() {
         let first = |f: &Frame| encode(f)[0];
