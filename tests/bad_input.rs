@@ -133,7 +133,7 @@ async fn bad_utf8_in_room_or_event_name_closes_with_a_reason() {
         .await;
     expect_close(&peer, close_code::PROTOCOL_VIOLATION, "UTF-8").await;
 
-    // Publish { event: [0xc3, 0x28], payload: [], ack: None } on a publish stream.
+    // Publish { id: 0, event: [0xc3, 0x28], payload: [], ack: None } on a publish stream.
     let peer = server.raw_session().await;
     let mut send = peer.conn.open_uni().await.unwrap();
     send.write_all(&wire::encode_framed(&Frame::PublishStream {
@@ -141,7 +141,7 @@ async fn bad_utf8_in_room_or_event_name_closes_with_a_reason() {
     }))
     .await
     .unwrap();
-    send.write_all(&framed_raw(&[13, 2, 0xc3, 0x28, 0, 0]))
+    send.write_all(&framed_raw(&[13, 0, 2, 0xc3, 0x28, 0, 0]))
         .await
         .unwrap();
     expect_close(&peer, close_code::PROTOCOL_VIOLATION, "UTF-8").await;
@@ -211,6 +211,7 @@ async fn frames_of_the_wrong_kind_close_the_connection() {
     let peer = server.raw_session().await;
     let mut send = peer.conn.open_uni().await.unwrap();
     send.write_all(&wire::encode_framed(&Frame::Publish {
+        id: 0,
         event: "e".into(),
         payload: Bytes::new(),
         ack: None,
@@ -269,6 +270,7 @@ async fn wrong_protocol_version_is_a_typed_error_on_the_client() {
         version: 2,
         token: None,
         client_name: "future".into(),
+        resume: None,
     })
     .await;
     assert!(matches!(

@@ -67,6 +67,8 @@ impl ScriptedServer {
                 max_datagram_payload: 1200,
                 max_frame: 1 << 20,
                 epoch: 7,
+                resume_token: "t".into(),
+                resumed: quicbus::wire::ResumeOutcome::New,
             })
             .await;
         session

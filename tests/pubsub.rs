@@ -270,6 +270,7 @@ async fn events_over_the_frame_limit_are_refused_with_the_limit() {
         quicbus::wire::encode_framed(&quicbus::wire::Frame::PublishStream { room: "r".into() });
     send.write_all(&header).await.unwrap();
     let publish = quicbus::wire::Frame::Publish {
+        id: 0,
         event: "big".into(),
         payload: vec![0u8; 4080].into(),
         ack: Some(9),

@@ -6,7 +6,7 @@ use tokio::time::timeout;
 
 use super::{closed_or_lost, ClientError, ClientOptions, Trust};
 use crate::tls;
-use crate::wire::{self, ErrorCode, Frame, FrameReader};
+use crate::wire::{self, ErrorCode, Frame, FrameReader, Resume, ResumeOutcome};
 
 /// A connection whose quicbus handshake is complete.
 pub(crate) struct Established {
@@ -17,11 +17,30 @@ pub(crate) struct Established {
     pub session_id: u64,
     /// The server's frame limit, from `Welcome`.
     pub max_frame: usize,
+    /// The server's history epoch.
+    pub epoch: u64,
+    /// The token to resume this session with.
+    #[allow(dead_code)] // used once the client reconnects by itself
+    pub resume_token: String,
+    /// What became of the resume asked for.
+    #[allow(dead_code)]
+    pub resumed: ResumeOutcome,
+}
+
+struct Welcomed {
+    session_id: u64,
+    max_frame: usize,
+    epoch: u64,
+    resume_token: String,
+    resumed: ResumeOutcome,
 }
 
 /// Connects, verifies the server and exchanges `Hello`/`Welcome`, all
 /// within `options.connect_timeout`.
-pub(crate) async fn establish(options: &ClientOptions) -> Result<Established, ClientError> {
+pub(crate) async fn establish(
+    options: &ClientOptions,
+    resume: Option<Resume>,
+) -> Result<Established, ClientError> {
     let roots = match &options.trust {
         Trust::CaFile(path) => tls::load_certs(path).map_err(|e| {
             let hint = if path.exists() {
@@ -74,6 +93,7 @@ pub(crate) async fn establish(options: &ClientOptions) -> Result<Established, Cl
             version: options.protocol_version,
             token: options.token.clone(),
             client_name: options.client_name.clone(),
+            resume: resume.clone(),
         });
         send.write_all(&hello)
             .await
@@ -83,8 +103,17 @@ pub(crate) async fn establish(options: &ClientOptions) -> Result<Established, Cl
             Ok(Some(Frame::Welcome {
                 session_id,
                 max_frame,
+                epoch,
+                resume_token,
+                resumed,
                 ..
-            })) => (session_id, max_frame as usize),
+            })) => Welcomed {
+                session_id,
+                max_frame: max_frame as usize,
+                epoch,
+                resume_token,
+                resumed,
+            },
             Ok(Some(Frame::Reject {
                 code: ErrorCode::UnsupportedVersion,
                 server_version,
@@ -108,19 +137,21 @@ pub(crate) async fn establish(options: &ClientOptions) -> Result<Established, Cl
         };
         Ok::<_, ClientError>((conn, send, reader, welcome))
     };
-    let (conn, control_send, control, (session_id, max_frame)) =
-        timeout(options.connect_timeout, handshake)
-            .await
-            .map_err(|_| ClientError::ConnectTimeout {
-                server,
-                after: options.connect_timeout,
-            })??;
+    let (conn, control_send, control, welcomed) = timeout(options.connect_timeout, handshake)
+        .await
+        .map_err(|_| ClientError::ConnectTimeout {
+            server,
+            after: options.connect_timeout,
+        })??;
     Ok(Established {
         conn,
         endpoint,
         control_send,
         control,
-        session_id,
-        max_frame,
+        session_id: welcomed.session_id,
+        max_frame: welcomed.max_frame,
+        epoch: welcomed.epoch,
+        resume_token: welcomed.resume_token,
+        resumed: welcomed.resumed,
     })
 }

@@ -89,6 +89,8 @@ struct Shared {
     session_id: u64,
     /// The server's frame limit, from `Welcome`.
     max_frame: usize,
+    /// The server's history epoch, from `Welcome`.
+    epoch: u64,
     request_timeout: Duration,
     control: mpsc::Sender<Bytes>,
     pending: Arc<Pending>,
@@ -119,7 +121,9 @@ impl Client {
             control: reader,
             session_id,
             max_frame,
-        } = handshake::establish(&options).await?;
+            epoch,
+            ..
+        } = handshake::establish(&options, None).await?;
 
         let (control_tx, control_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(options.event_queue.max(1));
@@ -144,6 +148,7 @@ impl Client {
                 endpoint,
                 session_id,
                 max_frame,
+                epoch,
                 request_timeout: options.request_timeout,
                 control: control_tx,
                 pending,
@@ -158,6 +163,11 @@ impl Client {
             rooms: client.shared.rooms.clone(),
         };
         Ok((client, events))
+    }
+
+    /// The server's history epoch: offsets are comparable only within one.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
     }
 
     /// The session id the server assigned.
@@ -508,6 +518,7 @@ impl Client {
             });
         }
         Ok(wire::encode_framed(&Frame::Publish {
+            id: 0,
             event: event.to_string(),
             payload,
             ack,

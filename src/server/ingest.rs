@@ -8,6 +8,7 @@ use quinn::{Connection, RecvStream};
 use tokio::sync::watch;
 
 use super::backplane::SessionId;
+use super::resume::{Outcome, Seen, SessionState};
 use super::session::{error_frame, read_failure, stopping, Closing, Control, SessionContext};
 use super::stats::ServerStats;
 use crate::wire::{self, close_code, validate_name, ErrorCode, Frame, FrameReader, RoomId};
@@ -93,6 +94,7 @@ pub(crate) async fn read_publish_stream(
     session: SessionId,
     ctx: Arc<SessionContext>,
     control: Control,
+    session_state: Arc<SessionState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut reader = FrameReader::new(recv, ctx.config.max_frame);
@@ -115,18 +117,21 @@ pub(crate) async fn read_publish_stream(
             return;
         }
     };
+    let log = session_state.log(&room);
+    let mut reported = 0;
     loop {
         let frame = tokio::select! {
             biased;
             () = stopping(&mut shutdown) => return,
             frame = next_publish_frame(&mut reader, &conn, &ctx.stats) => frame,
         };
-        let (event, payload, ack) = match frame {
+        let (id, event, payload, ack) = match frame {
             Some(Frame::Publish {
+                id,
                 event,
                 payload,
                 ack,
-            }) => (event, payload, ack),
+            }) => (id, event, payload, ack),
             Some(other) => {
                 return Closing::violation(format!(
                     "{} is not allowed on a publish stream",
@@ -136,16 +141,59 @@ pub(crate) async fn read_publish_stream(
             }
             None => return,
         };
-        if let Some(reply) = publish(&ctx, session, &room, &mut room_id, event, payload, ack).await
-        {
+        // A retried publish (same id) is answered as the first time, not
+        // published again.
+        let seen = if id == 0 {
+            Seen::New
+        } else {
+            lock(&log).check(id)
+        };
+        let (outcome, message) = match seen {
+            Seen::New => {
+                let (outcome, message) =
+                    publish(&ctx, session, &room, &mut room_id, event, payload).await;
+                if id != 0 {
+                    lock(&log).record(id, outcome);
+                }
+                (outcome, message)
+            }
+            Seen::Duplicate(Some(outcome)) => (outcome, None),
+            Seen::Duplicate(None) => (Err(ErrorCode::Duplicate), None),
+        };
+        let reply = match outcome {
+            Ok(offset) => ack.map(|request| wire::encode_framed(&Frame::Ack { request, offset })),
+            Err(code) => {
+                let message = message.unwrap_or_else(|| format!("publish {id}: {code}"));
+                Some(error_frame(ack, code, message))
+            }
+        };
+        if let Some(reply) = reply {
             if !control.send(reply) {
+                return;
+            }
+        }
+        // Once no further frame is buffered, tell the client how far this
+        // stream has been handled, so it can drop those from its outbox.
+        let through = lock(&log).through();
+        if through > reported && !reader.has_buffered_frame() {
+            reported = through;
+            let progress = wire::encode_framed(&Frame::Progress {
+                room: room.clone(),
+                through,
+            });
+            if !control.send(progress) {
                 return;
             }
         }
     }
 }
 
-/// Publishes one reliable event; returns the reply to queue, if any.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Publishes one reliable event: its offset, or why it was refused (with a
+/// message for the client).
 async fn publish(
     ctx: &SessionContext,
     session: SessionId,
@@ -153,21 +201,17 @@ async fn publish(
     room_id: &mut RoomId,
     event: String,
     payload: Bytes,
-    ack: Option<u64>,
-) -> Option<Bytes> {
+) -> (Outcome, Option<String>) {
     if let Err(message) = validate_name("event", &event) {
-        return Some(error_frame(ack, ErrorCode::InvalidName, message));
+        return (Err(ErrorCode::InvalidName), Some(message));
     }
     let event_len = wire::event_frame_len(event.len(), payload.len());
     if event_len > ctx.config.max_frame {
-        return Some(error_frame(
-            ack,
-            ErrorCode::TooLarge,
-            format!(
-                "event '{event}' would be a {event_len}-byte frame, over the limit of {} bytes",
-                ctx.config.max_frame
-            ),
-        ));
+        let message = format!(
+            "event '{event}' would be a {event_len}-byte frame, over the limit of {} bytes",
+            ctx.config.max_frame
+        );
+        return (Err(ErrorCode::TooLarge), Some(message));
     }
     if ctx.backplane.room_name(*room_id).is_none() {
         // The room was evicted while nobody was subscribed: name it again.
@@ -175,18 +219,18 @@ async fn publish(
         // with a typed `UnknownRoom`.)
         match resolve_room(ctx, room) {
             Ok(id) => *room_id = id,
-            Err((code, message)) => return Some(error_frame(ack, code, message)),
+            Err((code, message)) => return (Err(code), Some(message)),
         }
     }
-    let result = ctx
+    match ctx
         .backplane
         .publish(*room_id, session, event, payload)
-        .await;
-    match result {
+        .await
+    {
         Ok(offset) => {
             ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
-            ack.map(|request| wire::encode_framed(&Frame::Ack { request, offset }))
+            (Ok(offset), None)
         }
-        Err(e) => Some(error_frame(ack, e.code(), e.to_string())),
+        Err(e) => (Err(e.code()), Some(e.to_string())),
     }
 }

@@ -14,6 +14,7 @@ pub mod backplane;
 mod history;
 mod ingest;
 mod outbound;
+mod resume;
 mod session;
 mod stats;
 
@@ -39,6 +40,10 @@ use crate::certs::DevCerts;
 use crate::tls::{self, TlsError, TransportSettings};
 use crate::wire::{close_code, DEFAULT_MAX_FRAME};
 use session::SessionContext;
+
+/// Publish outcomes each session remembers per room, for answering retried
+/// publishes; at least the reference client's outbox bound.
+const PUBLISH_LOG: usize = 8192;
 
 /// Over-the-limit connections told `server busy` at once; more are refused
 /// without a handshake.
@@ -70,6 +75,8 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// How much history each room keeps for recovery.
     pub history: HistoryLimits,
+    /// How long a session whose connection dropped can be resumed.
+    pub resume_window: Duration,
     /// QUIC transport settings.
     pub transport: TransportSettings,
 }
@@ -88,6 +95,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             token: None,
             history: HistoryLimits::default(),
+            resume_window: Duration::from_secs(120),
             transport: TransportSettings::default(),
         }
     }
@@ -160,6 +168,11 @@ impl Server {
             endpoint,
             ctx: Arc::new(SessionContext {
                 backplane,
+                sessions: resume::SessionStore::new(
+                    config.resume_window,
+                    config.max_connections.saturating_mul(4),
+                    PUBLISH_LOG,
+                ),
                 config: Arc::new(config),
                 stats: Arc::new(ServerStats::default()),
             }),

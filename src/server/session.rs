@@ -23,6 +23,7 @@ use super::ingest::{handle_datagram, read_publish_stream, resolve_room};
 use super::outbound::{
     write_control, write_datagrams, write_room_stream, DatagramRing, RoomQueue, SessionSubscriber,
 };
+use super::resume::{Attached, SessionStore};
 use super::stats::ServerStats;
 use super::ServerConfig;
 use crate::wire::{
@@ -36,6 +37,7 @@ const CONTROL_QUEUE: usize = 1024;
 /// What every session of a server shares.
 pub(crate) struct SessionContext {
     pub backplane: Arc<dyn Backplane>,
+    pub sessions: SessionStore,
     pub config: Arc<ServerConfig>,
     pub stats: Arc<ServerStats>,
 }
@@ -129,7 +131,7 @@ pub(crate) async fn run(
     ctx: Arc<SessionContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (control_send, mut control_reader) = match handshake(&conn, session, &ctx).await {
+    let (control_send, mut control_reader, attached) = match handshake(&conn, session, &ctx).await {
         Ok(streams) => streams,
         Err(Some(closing)) => return closing.apply(&conn, &ctx.stats),
         Err(None) => return,
@@ -179,7 +181,7 @@ pub(crate) async fn run(
             }
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    readers.spawn(read_publish_stream(recv, conn.clone(), session, ctx.clone(), control.clone(), shutdown.clone()));
+                    readers.spawn(read_publish_stream(recv, conn.clone(), session, ctx.clone(), control.clone(), attached.state.clone(), shutdown.clone()));
                 }
                 Err(_) => break false,
             },
@@ -202,8 +204,20 @@ pub(crate) async fn run(
         for room in joined.keys() {
             ctx.backplane.unsubscribe(*room, session);
         }
+        // Only a clean close by the client ends the session; after anything
+        // else the client may come back and resume it.
+        let clean = matches!(
+            conn.close_reason(),
+            Some(quinn::ConnectionError::ApplicationClosed(ref c))
+                if c.error_code.into_inner() == u64::from(close_code::NORMAL)
+        );
+        ctx.sessions
+            .detach(&attached, clean, std::time::Instant::now());
         return;
     }
+    // The server is going away, and its history with it: nothing to resume.
+    ctx.sessions
+        .detach(&attached, true, std::time::Instant::now());
 
     // Shutdown: publish readers stop between frames (so every accepted
     // event's ack is queued), then every room writer delivers what was
@@ -241,7 +255,7 @@ async fn handshake(
     conn: &Connection,
     session: SessionId,
     ctx: &SessionContext,
-) -> Result<(SendStream, FrameReader), Option<Closing>> {
+) -> Result<(SendStream, FrameReader, Attached), Option<Closing>> {
     let hello = async {
         let (send, recv) = conn.accept_bi().await.map_err(|_| None)?;
         let mut reader = FrameReader::new(recv, ctx.config.max_frame);
@@ -250,7 +264,8 @@ async fn handshake(
                 version,
                 token,
                 client_name,
-            })) => Ok((send, reader, version, token, client_name)),
+                resume,
+            })) => Ok((send, reader, version, token, client_name, resume)),
             Ok(Some(other)) => Err(Some(Closing::violation(format!(
                 "expected Hello as the first control frame, got {}",
                 other.name()
@@ -261,7 +276,7 @@ async fn handshake(
             Err(e) => Err(read_failure("handshake", e)),
         }
     };
-    let (mut send, reader, version, token, client_name) =
+    let (mut send, reader, version, token, client_name, resume) =
         match timeout(ctx.config.handshake_timeout, hello).await {
             Ok(result) => result?,
             Err(_) => {
@@ -307,16 +322,34 @@ async fn handshake(
         }));
     }
 
+    let taken_over = conn.clone();
+    let attached = ctx.sessions.attach(
+        resume.as_ref(),
+        ctx.backplane.epoch(),
+        move || {
+            taken_over.close(
+                close_code::SESSION_RESUMED.into(),
+                b"session resumed on another connection",
+            )
+        },
+        std::time::Instant::now(),
+    );
     let max_datagram_payload = conn.max_datagram_size().unwrap_or(0) as u32;
     let welcome = wire::encode_framed(&Frame::Welcome {
         session_id: session,
         max_datagram_payload,
         max_frame: ctx.config.max_frame as u32,
         epoch: ctx.backplane.epoch(),
+        resume_token: attached.state.token().to_string(),
+        resumed: attached.outcome,
     });
-    send.write_all(&welcome).await.map_err(|_| None)?;
-    tracing::debug!(session, client = %client_name, addr = %conn.remote_address(), "session started");
-    Ok((send, reader))
+    if send.write_all(&welcome).await.is_err() {
+        ctx.sessions
+            .detach(&attached, false, std::time::Instant::now());
+        return Err(None);
+    }
+    tracing::debug!(session, client = %client_name, addr = %conn.remote_address(), resumed = ?attached.outcome, "session started");
+    Ok((send, reader, attached))
 }
 
 /// The rooms a session has joined, and what it needs to join more.

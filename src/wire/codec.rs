@@ -165,6 +165,18 @@ impl FrameDecoder {
         decode(&body).map(Some)
     }
 
+    /// Whether a whole frame (or a malformed prefix) is already buffered,
+    /// so that `next_frame` would not need more bytes.
+    pub fn has_frame(&self) -> bool {
+        match read_varint(&self.buf) {
+            Ok(Some((len, prefix))) => {
+                len > self.max_frame as u64 || self.buf.len() as u64 >= prefix as u64 + len
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Call at end of stream: leftover bytes mean a frame was cut short.
     pub fn finish(&self) -> Result<(), WireError> {
         if self.buf.is_empty() {
@@ -187,6 +199,7 @@ mod tests {
                 version: 1,
                 token: Some("secret".into()),
                 client_name: "test".into(),
+                resume: None,
             },
             Frame::Join {
                 request: 7,
@@ -199,6 +212,8 @@ mod tests {
                 max_datagram_payload: 1100,
                 max_frame: 1 << 20,
                 epoch: 7,
+                resume_token: "t".into(),
+                resumed: crate::wire::ResumeOutcome::New,
             },
             Frame::Error {
                 request: None,
@@ -246,15 +261,18 @@ mod tests {
             version: 1,
             token: None,
             client_name: "cli".into(),
+            resume: None,
         };
-        assert_eq!(hex(&hello), "07 00 01 00 03 63 6c 69");
+        assert_eq!(hex(&hello), "08 00 01 00 03 63 6c 69 00");
         let welcome = Frame::Welcome {
             session_id: 1,
             max_datagram_payload: 1200,
             max_frame: 1 << 20,
             epoch: 5,
+            resume_token: "t".into(),
+            resumed: crate::wire::ResumeOutcome::New,
         };
-        assert_eq!(hex(&welcome), "08 04 01 b0 09 80 80 40 05");
+        assert_eq!(hex(&welcome), "0b 04 01 b0 09 80 80 40 05 01 74 00");
         let join = Frame::Join {
             request: 1,
             room: "chat".into(),
@@ -301,7 +319,12 @@ mod tests {
         let first = |f: &Frame| encode(f)[0];
         assert_eq!(first(&samples()[0]), 0, "Hello is tag 0");
         assert_eq!(first(&Frame::Ping { request: 0 }), 17);
-        assert_eq!(first(&Frame::Pong { request: 0 }) as u64, FRAME_TAGS - 1);
+        assert_eq!(first(&Frame::Pong { request: 0 }), 18);
+        let last = Frame::Progress {
+            room: String::new(),
+            through: 0,
+        };
+        assert_eq!(first(&last) as u64, FRAME_TAGS - 1);
         assert_eq!(decode(&[FRAME_TAGS as u8, 0]), Err(WireError::UnknownFrame));
     }
 
@@ -397,7 +420,8 @@ mod tests {
             (any::<u32>(), proptest::option::of(text), text).prop_map(|(v, t, n)| Frame::Hello {
                 version: v,
                 token: t,
-                client_name: n
+                client_name: n,
+                resume: None,
             }),
             (any::<u64>(), text, any::<bool>()).prop_map(|(r, room, echo)| Frame::Join {
                 request: r,
@@ -412,6 +436,7 @@ mod tests {
                 proptest::option::of(any::<u64>())
             )
                 .prop_map(|(_, event, payload, ack)| Frame::Publish {
+                    id: 0,
                     event,
                     payload,
                     ack

@@ -43,6 +43,8 @@ pub enum Frame {
         version: u32,
         token: Option<String>,
         client_name: String,
+        /// Present when reconnecting: resume that session.
+        resume: Option<Resume>,
     },
     /// Subscribe to a room; answered by `Joined` or `Error`. With `since`,
     /// the events after that offset are replayed from history first.
@@ -72,6 +74,10 @@ pub enum Frame {
         /// Changes whenever the server loses its history (a restart):
         /// offsets from another epoch cannot be recovered.
         epoch: u64,
+        /// Present this in `Hello.resume` to resume this session later.
+        resume_token: String,
+        /// What became of `Hello.resume`.
+        resumed: ResumeOutcome,
     },
     /// Handshake refused; the server closes the connection afterwards.
     Reject {
@@ -119,6 +125,10 @@ pub enum Frame {
     // --- reliable events, on unidirectional streams ---
     /// Client → server: publish one reliable event.
     Publish {
+        /// Per room and session: 1, 2, 3… in emit order. A retried publish
+        /// keeps its id, and the server publishes each id once (0: no
+        /// de-duplication).
+        id: u64,
         event: String,
         payload: Bytes,
         ack: Option<u64>,
@@ -155,10 +165,38 @@ pub enum Frame {
     Pong {
         request: u64,
     },
+    /// Server → client on the control stream: every publish to `room` with
+    /// an id up to `through` has been handled (published, refused, or found
+    /// to be a duplicate), so the client may forget them.
+    Progress {
+        room: String,
+        through: u64,
+    },
+}
+
+/// `Hello.resume`: the session to resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// `Welcome.resume_token` of the session.
+    pub token: String,
+    /// `Welcome.epoch` when the token was issued.
+    pub epoch: u64,
+}
+
+/// What became of `Hello.resume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResumeOutcome {
+    /// No resume was asked for: a new session.
+    New,
+    /// The session continues: publishes it made before are not published twice.
+    Resumed,
+    /// The session could not be resumed (the token expired or is unknown,
+    /// or the server's epoch changed); this is a new session.
+    NotResumed { reason: RecoveryFailure },
 }
 
 /// How many frame variants version 1 defines (tags `0..FRAME_TAGS`).
-pub const FRAME_TAGS: u64 = 19;
+pub const FRAME_TAGS: u64 = 20;
 
 /// Where a frame may legally appear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +234,7 @@ impl Frame {
             | Frame::Resolved { .. }
             | Frame::Ack { .. }
             | Frame::Pong { .. }
+            | Frame::Progress { .. }
             | Frame::Error { .. } => FrameKind::ServerControl,
             Frame::PublishStream { .. } => FrameKind::PublishHeader,
             Frame::EventStream { .. } => FrameKind::EventHeader,
@@ -228,6 +267,7 @@ impl Frame {
             Frame::Datagram { .. } => "Datagram",
             Frame::Ping { .. } => "Ping",
             Frame::Pong { .. } => "Pong",
+            Frame::Progress { .. } => "Progress",
         }
     }
 }
@@ -289,6 +329,9 @@ pub enum ErrorCode {
     TooLarge,
     /// The server is shutting down and accepts no more events.
     ShuttingDown,
+    /// A retried publish whose outcome is too old to remember; it was
+    /// handled once already.
+    Duplicate,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -302,6 +345,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::TooManyRooms => "too many rooms",
             ErrorCode::TooLarge => "too large",
             ErrorCode::ShuttingDown => "server shutting down",
+            ErrorCode::Duplicate => "duplicate publish",
         };
         f.write_str(text)
     }
@@ -328,6 +372,9 @@ pub mod close_code {
     pub const SERVER_BUSY: u32 = 7;
     /// `Hello` carried a missing or wrong token.
     pub const UNAUTHORIZED: u32 = 8;
+    /// Another connection resumed this session (the client reconnected
+    /// before the server noticed this connection was gone).
+    pub const SESSION_RESUMED: u32 = 9;
 
     /// A short name for a close code, for messages.
     pub fn describe(code: u64) -> &'static str {
@@ -341,6 +388,7 @@ pub mod close_code {
             6 => "handshake timeout",
             7 => "server busy",
             8 => "unauthorized",
+            9 => "session resumed on another connection",
             _ => "unknown close code",
         }
     }

@@ -52,6 +52,11 @@ impl FrameReader {
         self.decoder.next_frame()
     }
 
+    /// Whether the next frame is already buffered (reading it will not wait).
+    pub fn has_buffered_frame(&self) -> bool {
+        self.decoder.has_frame()
+    }
+
     /// Asks the peer to stop sending on this stream.
     pub fn stop(&mut self, code: u32) {
         // The stream may already be finished or reset; nothing to do then.

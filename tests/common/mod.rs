@@ -100,6 +100,7 @@ impl TestServer {
             version: quicbus::wire::PROTOCOL_VERSION,
             token: None,
             client_name: "raw".into(),
+            resume: None,
         })
         .await;
         match peer.next_control().await {

@@ -1,0 +1,367 @@
+//! Sessions that outlive their connection.
+//!
+//! Every session gets a resume token in `Welcome`. When its connection
+//! drops (anything but a clean close by the client), the session is parked
+//! for the resume window; a client that reconnects with the token within it
+//! continues the same session. What a session carries over is its publish
+//! log: per room, the ids of the publishes it has handled and their
+//! outcome, so that a publish the client retries after a reconnect (because
+//! it never learned the outcome) is published once and answered as before.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::wire::{ErrorCode, RecoveryFailure, Resume, ResumeOutcome};
+
+/// How a publish was handled: its offset, or why it was refused.
+pub type Outcome = Result<u64, ErrorCode>;
+
+/// Whether a publish id is new to a room's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Never handled: publish it.
+    New,
+    /// Handled before, with this outcome (`None`: too long ago to remember).
+    Duplicate(Option<Outcome>),
+}
+
+/// The publish ids one session has handled in one room.
+#[derive(Debug)]
+pub struct PublishLog {
+    through: u64,
+    recent: VecDeque<(u64, Outcome)>,
+    capacity: usize,
+}
+
+impl PublishLog {
+    /// A log remembering the outcomes of the newest `capacity` ids.
+    pub fn new(capacity: usize) -> Self {
+        PublishLog {
+            through: 0,
+            recent: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Whether `id` was handled already (ids only grow within a room).
+    pub fn check(&self, id: u64) -> Seen {
+        if id > self.through {
+            return Seen::New;
+        }
+        let found = self
+            .recent
+            .binary_search_by_key(&id, |(i, _)| *i)
+            .ok()
+            .map(|at| self.recent[at].1);
+        Seen::Duplicate(found)
+    }
+
+    /// Records the outcome of a new id.
+    pub fn record(&mut self, id: u64, outcome: Outcome) {
+        if id <= self.through {
+            return;
+        }
+        self.through = id;
+        self.recent.push_back((id, outcome));
+        while self.recent.len() > self.capacity {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The highest id handled.
+    pub fn through(&self) -> u64 {
+        self.through
+    }
+}
+
+/// One session, as long as it can be resumed.
+pub struct SessionState {
+    token: String,
+    logs: Mutex<HashMap<String, Arc<Mutex<PublishLog>>>>,
+    log_capacity: usize,
+    attachment: Mutex<Attachment>,
+}
+
+struct Attachment {
+    /// Increases with every connection that takes the session over.
+    generation: u64,
+    /// Closes the connection currently serving the session.
+    live: Option<Box<dyn FnOnce() + Send>>,
+    /// When a parked session stops being resumable.
+    parked_until: Option<Instant>,
+}
+
+impl SessionState {
+    /// The token a client presents to resume this session.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The publish log of one room.
+    pub fn log(&self, room: &str) -> Arc<Mutex<PublishLog>> {
+        lock(&self.logs)
+            .entry(room.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(PublishLog::new(self.log_capacity))))
+            .clone()
+    }
+}
+
+/// Every resumable session of a server.
+pub struct SessionStore {
+    sessions: Mutex<HashMap<String, Arc<SessionState>>>,
+    window: Duration,
+    max_sessions: usize,
+    log_capacity: usize,
+}
+
+/// A session attached to a connection; hand it back with
+/// [`SessionStore::detach`] when the connection ends.
+pub struct Attached {
+    pub state: Arc<SessionState>,
+    pub outcome: ResumeOutcome,
+    generation: u64,
+}
+
+impl SessionStore {
+    /// Sessions stay resumable for `window` after their connection drops;
+    /// at most `max_sessions` are kept (the longest parked go first).
+    pub fn new(window: Duration, max_sessions: usize, log_capacity: usize) -> Self {
+        SessionStore {
+            sessions: Mutex::new(HashMap::new()),
+            window,
+            max_sessions: max_sessions.max(1),
+            log_capacity,
+        }
+    }
+
+    /// Resumes the session `resume` names if it can, else starts a new one,
+    /// and attaches it to a connection; `close` closes that connection. A
+    /// session still attached to another connection (the client noticed the
+    /// drop first) is taken over: that connection's `close` is called.
+    pub fn attach(
+        &self,
+        resume: Option<&Resume>,
+        epoch: u64,
+        close: impl FnOnce() + Send + 'static,
+        now: Instant,
+    ) -> Attached {
+        let mut sessions = lock(&self.sessions);
+        self.sweep(&mut sessions, now);
+        let (state, outcome) = match resume {
+            None => (None, ResumeOutcome::New),
+            Some(r) if r.epoch != epoch => (
+                None,
+                ResumeOutcome::NotResumed {
+                    reason: RecoveryFailure::EpochChanged,
+                },
+            ),
+            Some(r) => match sessions.get(&r.token) {
+                Some(state) => (Some(state.clone()), ResumeOutcome::Resumed),
+                None => (
+                    None,
+                    ResumeOutcome::NotResumed {
+                        reason: RecoveryFailure::TokenExpired,
+                    },
+                ),
+            },
+        };
+        let state = state.unwrap_or_else(|| {
+            let state = Arc::new(SessionState {
+                token: new_token(),
+                logs: Mutex::new(HashMap::new()),
+                log_capacity: self.log_capacity,
+                attachment: Mutex::new(Attachment {
+                    generation: 0,
+                    live: None,
+                    parked_until: None,
+                }),
+            });
+            sessions.insert(state.token.clone(), state.clone());
+            state
+        });
+        let generation = {
+            let mut a = lock(&state.attachment);
+            if let Some(close_old) = a.live.take() {
+                close_old();
+            }
+            a.generation += 1;
+            a.live = Some(Box::new(close));
+            a.parked_until = None;
+            a.generation
+        };
+        Attached {
+            state,
+            outcome,
+            generation,
+        }
+    }
+
+    /// The connection of `attached` has ended. A clean end forgets the
+    /// session; otherwise it stays resumable for the window. Nothing happens
+    /// if another connection has taken the session over meanwhile.
+    pub fn detach(&self, attached: &Attached, clean: bool, now: Instant) {
+        let mut sessions = lock(&self.sessions);
+        let mut a = lock(&attached.state.attachment);
+        if a.generation != attached.generation {
+            return;
+        }
+        a.live = None;
+        if clean {
+            drop(a);
+            sessions.remove(&attached.state.token);
+        } else {
+            a.parked_until = Some(now + self.window);
+        }
+    }
+
+    /// How many sessions are live or resumable.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Whether there are none.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn sweep(&self, sessions: &mut HashMap<String, Arc<SessionState>>, now: Instant) {
+        sessions.retain(|_, s| {
+            let a = lock(&s.attachment);
+            a.live.is_some() || a.parked_until.is_some_and(|until| until > now)
+        });
+        // Over the bound: the sessions parked longest go first.
+        if sessions.len() >= self.max_sessions {
+            let mut parked: Vec<(Instant, String)> = sessions
+                .iter()
+                .filter_map(|(t, s)| lock(&s.attachment).parked_until.map(|u| (u, t.clone())))
+                .collect();
+            parked.sort();
+            let excess = sessions.len() + 1 - self.max_sessions;
+            for (_, token) in parked.into_iter().take(excess) {
+                sessions.remove(&token);
+            }
+        }
+    }
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const EPOCH: u64 = 7;
+
+    fn resume(token: &str, epoch: u64) -> Resume {
+        Resume {
+            token: token.to_string(),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn a_dropped_session_resumes_within_the_window_and_keeps_its_log() {
+        let store = SessionStore::new(Duration::from_secs(120), 100, 16);
+        let t0 = Instant::now();
+        let first = store.attach(None, EPOCH, || {}, t0);
+        assert_eq!(first.outcome, ResumeOutcome::New);
+        first.state.log("r").lock().unwrap().record(1, Ok(5));
+        let token = first.state.token().to_string();
+        store.detach(&first, false, t0);
+
+        let later = t0 + Duration::from_secs(60);
+        let again = store.attach(Some(&resume(&token, EPOCH)), EPOCH, || {}, later);
+        assert_eq!(again.outcome, ResumeOutcome::Resumed);
+        assert_eq!(again.state.token(), token);
+        assert_eq!(
+            again.state.log("r").lock().unwrap().check(1),
+            Seen::Duplicate(Some(Ok(5)))
+        );
+    }
+
+    #[test]
+    fn expired_unknown_and_other_epoch_tokens_start_new_sessions() {
+        let store = SessionStore::new(Duration::from_secs(10), 100, 16);
+        let t0 = Instant::now();
+        let first = store.attach(None, EPOCH, || {}, t0);
+        let token = first.state.token().to_string();
+        store.detach(&first, false, t0);
+        let late = t0 + Duration::from_secs(11);
+        let expired = store.attach(Some(&resume(&token, EPOCH)), EPOCH, || {}, late);
+        assert_eq!(
+            expired.outcome,
+            ResumeOutcome::NotResumed {
+                reason: RecoveryFailure::TokenExpired
+            }
+        );
+        assert_ne!(expired.state.token(), token);
+        let other = store.attach(Some(&resume("x", EPOCH + 1)), EPOCH, || {}, late);
+        assert_eq!(
+            other.outcome,
+            ResumeOutcome::NotResumed {
+                reason: RecoveryFailure::EpochChanged
+            }
+        );
+    }
+
+    #[test]
+    fn a_clean_close_forgets_and_a_takeover_closes_the_old_connection() {
+        let store = SessionStore::new(Duration::from_secs(120), 100, 16);
+        let t0 = Instant::now();
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
+        let first = store.attach(None, EPOCH, move || flag.store(true, Ordering::SeqCst), t0);
+        let token = first.state.token().to_string();
+        // The client reconnects before the server noticed the old connection died.
+        let second = store.attach(Some(&resume(&token, EPOCH)), EPOCH, || {}, t0);
+        assert_eq!(second.outcome, ResumeOutcome::Resumed);
+        assert!(closed.load(Ordering::SeqCst), "old connection closed");
+        // The old connection's end changes nothing now.
+        store.detach(&first, false, t0);
+        assert_eq!(store.len(), 1);
+        store.detach(&second, true, t0);
+        assert!(store.is_empty(), "a clean close forgets the session");
+    }
+
+    #[test]
+    fn the_store_is_bounded() {
+        let store = SessionStore::new(Duration::from_secs(120), 3, 16);
+        let t0 = Instant::now();
+        for i in 0..10 {
+            let s = store.attach(None, EPOCH, || {}, t0 + Duration::from_secs(i));
+            store.detach(&s, false, t0 + Duration::from_secs(i));
+        }
+        assert!(store.len() <= 3, "{}", store.len());
+    }
+
+    #[test]
+    fn a_log_answers_duplicates_as_before_and_forgets_the_old() {
+        let mut log = PublishLog::new(2);
+        assert_eq!(log.check(1), Seen::New);
+        log.record(1, Ok(10));
+        log.record(2, Err(ErrorCode::InvalidName));
+        log.record(3, Ok(11));
+        assert_eq!(log.check(3), Seen::Duplicate(Some(Ok(11))));
+        assert_eq!(
+            log.check(2),
+            Seen::Duplicate(Some(Err(ErrorCode::InvalidName)))
+        );
+        assert_eq!(log.check(1), Seen::Duplicate(None), "beyond capacity");
+        assert_eq!(log.check(4), Seen::New);
+        assert_eq!(log.through(), 3);
+        log.record(2, Ok(99));
+        assert_eq!(log.through(), 3, "an old id never moves the log back");
+    }
+}
