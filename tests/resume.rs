@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{within, RawPeer, TestServer};
+use common::{RawPeer, TestServer};
 use quicbus::wire::{self, Frame, RecoveryFailure, Resume, ResumeOutcome, PROTOCOL_VERSION};
 
 /// Connects raw, says Hello (with `resume`), returns the peer, token, epoch and outcome.
