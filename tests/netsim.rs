@@ -378,6 +378,8 @@ async fn reliable_events_cross_a_lossy_path_complete_and_in_order() {
     })
     .await;
     let _publisher = within("publisher", sender).await.unwrap();
+    // Seed 2024 loses the 17th packet up and the 5th down, far fewer than
+    // this run sends, so both directions really lost packets.
     let s = proxy.stats();
     assert!(s.up.dropped_loss > 0 && s.down.dropped_loss > 0, "{s:?}");
     subscriber.close().await;
