@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Each client address gets its own upstream socket (a *mapping*), so the
-//! server sees distinct clients. Each direction is a [`lane`]: the pure
+//! server sees distinct clients. Each direction is a `lane`: the pure
 //! part that decides every packet's fate with a seeded RNG per mapping and
 //! direction and queues survivors by departure time, bounded. The socket
 //! tasks in `proxy` only receive, admit and send what is due.
@@ -166,11 +166,11 @@ impl Netsim {
     /// the handle is shut down or dropped.
     pub async fn start(config: NetsimConfig) -> Result<NetsimHandle, NetsimError> {
         config.validate()?;
-        let (shared, tasks) = proxy::start(&config).await?;
+        let started = proxy::start(&config).await?;
         Ok(NetsimHandle {
-            local_addr: shared.local_addr(),
-            shared,
-            tasks,
+            local_addr: started.local_addr,
+            shared: started.shared,
+            tasks: started.tasks,
         })
     }
 }

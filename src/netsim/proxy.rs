@@ -110,17 +110,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A proxy whose tasks are running.
+pub(crate) struct Started {
+    pub shared: Arc<Shared>,
+    pub tasks: Vec<JoinHandle<()>>,
+    pub local_addr: SocketAddr,
+}
+
 /// Binds the listen socket and spawns the listener, both senders and the
 /// outage schedule.
-pub(crate) async fn start(
-    config: &NetsimConfig,
-) -> Result<(Arc<Shared>, Vec<JoinHandle<()>>), NetsimError> {
-    let listen = UdpSocket::bind(config.listen)
-        .await
-        .map_err(|source| NetsimError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+pub(crate) async fn start(config: &NetsimConfig) -> Result<Started, NetsimError> {
+    let bind_error = |source| NetsimError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let listen = UdpSocket::bind(config.listen).await.map_err(bind_error)?;
+    let local_addr = listen.local_addr().map_err(bind_error)?;
     let way = |direction, impairment| Way {
         lane: Mutex::new(Lane::new(
             direction,
@@ -155,14 +160,14 @@ pub(crate) async fn start(
     if let Some(schedule) = config.blackhole {
         tasks.push(tokio::spawn(outages(shared.clone(), schedule)));
     }
-    Ok((shared, tasks))
+    Ok(Started {
+        shared,
+        tasks,
+        local_addr,
+    })
 }
 
 impl Shared {
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.listen.local_addr().unwrap_or(self.upstream)
-    }
-
     pub(crate) fn set_blackhole(&self, on: bool) {
         self.blackhole.store(on, Ordering::SeqCst);
     }
