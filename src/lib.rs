@@ -20,6 +20,8 @@
 //!   *encoded once* and the subscriber's bounded queue feeds the room's
 //!   stream writer.
 //! - [`game`]: the moving-entities world of the demo and the game examples.
+//! - [`netsim`]: a seeded UDP impairment proxy (loss, delay, jitter, reorder,
+//!   duplication, outages) to put between a client and a server in tests.
 //!
 //! ```text
 //! client ──PublishStream/Publish──▶ session ──▶ Backplane::publish
@@ -34,6 +36,7 @@
 pub mod certs;
 pub mod client;
 pub mod game;
+pub mod netsim;
 pub mod server;
 pub mod tls;
 pub mod wire;

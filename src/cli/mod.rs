@@ -2,6 +2,7 @@
 //! calls and prints results.
 
 mod demo;
+mod netsim;
 mod pubsub;
 mod serve;
 
@@ -32,6 +33,8 @@ enum Command {
     Sub(pubsub::SubArgs),
     /// Server, game publisher and game subscriber in one process.
     Demo(demo::DemoArgs),
+    /// UDP proxy that adds loss, delay, jitter, reordering, duplicates and outages.
+    Netsim(netsim::NetsimArgs),
 }
 
 /// Errors of a command: one line for stderr.
@@ -45,6 +48,7 @@ pub fn run(args: Args) -> CliResult {
         Command::Pub(a) => current_thread()?.block_on(pubsub::publish(a)),
         Command::Sub(a) => current_thread()?.block_on(pubsub::subscribe(a)),
         Command::Demo(a) => current_thread()?.block_on(demo::demo(a)),
+        Command::Netsim(a) => current_thread()?.block_on(netsim::netsim(a)),
     }
 }
 
