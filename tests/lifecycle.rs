@@ -18,7 +18,12 @@ async fn graceful_shutdown_delivers_every_accepted_event_then_closes() {
     const N: u64 = 3_000;
     common::init_tracing();
     let server = common::start().await;
-    let (publisher, _p) = server.client().await;
+    let mut publisher_options = server.options();
+    // Without reconnecting, an emit after the shutdown fails at once.
+    publisher_options.reconnect = None;
+    let (publisher, _p) = within("connect", Client::connect(publisher_options))
+        .await
+        .unwrap();
     let mut options = server.options();
     options.event_queue = 8;
     let (subscriber, mut events) = within("connect", Client::connect(options)).await.unwrap();

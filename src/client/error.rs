@@ -42,6 +42,9 @@ pub enum ClientError {
     /// A datagram payload does not fit in the connection's current datagram size.
     #[error("datagram payload of {size} bytes is over the current limit of {limit} bytes")]
     DatagramTooLarge { size: usize, limit: usize },
+    /// The outbox stayed full for the request timeout: the emit was not queued.
+    #[error("outbox full: {limit} reliable emits await confirmation from the server")]
+    OutboxFull { limit: usize },
     /// A reliable event is too large for the server's frame limit.
     #[error(
         "event of {size} bytes (as a frame) is over the server's frame limit of {limit} bytes"

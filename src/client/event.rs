@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::rooms::RoomTable;
 use super::ClientError;
+use crate::wire::{Recovery, ResumeOutcome};
 
 /// How an event travelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,35 +57,70 @@ impl Event {
     }
 }
 
+/// What a client hears: events, and what happens to its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// An event of a joined room.
+    Event(Event),
+    /// The connection was lost; the client is reconnecting (if allowed).
+    Disconnected { reason: String },
+    /// A new connection is up; `resumed` says whether the session continued.
+    Reconnected { resumed: ResumeOutcome },
+    /// After a reconnect, per joined room: were the missed events replayed
+    /// (they follow on the stream, before live ones), or must the
+    /// application resynchronize?
+    Recovery { room: Arc<str>, recovery: Recovery },
+}
+
 /// The incoming events of one client, in arrival order (reliable events in
-/// order within their room). Ends when the connection closes.
+/// order within their room). Ends when the client is closed for good (by
+/// `close`, a fatal error, or giving up reconnecting).
 pub struct Events {
-    pub(crate) rx: mpsc::Receiver<Event>,
+    pub(crate) rx: mpsc::Receiver<Incoming>,
     pub(crate) rooms: Arc<Mutex<RoomTable>>,
 }
 
 impl Events {
-    /// The next event, or `None` once the connection has closed.
+    /// The next event (connection notices are skipped; see
+    /// [`Events::next_incoming`]), or `None` once the client has closed.
     pub async fn next(&mut self) -> Option<Event> {
         std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
+    /// The next event or connection notice, or `None` once the client has closed.
+    pub async fn next_incoming(&mut self) -> Option<Incoming> {
+        std::future::poll_fn(|cx| self.poll_incoming(cx)).await
+    }
+
     /// An event already received, without waiting.
     pub fn try_next(&mut self) -> Option<Event> {
-        while let Ok(event) = self.rx.try_recv() {
-            if self.is_joined(&event) {
-                return Some(event);
+        while let Ok(incoming) = self.rx.try_recv() {
+            if let Incoming::Event(event) = incoming {
+                if self.is_joined(&event) {
+                    return Some(event);
+                }
             }
         }
         None
     }
 
-    /// Events of rooms left after they were queued are dropped here, so
-    /// that nothing of a room arrives once `leave` has returned.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         loop {
+            match self.poll_incoming(cx) {
+                Poll::Ready(Some(Incoming::Event(event))) => return Poll::Ready(Some(event)),
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Events of rooms left after they were queued are dropped here, so
+    /// that nothing of a room arrives once `leave` has returned.
+    fn poll_incoming(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        loop {
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(event)) if !self.is_joined(&event) => continue,
+                Poll::Ready(Some(Incoming::Event(event))) if !self.is_joined(&event) => continue,
                 other => return other,
             }
         }

@@ -20,10 +20,8 @@ pub(crate) struct Established {
     /// The server's history epoch.
     pub epoch: u64,
     /// The token to resume this session with.
-    #[allow(dead_code)] // used once the client reconnects by itself
     pub resume_token: String,
     /// What became of the resume asked for.
-    #[allow(dead_code)]
     pub resumed: ResumeOutcome,
 }
 

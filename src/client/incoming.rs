@@ -2,33 +2,43 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use quinn::Connection;
 use tokio::sync::mpsc;
 
-use super::{lock, Counters, DatagramOrder, Delivery, Event, Pending, Reply, RoomTable, Verdict};
+use super::{lock, Core, DatagramOrder, Delivery, Event, Incoming, Reply, Verdict};
 use crate::wire::{self, close_code, ErrorCode, Frame, FrameReader, ReadFrameError};
 
-/// Everything the reading tasks share.
-pub(crate) struct Tasks {
-    pub conn: Connection,
-    pub pending: Arc<Pending>,
-    pub rooms: Arc<Mutex<RoomTable>>,
-    pub counters: Arc<Counters>,
-    pub events: mpsc::Sender<Event>,
-    pub max_frame: usize,
+/// The reading tasks of one connection.
+struct Tasks {
+    core: Arc<Core>,
+    conn: Connection,
+    events: mpsc::Sender<Incoming>,
+    max_frame: usize,
+}
+
+/// Starts the control reader, the room-stream acceptor and the datagram
+/// reader of a connection; they end with it.
+pub(crate) fn spawn(
+    core: Arc<Core>,
+    conn: Connection,
+    control: FrameReader,
+    events: mpsc::Sender<Incoming>,
+    max_frame: usize,
+) {
+    let this = Arc::new(Tasks {
+        core,
+        conn,
+        events,
+        max_frame,
+    });
+    tokio::spawn(this.clone().read_control(control));
+    tokio::spawn(this.clone().accept_streams());
+    tokio::spawn(this.read_datagrams());
 }
 
 impl Tasks {
-    /// Starts the control reader, the room-stream acceptor and the datagram reader.
-    pub fn spawn(self, control: FrameReader) {
-        let this = Arc::new(self);
-        tokio::spawn(this.clone().read_control(control));
-        tokio::spawn(this.clone().accept_streams());
-        tokio::spawn(this.read_datagrams());
-    }
-
     fn violation(&self, reason: String) {
         tracing::warn!("closing: {reason}");
         self.conn
@@ -70,6 +80,10 @@ impl Tasks {
                 Frame::Resolved { request, room_id } => (request, Reply::Resolved { room_id }),
                 Frame::Ack { request, offset } => (request, Reply::Ack { offset }),
                 Frame::Pong { request } => (request, Reply::Pong),
+                Frame::Progress { room, through } => {
+                    self.core.outbox.confirm(&room, through);
+                    continue;
+                }
                 Frame::Error {
                     request: Some(request),
                     code,
@@ -80,10 +94,13 @@ impl Tasks {
                     code,
                     message,
                 } => {
-                    self.counters.server_errors.fetch_add(1, Ordering::Relaxed);
+                    self.core
+                        .counters
+                        .server_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("server error ({code}): {message}");
                     if code == ErrorCode::UnknownRoom {
-                        lock(&self.rooms).forget_unjoined();
+                        lock(&self.core.rooms).forget_unjoined();
                     }
                     continue;
                 }
@@ -93,12 +110,12 @@ impl Tasks {
                 }
             };
             // A reply nobody waits for any more (its request timed out) is dropped.
-            if let Some(waiter) = lock(&self.pending).remove(&request) {
-                let _ = waiter.send(reply);
+            if let Some(waiter) = lock(&self.core.pending).remove(&request) {
+                let _ = waiter.tx.send(reply);
             }
         }
-        // Fail every outstanding request at once instead of letting it time out.
-        lock(&self.pending).clear();
+        // Requests of this connection fail when the supervisor notices it
+        // is gone (acks survive: their events are resent).
     }
 
     async fn accept_streams(self: Arc<Self>) {
@@ -113,7 +130,7 @@ impl Tasks {
     async fn read_room_stream(self: Arc<Self>, mut reader: FrameReader) {
         let room = match reader.next().await {
             Ok(Some(Frame::EventStream { room_id, room })) => {
-                lock(&self.rooms).learn(room_id, &room)
+                lock(&self.core.rooms).learn(room_id, &room)
             }
             Ok(Some(other)) => {
                 return self.violation(format!(
@@ -141,7 +158,7 @@ impl Tasks {
                 Err(e) => return self.read_failed("event stream", e),
             };
             // After `leave`, whatever was already in flight is dropped.
-            if !lock(&self.rooms).accept_reliable(&room, offset) {
+            if !lock(&self.core.rooms).accept_reliable(&room, offset) {
                 continue;
             }
             let event = Event {
@@ -151,10 +168,11 @@ impl Tasks {
                 payload,
             };
             // Waiting here pushes back on the server through QUIC flow control.
-            if self.events.send(event).await.is_err() {
+            if self.events.send(Incoming::Event(event)).await.is_err() {
                 return;
             }
-            self.counters
+            self.core
+                .counters
                 .reliable_received
                 .fetch_add(1, Ordering::Relaxed);
         }
@@ -175,10 +193,10 @@ impl Tasks {
                 }
                 Err(e) => return self.violation(format!("malformed datagram: {e}")),
             };
-            let Some(room) = lock(&self.rooms).joined_name(room_id) else {
+            let Some(room) = lock(&self.core.rooms).joined_name(room_id) else {
                 continue;
             };
-            let c = &self.counters;
+            let c = &self.core.counters;
             match order.entry(room_id).or_default().observe(seq) {
                 Verdict::Stale => {
                     c.datagrams_stale.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +212,7 @@ impl Tasks {
                 delivery: Delivery::Datagram { seq },
                 payload,
             };
-            match self.events.try_send(event) {
+            match self.events.try_send(Incoming::Event(event)) {
                 Ok(()) => {
                     c.datagrams_received.fetch_add(1, Ordering::Relaxed);
                 }

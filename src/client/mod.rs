@@ -12,39 +12,49 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A client is one QUIC connection: a control stream for requests, one
-//! outgoing stream per room it publishes to, one incoming stream per room it
-//! has joined, and datagrams both ways. Incoming events from every room
-//! arrive on one [`Events`] stream.
+//! A client holds one QUIC connection at a time: a control stream for
+//! requests, one outgoing stream per room it publishes to, one incoming
+//! stream per room it has joined, and datagrams both ways. Incoming events
+//! from every room arrive on one [`Events`] stream.
+//!
+//! When the connection is lost the client reconnects by itself (backoff
+//! with jitter), resumes its session, rejoins its rooms from the newest
+//! event delivered (the server replays what was missed) and resends the
+//! reliable emits the server had not confirmed, which the server publishes
+//! once. [`Events::next_incoming`] also reports each step, and per room
+//! whether the missed events were recovered.
 
 mod datagram_order;
 mod error;
 mod event;
 mod handshake;
 mod incoming;
+mod link;
 mod options;
-mod publish;
+mod outbox;
+mod reconnect;
 mod rooms;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{timeout, timeout_at, Instant};
 
-pub use crate::wire::{Recovery, RecoveryFailure};
+pub use crate::wire::{Recovery, RecoveryFailure, ResumeOutcome};
 pub use datagram_order::{DatagramOrder, Verdict};
 pub use error::ClientError;
-pub use event::{Delivery, Event, Events};
-pub use options::{ClientOptions, ClientStats, JoinOptions, JoinOutcome, Trust};
+pub use event::{Delivery, Event, Events, Incoming};
+pub use options::{ClientOptions, ClientStats, JoinOptions, JoinOutcome, Reconnect, Trust};
+pub use reconnect::Backoff;
 
-use handshake::Established;
+use link::Link;
 use options::Counters;
-use publish::{PublishQueue, WriterGone};
+use outbox::Outbox;
 use rooms::RoomTable;
 
 use crate::wire::{self, validate_name, ErrorCode, Frame, RoomId};
@@ -70,109 +80,266 @@ pub(crate) enum Reply {
     },
 }
 
-pub(crate) type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
+/// A request waiting for its reply.
+pub(crate) struct Waiter {
+    tx: oneshot::Sender<Reply>,
+    /// Acks survive a reconnect (the outbox resends their event); other
+    /// requests fail with the connection they were sent on.
+    survives_reconnect: bool,
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A connected client. Cloning is cheap and shares the connection; the
-/// connection closes when the last clone is dropped or on [`Client::close`].
-#[derive(Clone)]
-pub struct Client {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    conn: quinn::Connection,
-    endpoint: quinn::Endpoint,
+/// The session as of the newest `Welcome`.
+pub(crate) struct Session {
     session_id: u64,
-    /// The server's frame limit, from `Welcome`.
     max_frame: usize,
-    /// The server's history epoch, from `Welcome`.
     epoch: u64,
-    request_timeout: Duration,
-    control: mpsc::Sender<Bytes>,
-    pending: Arc<Pending>,
-    next_request: AtomicU64,
-    rooms: Arc<Mutex<RoomTable>>,
-    publishers: Mutex<HashMap<Arc<str>, PublishQueue>>,
-    counters: Arc<Counters>,
+    resume_token: String,
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.conn
-            .close(wire::close_code::NORMAL.into(), b"client closed");
+/// Everything a client is, across its connections.
+pub(crate) struct Core {
+    options: ClientOptions,
+    /// The current connection; `None` while reconnecting.
+    link: watch::Sender<Option<Arc<Link>>>,
+    /// Why the last connection ended.
+    last_loss: Mutex<Option<ClientError>>,
+    closing_flag: AtomicBool,
+    closing: Notify,
+    /// Set when the supervisor has stopped: no connection will come again.
+    finished: AtomicBool,
+    session: Mutex<Session>,
+    rooms: Arc<Mutex<RoomTable>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    next_request: AtomicU64,
+    outbox: Outbox,
+    counters: Counters,
+}
+
+impl Core {
+    fn current(&self) -> Option<Arc<Link>> {
+        self.link.borrow().clone()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing_flag.load(Ordering::SeqCst)
+    }
+
+    /// Records a lost connection (`None`) or a new one.
+    fn set_link(&self, link: Option<Arc<Link>>, lost: Option<ClientError>) {
+        if let Some(lost) = lost {
+            *lock(&self.last_loss) = Some(lost);
+        }
+        if link.is_none() {
+            self.fail_requests(false);
+        }
+        self.link.send_replace(link);
+    }
+
+    /// Makes a freshly rejoined connection the current one.
+    fn adopt(&self, link: &Arc<Link>) {
+        let w = &link.welcome;
+        *lock(&self.session) = Session {
+            session_id: w.session_id,
+            max_frame: w.max_frame,
+            epoch: w.epoch,
+            resume_token: w.resume_token.clone(),
+        };
+        self.set_link(Some(link.clone()), None);
+    }
+
+    /// Fails waiting requests: those of a lost connection, or (`all`) every
+    /// one, acks included, when the client closes for good.
+    fn fail_requests(&self, all: bool) {
+        lock(&self.pending).retain(|_, w| !all && w.survives_reconnect);
+    }
+
+    /// The current connection, waiting for a reconnect until `deadline`.
+    async fn wait_link(
+        &self,
+        what: &'static str,
+        deadline: Instant,
+    ) -> Result<Arc<Link>, ClientError> {
+        let mut rx = self.link.subscribe();
+        let waited = timeout_at(deadline, async {
+            loop {
+                if let Some(link) = rx.borrow_and_update().clone() {
+                    return Ok(link);
+                }
+                if self.is_closing()
+                    || self.finished.load(Ordering::SeqCst)
+                    || rx.changed().await.is_err()
+                {
+                    return Err(self.gone());
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| {
+            Err(ClientError::Timeout {
+                what,
+                after: self.options.request_timeout,
+            })
+        })
+    }
+
+    /// Why there is no connection.
+    fn gone(&self) -> ClientError {
+        lock(&self.last_loss)
+            .clone()
+            .unwrap_or_else(|| ClientError::Disconnected("the client is closed".into()))
+    }
+
+    fn register(&self, survives_reconnect: bool) -> (u64, oneshot::Receiver<Reply>) {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(
+            request,
+            Waiter {
+                tx,
+                survives_reconnect,
+            },
+        );
+        (request, rx)
+    }
+
+    /// Sends a control request on `link` and waits for its reply.
+    async fn request_on(
+        &self,
+        link: &Link,
+        what: &'static str,
+        frame: impl FnOnce(u64) -> Frame,
+    ) -> Result<Reply, ClientError> {
+        let deadline = Instant::now() + self.options.request_timeout;
+        let (request, answer) = self.register(false);
+        let bytes = wire::encode_framed(&frame(request));
+        match timeout_at(deadline, link.control().send(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                lock(&self.pending).remove(&request);
+                return Err(self.gone());
+            }
+            Err(_) => {
+                lock(&self.pending).remove(&request);
+                return Err(ClientError::Timeout {
+                    what,
+                    after: self.options.request_timeout,
+                });
+            }
+        }
+        self.await_reply(what, request, answer, deadline).await
+    }
+
+    async fn await_reply(
+        &self,
+        what: &'static str,
+        request: u64,
+        answer: oneshot::Receiver<Reply>,
+        deadline: Instant,
+    ) -> Result<Reply, ClientError> {
+        match timeout_at(deadline, answer).await {
+            Ok(Ok(Reply::Error { code, message })) => Err(ClientError::Rejected {
+                code,
+                reason: message,
+            }),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(self.gone()),
+            Err(_) => {
+                lock(&self.pending).remove(&request);
+                Err(ClientError::Timeout {
+                    what,
+                    after: self.options.request_timeout,
+                })
+            }
+        }
+    }
+
+    /// Closes the client for good.
+    fn shut(&self) {
+        self.closing_flag.store(true, Ordering::SeqCst);
+        self.closing.notify_waiters();
+        if let Some(link) = self.current() {
+            link.conn
+                .close(wire::close_code::NORMAL.into(), b"client closed");
+        }
     }
 }
 
-/// Frames queued per outgoing room stream before `emit` waits.
-const WRITE_BATCH: usize = 64;
+/// A client. Cloning is cheap and shares it; the client closes when the
+/// last clone is dropped or on [`Client::close`].
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    core: Arc<Core>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.core.shut();
+    }
+}
 
 impl Client {
     /// Connects, verifies the server, and completes the quicbus handshake,
-    /// all within `options.connect_timeout`.
+    /// all within `options.connect_timeout`. (The first connection is not
+    /// retried: a wrong address or CA fails here. Later losses are.)
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
-        let Established {
-            conn,
-            endpoint,
-            control_send: send,
-            control: reader,
-            session_id,
-            max_frame,
-            epoch,
-            ..
-        } = handshake::establish(&options, None).await?;
-
-        let (control_tx, control_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(options.event_queue.max(1));
-        let pending: Arc<Pending> = Arc::default();
-        let rooms: Arc<Mutex<RoomTable>> = Arc::default();
-        let counters: Arc<Counters> = Arc::default();
-        tokio::spawn(write_frames(send, control_rx));
-        let tasks = incoming::Tasks {
-            conn: conn.clone(),
-            pending: pending.clone(),
-            rooms: rooms.clone(),
-            counters: counters.clone(),
-            events: events_tx,
-            // The server refuses events over its own limit, so accept up to it.
-            max_frame: options.max_frame.max(max_frame),
-        };
-        tasks.spawn(reader);
-
-        let client = Client {
-            shared: Arc::new(Shared {
-                conn,
-                endpoint,
-                session_id,
-                max_frame,
-                epoch,
-                request_timeout: options.request_timeout,
-                control: control_tx,
-                pending,
-                next_request: AtomicU64::new(1),
-                rooms,
-                publishers: Mutex::new(HashMap::new()),
-                counters,
+        let core = Arc::new(Core {
+            outbox: Outbox::new(options.outbox_events, options.outbox_bytes),
+            options,
+            link: watch::Sender::new(None),
+            last_loss: Mutex::new(None),
+            closing_flag: AtomicBool::new(false),
+            closing: Notify::new(),
+            finished: AtomicBool::new(false),
+            session: Mutex::new(Session {
+                session_id: 0,
+                max_frame: 0,
+                epoch: 0,
+                resume_token: String::new(),
             }),
-        };
+            rooms: Arc::default(),
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            counters: Counters::default(),
+        });
+        let link = Link::open(&core, None, events_tx.clone()).await?;
+        core.adopt(&link);
+        tokio::spawn(reconnect::supervise(core.clone(), link, events_tx));
         let events = Events {
             rx: events_rx,
-            rooms: client.shared.rooms.clone(),
+            rooms: core.rooms.clone(),
+        };
+        let client = Client {
+            handle: Arc::new(Handle { core }),
         };
         Ok((client, events))
     }
 
-    /// The server's history epoch: offsets are comparable only within one.
-    pub fn epoch(&self) -> u64 {
-        self.shared.epoch
+    fn core(&self) -> &Arc<Core> {
+        &self.handle.core
     }
 
-    /// The session id the server assigned.
+    /// The server's history epoch: offsets are comparable only within one.
+    pub fn epoch(&self) -> u64 {
+        lock(&self.core().session).epoch
+    }
+
+    /// The session id the server assigned to the current connection.
     pub fn session_id(&self) -> u64 {
-        self.shared.session_id
+        lock(&self.core().session).session_id
+    }
+
+    /// Whether a connection is up right now (false while reconnecting).
+    pub fn is_connected(&self) -> bool {
+        self.core().current().is_some()
     }
 
     /// Joins a room and returns its current offset (that of its newest
@@ -184,15 +351,17 @@ impl Client {
 
     /// Joins a room with options; with `since`, the events after that offset
     /// are replayed first, and [`JoinOutcome::recovery`] says whether that
-    /// was possible (a late joiner catching up, or a client resuming).
+    /// was possible (a late joiner catching up). A joined room is rejoined
+    /// by itself after a reconnect.
     pub async fn join_with(
         &self,
         room: &str,
         options: JoinOptions,
     ) -> Result<JoinOutcome, ClientError> {
         validate_name("room", room).map_err(ClientError::InvalidName)?;
+        let core = self.core();
         let name: Arc<str> = Arc::from(room);
-        let already = lock(&self.shared.rooms).start_joining(&name);
+        let already = lock(&core.rooms).start_joining(&name, options.echo);
         let reply = self
             .request("join", |request| Frame::Join {
                 request,
@@ -207,12 +376,17 @@ impl Client {
                 offset,
                 recovery,
             }) => {
-                lock(&self.shared.rooms).learn(room_id, room);
+                let mut rooms = lock(&core.rooms);
+                rooms.learn(room_id, room);
+                // A room joined again keeps its stream, and its position.
+                if !already {
+                    rooms.set_position(&name, options.since.unwrap_or(offset));
+                }
                 Ok(JoinOutcome { offset, recovery })
             }
             other => {
                 if !already {
-                    lock(&self.shared.rooms).joined.remove(&name);
+                    lock(&core.rooms).joined.remove(&name);
                 }
                 match other {
                     Err(e) => Err(e),
@@ -224,8 +398,9 @@ impl Client {
 
     /// Leaves a room; no event of it is delivered after this returns.
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
+        let core = self.core();
         let room_id = {
-            let mut rooms = lock(&self.shared.rooms);
+            let mut rooms = lock(&core.rooms);
             let id = rooms.ids.get(room).copied();
             match id {
                 Some(room_id) if rooms.joined.remove(room) => room_id,
@@ -246,23 +421,29 @@ impl Client {
         }
     }
 
-    /// Publishes a reliable event. It is queued on the room's stream in
-    /// order; this returns once it is queued, not once the server has it
-    /// (use [`Client::emit_with_ack`] for that). If the stream stays backed
-    /// up for the request timeout, this fails with [`ClientError::Timeout`].
+    /// Publishes a reliable event. It goes into the outbox and is sent in
+    /// order on the room's stream; this returns once it is queued, not once
+    /// the server has it (use [`Client::emit_with_ack`] for that). While
+    /// disconnected the outbox keeps it and sends it after the reconnect,
+    /// and the server publishes it once even if it had received it before
+    /// the connection died. If the outbox stays full for the request
+    /// timeout, this fails with [`ClientError::OutboxFull`].
     pub async fn emit(
         &self,
         room: &str,
         event: &str,
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
-        let frame = self.publish_frame(event, payload.into(), None)?;
-        self.publish(room, frame, self.deadline()).await
+        let deadline = self.deadline();
+        self.publish(room, event, payload.into(), None, deadline)
+            .await
     }
 
     /// Publishes a reliable event and waits until the server has accepted
     /// it; returns its offset. Queuing and the ack together take at most the
-    /// request timeout, else [`ClientError::Timeout`].
+    /// request timeout, else [`ClientError::Timeout`]; a refusal is
+    /// [`ClientError::Rejected`]; a client closed meanwhile,
+    /// [`ClientError::Disconnected`] (or the close that ended it).
     pub async fn emit_with_ack(
         &self,
         room: &str,
@@ -281,18 +462,13 @@ impl Client {
         event: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PendingAck, ClientError> {
-        validate_name("event", event).map_err(ClientError::InvalidName)?;
         let deadline = self.deadline();
-        let (request, answer) = self.register();
-        let frame = match self.publish_frame(event, payload.into(), Some(request)) {
-            Ok(frame) => frame,
-            Err(e) => {
-                lock(&self.shared.pending).remove(&request);
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.publish(room, frame, deadline).await {
-            lock(&self.shared.pending).remove(&request);
+        let (request, answer) = self.core().register(true);
+        if let Err(e) = self
+            .publish(room, event, payload.into(), Some(request), deadline)
+            .await
+        {
+            lock(&self.core().pending).remove(&request);
             return Err(e);
         }
         Ok(PendingAck {
@@ -315,7 +491,9 @@ impl Client {
 
     /// Publishes an unreliable event as one QUIC datagram. Fails with
     /// [`ClientError::DatagramTooLarge`] (stating the limit) when it does
-    /// not fit the connection's current maximum datagram size.
+    /// not fit the connection's current maximum datagram size, and at once
+    /// (no outbox: datagrams are for what the next one replaces) while
+    /// disconnected.
     pub async fn emit_datagram(
         &self,
         room: &str,
@@ -325,7 +503,8 @@ impl Client {
         let payload = payload.into();
         validate_name("event", event).map_err(ClientError::InvalidName)?;
         let room_id = self.room_id(room).await?;
-        let limit = self.datagram_limit(room_id, event)?;
+        let link = self.core().current().ok_or_else(|| self.core().gone())?;
+        let limit = datagram_limit(&link, room_id, event)?;
         if payload.len() > limit {
             return Err(ClientError::DatagramTooLarge {
                 size: payload.len(),
@@ -338,7 +517,7 @@ impl Client {
             event: event.to_string(),
             payload,
         });
-        self.shared.conn.send_datagram(frame).map_err(|e| match e {
+        link.conn.send_datagram(frame).map_err(|e| match e {
             quinn::SendDatagramError::ConnectionLost(e) => ClientError::from_connection(&e),
             quinn::SendDatagramError::TooLarge => ClientError::DatagramTooLarge { size, limit },
             _ => ClientError::DatagramsUnsupported,
@@ -364,7 +543,8 @@ impl Client {
         event: &str,
     ) -> Result<usize, ClientError> {
         let room_id = self.room_id(room).await?;
-        self.datagram_limit(room_id, event)
+        let link = self.core().current().ok_or_else(|| self.core().gone())?;
+        datagram_limit(&link, room_id, event)
     }
 
     /// A round trip on the control stream; returns how long it took. When
@@ -382,58 +562,60 @@ impl Client {
         }
     }
 
-    /// Connection statistics.
+    /// How many reliable emits the server has not confirmed yet.
+    pub fn outbox_len(&self) -> usize {
+        self.core().outbox.len()
+    }
+
+    /// Connection statistics (QUIC figures are those of the current connection).
     pub fn stats(&self) -> ClientStats {
-        let quic = self.shared.conn.stats();
-        let c = &self.shared.counters;
+        let c = &self.core().counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (rtt, sent_packets, lost_packets) = match self.core().current() {
+            Some(link) => {
+                let quic = link.conn.stats();
+                (
+                    link.conn.rtt(),
+                    quic.path.sent_packets,
+                    quic.path.lost_packets,
+                )
+            }
+            None => (Duration::ZERO, 0, 0),
+        };
         ClientStats {
-            rtt: self.shared.conn.rtt(),
-            sent_packets: quic.path.sent_packets,
-            lost_packets: quic.path.lost_packets,
+            rtt,
+            sent_packets,
+            lost_packets,
             reliable_received: get(&c.reliable_received),
             datagrams_received: get(&c.datagrams_received),
             datagrams_lost: get(&c.datagrams_lost),
             datagrams_stale: get(&c.datagrams_stale),
             datagrams_dropped_queue_full: get(&c.datagrams_dropped_queue_full),
             server_errors: get(&c.server_errors),
+            reconnects: get(&c.reconnects),
         }
     }
 
-    /// Waits until the connection ends and says why.
+    /// Waits until the current connection ends and says why (the client may
+    /// then reconnect by itself).
     pub async fn closed(&self) -> ClientError {
-        ClientError::from_connection(&self.shared.conn.closed().await)
+        match self.core().current() {
+            Some(link) => ClientError::from_connection(&link.conn.closed().await),
+            None => self.core().gone(),
+        }
     }
 
-    /// Closes the connection and waits (briefly) for the server to learn it.
+    /// Closes the client for good and waits (briefly) for the server to learn it.
     pub async fn close(&self) {
-        self.shared
-            .conn
-            .close(wire::close_code::NORMAL.into(), b"client closed");
-        let _ = timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
-    }
-
-    fn datagram_limit(&self, room_id: RoomId, event: &str) -> Result<usize, ClientError> {
-        let max = self
-            .shared
-            .conn
-            .max_datagram_size()
-            .ok_or(ClientError::DatagramsUnsupported)?;
-        // Size the frame as the server forwards it (with the largest possible
-        // sequence number), so that what we send can also be delivered.
-        let overhead = wire::encoded_len(&Frame::Datagram {
-            room_id,
-            seq: u64::MAX,
-            event: event.to_string(),
-            payload: Bytes::new(),
-        });
-        // The payload's own length prefix grows with it: allow for its largest form.
-        let limit = max.saturating_sub(overhead + 2);
-        Ok(limit)
+        let link = self.core().current();
+        self.core().shut();
+        if let Some(link) = link {
+            let _ = timeout(Duration::from_secs(1), link.endpoint.wait_idle()).await;
+        }
     }
 
     async fn room_id(&self, room: &str) -> Result<RoomId, ClientError> {
-        if let Some(id) = lock(&self.shared.rooms).ids.get(room) {
+        if let Some(id) = lock(&self.core().rooms).ids.get(room) {
             return Ok(*id);
         }
         validate_name("room", room).map_err(ClientError::InvalidName)?;
@@ -445,139 +627,70 @@ impl Client {
             .await?
         {
             Reply::Resolved { room_id } => {
-                lock(&self.shared.rooms).learn(room_id, room);
+                lock(&self.core().rooms).learn(room_id, room);
                 Ok(room_id)
             }
             _ => Err(ClientError::Protocol("unexpected answer to Resolve".into())),
         }
     }
 
-    /// Queues a framed `Publish` on the room's stream, opening it if needed.
+    /// Puts a `Publish` into the room's outbox (waiting for room until
+    /// `deadline`) and makes sure the current connection sends it.
     async fn publish(
         &self,
         room: &str,
-        frame: Bytes,
-        deadline: Instant,
-    ) -> Result<(), ClientError> {
-        let queue = {
-            let mut publishers = lock(&self.shared.publishers);
-            match publishers.get(room) {
-                Some(queue) if !queue.is_closed() => queue.clone(),
-                _ => {
-                    validate_name("room", room).map_err(ClientError::InvalidName)?;
-                    let queue = PublishQueue::open(&self.shared.conn, room);
-                    publishers.insert(Arc::from(room), queue.clone());
-                    queue
-                }
-            }
-        };
-        match timeout_at(deadline, queue.push(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(WriterGone)) => Err(closed_or_lost(&self.shared.conn)),
-            Err(_) => Err(ClientError::Timeout {
-                what: "emit (the room's stream is backed up)",
-                after: self.shared.request_timeout,
-            }),
-        }
-    }
-
-    /// Queues a frame for a writer task, waiting for room until `deadline`.
-    async fn queue(
-        &self,
-        what: &'static str,
-        sender: &mpsc::Sender<Bytes>,
-        frame: Bytes,
-        deadline: Instant,
-    ) -> Result<(), ClientError> {
-        match timeout_at(deadline, sender.send(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(closed_or_lost(&self.shared.conn)),
-            Err(_) => Err(ClientError::Timeout {
-                what,
-                after: self.shared.request_timeout,
-            }),
-        }
-    }
-
-    fn deadline(&self) -> Instant {
-        Instant::now() + self.shared.request_timeout
-    }
-
-    fn publish_frame(
-        &self,
         event: &str,
         payload: Bytes,
         ack: Option<u64>,
-    ) -> Result<Bytes, ClientError> {
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        validate_name("room", room).map_err(ClientError::InvalidName)?;
         validate_name("event", event).map_err(ClientError::InvalidName)?;
+        let core = self.core();
+        if core.finished.load(Ordering::SeqCst) {
+            return Err(core.gone());
+        }
+        let max_frame = lock(&core.session).max_frame;
         let size = wire::event_frame_len(event.len(), payload.len());
-        if size > self.shared.max_frame {
+        if size > max_frame {
             return Err(ClientError::EventTooLarge {
                 size,
-                limit: self.shared.max_frame,
+                limit: max_frame,
             });
         }
-        Ok(wire::encode_framed(&Frame::Publish {
-            id: 0,
-            event: event.to_string(),
-            payload,
-            ack,
-        }))
+        let frame = |id| {
+            wire::encode_framed(&Frame::Publish {
+                id,
+                event: event.to_string(),
+                payload: payload.clone(),
+                ack,
+            })
+        };
+        core.outbox
+            .push(room, frame, deadline)
+            .await
+            .map_err(|_| ClientError::OutboxFull {
+                limit: core.options.outbox_events,
+            })?;
+        if let Some(link) = core.current() {
+            link.ensure_writer(core, room);
+        }
+        Ok(())
     }
 
-    fn register(&self) -> (u64, oneshot::Receiver<Reply>) {
-        let request = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.shared.pending).insert(request, tx);
-        (request, rx)
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.core().options.request_timeout
     }
 
+    /// A control request on the current connection (waiting for a
+    /// reconnect, within the request timeout, if there is none).
     async fn request(
         &self,
         what: &'static str,
         frame: impl FnOnce(u64) -> Frame,
     ) -> Result<Reply, ClientError> {
-        let deadline = self.deadline();
-        let (request, answer) = self.register();
-        let bytes = wire::encode_framed(&frame(request));
-        if let Err(e) = self
-            .queue(what, &self.shared.control, bytes, deadline)
-            .await
-        {
-            lock(&self.shared.pending).remove(&request);
-            return Err(e);
-        }
-        self.await_reply(what, request, answer, deadline).await
-    }
-
-    async fn await_reply(
-        &self,
-        what: &'static str,
-        request: u64,
-        answer: oneshot::Receiver<Reply>,
-        deadline: Instant,
-    ) -> Result<Reply, ClientError> {
-        let after = self.shared.request_timeout;
-        // A request made just as the connection ends must fail at once, not time out.
-        let answer = async {
-            tokio::select! {
-                biased;
-                reply = answer => reply.map_err(|_| closed_or_lost(&self.shared.conn)),
-                lost = self.shared.conn.closed() => Err(ClientError::from_connection(&lost)),
-            }
-        };
-        match timeout_at(deadline, answer).await {
-            Ok(Ok(Reply::Error { code, message })) => Err(ClientError::Rejected {
-                code,
-                reason: message,
-            }),
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                lock(&self.shared.pending).remove(&request);
-                Err(ClientError::Timeout { what, after })
-            }
-        }
+        let link = self.core().wait_link(what, self.deadline()).await?;
+        self.core().request_on(&link, what, frame).await
     }
 }
 
@@ -592,10 +705,12 @@ pub struct PendingAck {
 impl PendingAck {
     /// Waits for the server's answer: the assigned offset, or why the event
     /// was refused. The server has the request timeout, counted from the
-    /// emit, to answer; after that this fails with [`ClientError::Timeout`].
+    /// emit, to answer (across a reconnect, if one happens); after that this
+    /// fails with [`ClientError::Timeout`].
     pub async fn wait(self) -> Result<u64, ClientError> {
         match self
             .client
+            .core()
             .await_reply("ack", self.request, self.answer, self.deadline)
             .await?
         {
@@ -605,7 +720,24 @@ impl PendingAck {
     }
 }
 
-fn closed_or_lost(conn: &quinn::Connection) -> ClientError {
+fn datagram_limit(link: &Link, room_id: RoomId, event: &str) -> Result<usize, ClientError> {
+    let max = link
+        .conn
+        .max_datagram_size()
+        .ok_or(ClientError::DatagramsUnsupported)?;
+    // Size the frame as the server forwards it (with the largest possible
+    // sequence number), so that what we send can also be delivered.
+    let overhead = wire::encoded_len(&Frame::Datagram {
+        room_id,
+        seq: u64::MAX,
+        event: event.to_string(),
+        payload: Bytes::new(),
+    });
+    // The payload's own length prefix grows with it: allow for its largest form.
+    Ok(max.saturating_sub(overhead + 2))
+}
+
+pub(crate) fn closed_or_lost(conn: &quinn::Connection) -> ClientError {
     match conn.close_reason() {
         Some(reason) => ClientError::from_connection(&reason),
         None => ClientError::Disconnected("the connection's streams were closed".into()),
@@ -616,16 +748,4 @@ fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, ClientError> {
     postcard::to_stdvec(value)
         .map(Bytes::from)
         .map_err(|e| ClientError::Payload(e.to_string()))
-}
-
-/// Writes queued frames to a stream, several per write when they pile up.
-async fn write_frames(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Bytes>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        if send.write_all_chunks(&mut batch).await.is_err() {
-            return;
-        }
-        batch.clear();
-    }
-    let _ = send.finish();
 }

@@ -48,6 +48,36 @@ pub struct ClientOptions {
     pub transport: TransportSettings,
     /// Protocol version sent in `Hello` (only tests change it).
     pub protocol_version: u32,
+    /// How to reconnect after the connection is lost; `None` never does.
+    pub reconnect: Option<Reconnect>,
+    /// Most reliable emits kept until the server confirms them (while
+    /// connected, and across an outage).
+    pub outbox_events: usize,
+    /// Most bytes of reliable emits kept until confirmed.
+    pub outbox_bytes: usize,
+}
+
+/// Reconnection with exponential backoff and full jitter: attempt `n` waits a
+/// random time up to `min(initial × 2ⁿ, max)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// Upper bound of the first wait.
+    pub initial_backoff: Duration,
+    /// The waits never exceed this.
+    pub max_backoff: Duration,
+    /// Give up (and end the event stream) after this long without a
+    /// connection; `None` keeps trying until the client is closed.
+    pub give_up_after: Option<Duration>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            give_up_after: None,
+        }
+    }
 }
 
 impl ClientOptions {
@@ -65,6 +95,9 @@ impl ClientOptions {
             max_frame: DEFAULT_MAX_FRAME,
             transport: TransportSettings::default(),
             protocol_version: PROTOCOL_VERSION,
+            reconnect: Some(Reconnect::default()),
+            outbox_events: 4096,
+            outbox_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -108,6 +141,8 @@ pub struct ClientStats {
     pub datagrams_dropped_queue_full: u64,
     /// Error frames from the server that answered no request.
     pub server_errors: u64,
+    /// Connections re-established after a loss.
+    pub reconnects: u64,
 }
 
 #[derive(Default)]
@@ -118,4 +153,5 @@ pub(crate) struct Counters {
     pub datagrams_stale: AtomicU64,
     pub datagrams_dropped_queue_full: AtomicU64,
     pub server_errors: AtomicU64,
+    pub reconnects: AtomicU64,
 }

@@ -15,6 +15,8 @@ pub(crate) struct RoomTable {
     /// its `Join` is sent: its event stream (which names the room) may
     /// overtake the `Joined` reply, and those events must not be lost.
     pub joined: HashSet<Arc<str>>,
+    /// Whether each joined room was joined with echo (to rejoin it alike).
+    echo: HashMap<Arc<str>, bool>,
     /// Offset of the newest reliable event delivered, per room. Events at or
     /// below it (the tail of a stream replaced by a re-join) are dropped.
     delivered: HashMap<Arc<str>, u64>,
@@ -34,12 +36,38 @@ impl RoomTable {
     /// Marks a room joined from the moment its `Join` is sent; returns
     /// whether it already was. A fresh join forgets the delivery position:
     /// the room may have been evicted and started over meanwhile.
-    pub(crate) fn start_joining(&mut self, name: &Arc<str>) -> bool {
+    pub(crate) fn start_joining(&mut self, name: &Arc<str>, echo: bool) -> bool {
         let already = !self.joined.insert(name.clone());
         if !already {
             self.delivered.remove(name);
         }
+        self.echo.insert(name.clone(), echo);
         already
+    }
+
+    /// After `Joined`: delivery continues from `base` (the offset asked to
+    /// replay from, or the room's offset at the join) unless events already
+    /// delivered got further.
+    pub(crate) fn set_position(&mut self, name: &Arc<str>, base: u64) {
+        let position = self.delivered.entry(name.clone()).or_insert(base);
+        *position = (*position).max(base);
+    }
+
+    /// Every joined room with its echo and the offset of the newest event
+    /// delivered from it: what a reconnect rejoins and replays from.
+    pub(crate) fn rejoin_list(&self) -> Vec<(Arc<str>, bool, Option<u64>)> {
+        self.joined
+            .iter()
+            .map(|room| {
+                let echo = self.echo.get(room).copied().unwrap_or(false);
+                (room.clone(), echo, self.delivered.get(room).copied())
+            })
+            .collect()
+    }
+
+    /// The server's history epoch changed: old offsets mean nothing now.
+    pub(crate) fn forget_positions(&mut self) {
+        self.delivered.clear();
     }
 
     /// Forgets the ids of rooms not joined: the server said one of them no
@@ -94,15 +122,23 @@ mod tests {
         let mut rooms = RoomTable::default();
         let kept = rooms.learn(1, "kept");
         rooms.learn(2, "gone");
-        assert!(!rooms.start_joining(&kept));
-        assert!(rooms.start_joining(&kept), "second join of the same room");
+        assert!(!rooms.start_joining(&kept, false));
+        assert!(
+            rooms.start_joining(&kept, true),
+            "second join of the same room"
+        );
         assert!(rooms.accept_reliable(&kept, 10));
         rooms.forget_unjoined();
         assert_eq!(rooms.ids.get("kept"), Some(&1));
         assert_eq!(rooms.ids.get("gone"), None);
+        assert_eq!(rooms.rejoin_list(), vec![(kept.clone(), true, Some(10))]);
         rooms.joined.remove(&kept);
-        assert!(!rooms.start_joining(&kept));
+        assert!(!rooms.start_joining(&kept, false));
         assert!(rooms.accept_reliable(&kept, 1), "offsets may start over");
+        rooms.set_position(&kept, 0);
+        assert_eq!(rooms.rejoin_list(), vec![(kept.clone(), false, Some(1))]);
+        rooms.forget_positions();
+        assert_eq!(rooms.rejoin_list(), vec![(kept, false, None)]);
     }
 
     #[test]

@@ -1,0 +1,135 @@
+//! One connection of a client. A client outlives its connections: when one
+//! is lost, the reconnect supervisor opens another `Link`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::handshake::{self, Established};
+use super::{incoming, lock, ClientError, Core, Incoming};
+use crate::wire::{self, Frame, Resume, ResumeOutcome};
+
+const WRITE_BATCH: usize = 64;
+
+/// What the server said in `Welcome`.
+#[derive(Debug, Clone)]
+pub(crate) struct Welcomed {
+    pub session_id: u64,
+    pub max_frame: usize,
+    pub epoch: u64,
+    pub resume_token: String,
+    pub resumed: ResumeOutcome,
+}
+
+/// A live connection and its writers.
+pub(crate) struct Link {
+    pub conn: quinn::Connection,
+    pub endpoint: quinn::Endpoint,
+    pub welcome: Welcomed,
+    control: mpsc::Sender<Bytes>,
+    /// Rooms whose outbox writer runs on this connection.
+    writers: Mutex<HashSet<Arc<str>>>,
+}
+
+impl Link {
+    /// Connects (resuming `resume` if given) and starts the reading tasks.
+    pub async fn open(
+        core: &Arc<Core>,
+        resume: Option<Resume>,
+        events: mpsc::Sender<Incoming>,
+    ) -> Result<Arc<Link>, ClientError> {
+        let Established {
+            conn,
+            endpoint,
+            control_send,
+            control,
+            session_id,
+            max_frame,
+            epoch,
+            resume_token,
+            resumed,
+        } = handshake::establish(&core.options, resume).await?;
+        let (control_tx, control_rx) = mpsc::channel(256);
+        tokio::spawn(write_frames(control_send, control_rx));
+        // The server refuses events over its own limit, so accept up to it.
+        let read_limit = core.options.max_frame.max(max_frame);
+        incoming::spawn(core.clone(), conn.clone(), control, events, read_limit);
+        Ok(Arc::new(Link {
+            conn,
+            endpoint,
+            welcome: Welcomed {
+                session_id,
+                max_frame,
+                epoch,
+                resume_token,
+                resumed,
+            },
+            control: control_tx,
+            writers: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// The queue of control frames.
+    pub fn control(&self) -> &mpsc::Sender<Bytes> {
+        &self.control
+    }
+
+    /// Makes sure a writer sends `room`'s outbox on this connection.
+    pub fn ensure_writer(&self, core: &Arc<Core>, room: &str) {
+        let mut writers = lock(&self.writers);
+        if writers.contains(room) {
+            return;
+        }
+        let room: Arc<str> = Arc::from(room);
+        writers.insert(room.clone());
+        tokio::spawn(write_outbox(self.conn.clone(), core.clone(), room));
+    }
+}
+
+/// Sends a room's outbox on its own stream: first whatever is unconfirmed
+/// (after a reconnect, the server answers the ones it already had as
+/// duplicates), then each new emit, until the connection ends.
+async fn write_outbox(conn: quinn::Connection, core: Arc<Core>, room: Arc<str>) {
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
+    let header = wire::encode_framed(&Frame::PublishStream {
+        room: room.to_string(),
+    });
+    if send.write_chunk(header).await.is_err() {
+        return;
+    }
+    let changed = core.outbox.changed(&room);
+    let mut last_sent = 0;
+    loop {
+        let added = changed.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        let batch = core.outbox.after(&room, last_sent, WRITE_BATCH);
+        let Some(&(last, _)) = batch.last() else {
+            tokio::select! {
+                () = &mut added => continue,
+                _ = conn.closed() => return,
+            }
+        };
+        last_sent = last;
+        let mut chunks: Vec<Bytes> = batch.into_iter().map(|(_, frame)| frame).collect();
+        if send.write_all_chunks(&mut chunks).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes queued frames to a stream, several per write when they pile up.
+pub(crate) async fn write_frames(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Bytes>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if send.write_all_chunks(&mut batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    let _ = send.finish();
+}

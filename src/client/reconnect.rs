@@ -1,0 +1,233 @@
+//! Keeping a client connected: when its connection is lost, reconnect with
+//! exponential backoff and jitter, resume the session, rejoin every room
+//! from the last offset delivered, and resend the outbox.
+//!
+//! Only a connection QUIC has given up on (idle timeout, or closed) leads
+//! here: short outages that QUIC rides out never trigger a reconnect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::link::Link;
+use super::{lock, ClientError, Core, Incoming, Reply};
+use crate::wire::{close_code, Frame, Recovery, RecoveryFailure, Resume};
+
+/// The waits between attempts: attempt `n` waits a random time up to
+/// `min(initial × 2ⁿ, max)` ("full jitter").
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            attempt: 0,
+        }
+    }
+
+    /// The upper bound of the next wait.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// The next wait, drawn from `rng`.
+    pub fn next(&mut self, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(rng.random_range(0.0..=1.0))
+    }
+}
+
+/// Whether losing the connection this way rules out reconnecting.
+fn fatal(error: &ClientError) -> bool {
+    match error {
+        ClientError::Closed { code, .. } => matches!(
+            u32::try_from(*code),
+            Ok(close_code::UNSUPPORTED_VERSION | close_code::UNAUTHORIZED)
+        ),
+        ClientError::VersionMismatch { .. } | ClientError::Rejected { .. } => true,
+        ClientError::Tls(_) | ClientError::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+/// Watches the client's connection for as long as the client lives.
+pub(crate) async fn supervise(
+    core: Arc<Core>,
+    mut link: Arc<Link>,
+    events: mpsc::Sender<Incoming>,
+) {
+    loop {
+        let reason = link.conn.closed().await;
+        // This client closed it: for good, or because the server broke the
+        // protocol (no point in reconnecting to that).
+        let closed_here = matches!(reason, quinn::ConnectionError::LocallyClosed);
+        let lost = ClientError::from_connection(&reason);
+        core.set_link(None, Some(lost.clone()));
+        if core.is_closing() {
+            break;
+        }
+        let _ = events
+            .send(Incoming::Disconnected {
+                reason: lost.to_string(),
+            })
+            .await;
+        let Some(policy) = core.options.reconnect else {
+            break;
+        };
+        if closed_here || fatal(&lost) {
+            break;
+        }
+        let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
+        let give_up = policy.give_up_after.map(|d| Instant::now() + d);
+        let next = loop {
+            if core.is_closing() || give_up.is_some_and(|at| Instant::now() >= at) {
+                break None;
+            }
+            let wait = backoff.next(&mut rand::rng());
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = core.closing.notified() => break None,
+            }
+            match reconnect_once(&core, &events).await {
+                Ok(next) => break Some(next),
+                Err(e) if fatal(&e) => {
+                    tracing::warn!("not reconnecting: {e}");
+                    break None;
+                }
+                Err(e) => tracing::debug!("reconnect failed: {e}"),
+            }
+        };
+        match next {
+            Some(next) => link = next,
+            None => break,
+        }
+    }
+    // Closed for good: fail whatever still waits, and end the event stream
+    // (by dropping this, the last sender the reading tasks do not hold).
+    core.finished
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    core.link.send_modify(|_| {});
+    core.fail_requests(true);
+}
+
+/// One attempt: connect, resume, rejoin, resend.
+async fn reconnect_once(
+    core: &Arc<Core>,
+    events: &mpsc::Sender<Incoming>,
+) -> Result<Arc<Link>, ClientError> {
+    let (resume, old_epoch) = {
+        let session = lock(&core.session);
+        (
+            Resume {
+                token: session.resume_token.clone(),
+                epoch: session.epoch,
+            },
+            session.epoch,
+        )
+    };
+    let link = Link::open(core, Some(resume), events.clone()).await?;
+    let epoch_changed = link.welcome.epoch != old_epoch;
+    if epoch_changed {
+        lock(&core.rooms).forget_positions();
+    }
+    // Rejoin each room from the newest event delivered; report per room.
+    let rooms = lock(&core.rooms).rejoin_list();
+    for (room, echo, position) in rooms {
+        let since = if epoch_changed {
+            None
+        } else {
+            Some(position.unwrap_or(0))
+        };
+        let reply = core
+            .request_on(&link, "rejoin", |request| Frame::Join {
+                request,
+                room: room.to_string(),
+                echo,
+                since,
+            })
+            .await?;
+        let Reply::Joined {
+            room_id,
+            offset,
+            recovery,
+        } = reply
+        else {
+            return Err(ClientError::Protocol("unexpected answer to Join".into()));
+        };
+        {
+            let mut rooms = lock(&core.rooms);
+            rooms.learn(room_id, &room);
+            rooms.set_position(&room, since.unwrap_or(offset));
+        }
+        let recovery = if epoch_changed {
+            Recovery::NotRecovered {
+                reason: RecoveryFailure::EpochChanged,
+            }
+        } else {
+            recovery
+        };
+        let _ = events.send(Incoming::Recovery { room, recovery }).await;
+    }
+    core.adopt(&link);
+    core.counters
+        .reconnects
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for room in core.outbox.rooms_waiting() {
+        link.ensure_writer(core, &room);
+    }
+    let _ = events
+        .send(Incoming::Reconnected {
+            resumed: link.welcome.resumed,
+        })
+        .await;
+    Ok(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_below_the_ceiling() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut ceilings = Vec::new();
+        for _ in 0..6 {
+            let ceiling = b.ceiling();
+            let wait = b.next(&mut rng);
+            assert!(wait <= ceiling);
+            ceilings.push(ceiling.as_millis());
+        }
+        assert_eq!(ceilings, vec![100, 200, 400, 800, 1000, 1000]);
+        for _ in 0..100 {
+            b.next(&mut rng);
+        }
+        assert_eq!(b.ceiling(), Duration::from_secs(1), "no overflow");
+    }
+
+    #[test]
+    fn version_and_auth_failures_are_fatal_losses_are_not() {
+        assert!(fatal(&ClientError::Closed {
+            code: u64::from(close_code::UNAUTHORIZED),
+            reason: String::new()
+        }));
+        assert!(!fatal(&ClientError::Closed {
+            code: u64::from(close_code::SLOW_CONSUMER),
+            reason: String::new()
+        }));
+        assert!(!fatal(&ClientError::Disconnected("timed out".into())));
+    }
+}
