@@ -25,6 +25,12 @@ pub async fn start() -> TestServer {
 pub async fn start_with(mut config: ServerConfig) -> TestServer {
     config.listen = "127.0.0.1:0".parse().unwrap();
     let certs = certs::generate(&[]).expect("generate certs");
+    start_exactly(config, certs).await
+}
+
+/// A server on `config.listen` itself, with the given certificates (to
+/// restart a server where its clients expect it).
+pub async fn start_exactly(config: ServerConfig, certs: DevCerts) -> TestServer {
     let identity = ServerIdentity::from_dev_certs(&certs).expect("identity");
     let handle = Server::bind(config, identity).expect("bind").spawn();
     TestServer { handle, certs }
