@@ -328,3 +328,109 @@ async fn demo_prints_a_line_per_second() {
     // The subscriber really received a world: 200 entities.
     assert!(seconds[1].ends_with("entities 200"), "{stdout}");
 }
+
+#[tokio::test]
+async fn sub_reconnects_through_an_outage_and_prints_the_recovery() {
+    use quicbus::netsim::{Netsim, NetsimConfig};
+    let server = common::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.certs.ca_pem).unwrap();
+    let netsim = Netsim::start(NetsimConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        server.handle.local_addr(),
+    ))
+    .await
+    .unwrap();
+    let proxy = netsim.local_addr().to_string();
+    let mut child = quicbus()
+        .args([
+            "sub",
+            "--room",
+            "r",
+            "--count",
+            "3",
+            "--idle-timeout",
+            "0.6",
+        ])
+        .args(["--server", &proxy, "--ca"])
+        .arg(&ca)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    wait_for_line(&mut stderr, "joined").await;
+    let (publisher, _p) = server.client().await;
+    publisher.emit_with_ack("r", "n", "one").await.unwrap();
+    let line = within("event 1", stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.contains(r#""offset":1"#), "{line}");
+
+    netsim.set_blackhole(true);
+    wait_for_line(&mut stderr, "disconnected").await;
+    publisher.emit_with_ack("r", "n", "two").await.unwrap();
+    netsim.set_blackhole(false);
+    let recovery: serde_json::Value = serde_json::from_str(
+        &within("recovery line", stdout.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        recovery,
+        serde_json::json!({"type":"recovery","room":"r","recovered":true,"replayed":1})
+    );
+    let line = within("event 2", stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.contains(r#""offset":2"#), "{line}");
+    publisher.emit_with_ack("r", "n", "three").await.unwrap();
+    let line = within("event 3", stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.contains(r#""offset":3"#), "{line}");
+    let status = within("sub exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn pub_with_ack_prints_each_offset() {
+    let server = common::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.certs.ca_pem).unwrap();
+    let addr = server.handle.local_addr().to_string();
+    let (code, stdout, stderr) = run(quicbus()
+        .args([
+            "pub", "--ack", "--room", "acked", "--event", "e", "--count", "3",
+        ])
+        .args(["--server", &addr, "--ca"])
+        .arg(&ca)
+        .arg("x"))
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), vec!["1", "2", "3"]);
+}
+
+/// Reads lines until one starts with `prefix`.
+async fn wait_for_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    prefix: &str,
+) {
+    within(prefix, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with(prefix) {
+                return;
+            }
+        }
+        panic!("the command ended before printing {prefix:?}");
+    })
+    .await
+}

@@ -81,10 +81,14 @@ async fn twenty_thousand_events_survive_three_long_outages_exactly_once_in_order
     });
 
     let (mut got, mut outages, mut recoveries) = (0u64, 0, 0);
-    let mut blackholed = false;
+    let (mut blackholed, mut awaiting_recovery) = (false, false);
     while got < N {
         match incoming(&mut events).await {
             Incoming::Event(e) => {
+                assert!(
+                    !awaiting_recovery,
+                    "the recovery notice comes before its events"
+                );
                 assert_eq!(e.offset(), Some(got + 1), "in order, no gap, no duplicate");
                 assert_eq!(e.payload.as_ref(), (got + 1).to_string().as_bytes());
                 got += 1;
@@ -100,6 +104,7 @@ async fn twenty_thousand_events_survive_three_long_outages_exactly_once_in_order
                 outages += 1;
                 netsim.set_blackhole(false);
                 blackholed = false;
+                awaiting_recovery = true;
             }
             Incoming::Recovery { room, recovery } => {
                 assert_eq!(&*room, "steady");
@@ -108,6 +113,7 @@ async fn twenty_thousand_events_survive_three_long_outages_exactly_once_in_order
                     "{recovery:?}"
                 );
                 recoveries += 1;
+                awaiting_recovery = false;
             }
             Incoming::Reconnected { resumed } => assert_eq!(resumed, ResumeOutcome::Resumed),
         }
@@ -347,7 +353,7 @@ async fn loss_delay_and_jitter_keep_reliable_complete_and_datagrams_fresh() {
         jitter: Duration::from_millis(5),
         ..Impairment::default()
     };
-    let netsim = proxy(&server, bad.clone(), bad).await;
+    let netsim = proxy(&server, bad, bad).await;
     let mut options = server.options();
     options.server = netsim.local_addr();
     options.transport.idle_timeout = Duration::from_secs(10);

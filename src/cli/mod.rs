@@ -76,6 +76,13 @@ pub struct ConnectArgs {
     /// Token for servers started with --token.
     #[arg(long)]
     token: Option<String>,
+    /// Seconds of silence after which the connection counts as lost (and
+    /// the client reconnects).
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    idle_timeout: f64,
+    /// Do not reconnect when the connection is lost: exit 1 instead.
+    #[arg(long)]
+    no_reconnect: bool,
 }
 
 impl ConnectArgs {
@@ -87,6 +94,13 @@ impl ConnectArgs {
         options.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
         options.token = self.token.clone();
         options.client_name = "quicbus-cli".into();
+        options.transport.idle_timeout = Duration::from_secs_f64(self.idle_timeout);
+        // Keep-alives well inside the idle timeout, so only a dead path idles out.
+        options.transport.keep_alive =
+            Duration::from_secs_f64(self.idle_timeout / 4.0).min(options.transport.keep_alive);
+        if self.no_reconnect {
+            options.reconnect = None;
+        }
         Ok(options)
     }
 }

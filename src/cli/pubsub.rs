@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use base64::Engine;
-use quicbus::client::{Client, Delivery, Event, PendingAck};
+use quicbus::client::{Client, Delivery, Event, Incoming, PendingAck, Recovery};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
@@ -43,6 +43,33 @@ struct EventLine<'a> {
     payload_b64: Option<String>,
 }
 
+/// A recovery result as a JSON line.
+#[derive(Serialize)]
+struct RecoveryLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    recovered: bool,
+    replayed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+fn recovery_json(room: &str, recovery: Recovery) -> serde_json::Result<String> {
+    let (recovered, replayed, reason) = match recovery {
+        Recovery::Recovered { replayed } => (true, replayed, None),
+        Recovery::Live => (true, 0, None),
+        Recovery::NotRecovered { reason } => (false, 0, Some(reason.to_string())),
+    };
+    serde_json::to_string(&RecoveryLine {
+        kind: "recovery",
+        room,
+        recovered,
+        replayed,
+        reason,
+    })
+}
+
 fn event_json(event: &Event) -> serde_json::Result<String> {
     let text = std::str::from_utf8(&event.payload).ok();
     let line = EventLine {
@@ -76,8 +103,8 @@ pub async fn subscribe(args: SubArgs) -> CliResult {
     let mut received = 0u64;
     let stdout = std::io::stdout();
     while args.count.is_none_or(|n| received < n) {
-        let event = tokio::select! {
-            event = events.next() => event,
+        let incoming = tokio::select! {
+            incoming = events.next_incoming() => incoming,
             _ = sleep_until(deadline) => {
                 return Err(format!(
                     "timed out after {}s with {received} of {} events",
@@ -87,11 +114,24 @@ pub async fn subscribe(args: SubArgs) -> CliResult {
             }
             _ = tokio::signal::ctrl_c() => break,
         };
-        let Some(event) = event else {
-            return Err(client.closed().await.into());
+        let line = match incoming {
+            None => return Err(client.closed().await.into()),
+            Some(Incoming::Event(event)) => {
+                received += 1;
+                event_json(&event)?
+            }
+            Some(Incoming::Recovery { room, recovery }) => recovery_json(&room, recovery)?,
+            Some(Incoming::Disconnected { reason }) => {
+                eprintln!("disconnected ({reason}); reconnecting");
+                continue;
+            }
+            Some(Incoming::Reconnected { resumed }) => {
+                eprintln!("reconnected ({resumed:?})");
+                continue;
+            }
         };
         let mut out = stdout.lock();
-        let written = writeln!(out, "{}", event_json(&event)?).and_then(|()| out.flush());
+        let written = writeln!(out, "{line}").and_then(|()| out.flush());
         if let Err(e) = written {
             // A reader that went away (`quicbus sub | head`) is not a failure.
             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -99,7 +139,6 @@ pub async fn subscribe(args: SubArgs) -> CliResult {
             }
             return Err(e.into());
         }
-        received += 1;
     }
     client.close().await;
     Ok(())
@@ -131,6 +170,10 @@ pub struct PubArgs {
     /// Events per second (default: as fast as possible).
     #[arg(long, value_parser = positive_hz)]
     rate: Option<f64>,
+    /// Wait for each reliable event's ack before sending the next (and
+    /// print its offset); without it, acks are pipelined.
+    #[arg(long, conflicts_with = "datagram")]
+    ack: bool,
     /// The payload; without it, each line of standard input is one event.
     payload: Option<String>,
 }
@@ -184,7 +227,13 @@ pub async fn publish(args: PubArgs) -> CliResult {
                 .emit_datagram(&args.room, &args.event, payload)
                 .await?;
         } else {
-            acks.push_back(client.emit_acked(&args.room, &args.event, payload).await?);
+            let pending = client.emit_acked(&args.room, &args.event, payload).await?;
+            if args.ack {
+                last_offset = pending.wait().await?;
+                println!("{last_offset}");
+            } else {
+                acks.push_back(pending);
+            }
             if acks.len() >= ACK_WINDOW {
                 if let Some(oldest) = acks.pop_front() {
                     last_offset = oldest.wait().await?;

@@ -16,6 +16,7 @@ struct Tasks {
     conn: Connection,
     events: mpsc::Sender<Incoming>,
     max_frame: usize,
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Starts the control reader, the room-stream acceptor and the datagram
@@ -26,12 +27,14 @@ pub(crate) fn spawn(
     control: FrameReader,
     events: mpsc::Sender<Incoming>,
     max_frame: usize,
+    ready: tokio::sync::watch::Receiver<bool>,
 ) {
     let this = Arc::new(Tasks {
         core,
         conn,
         events,
         max_frame,
+        ready,
     });
     tokio::spawn(this.clone().read_control(control));
     tokio::spawn(this.clone().accept_streams());
@@ -141,6 +144,11 @@ impl Tasks {
             Ok(None) => return,
             Err(e) => return self.read_failed("event stream", e),
         };
+        // Hold events until this connection's rejoins are reported.
+        let mut ready = self.ready.clone();
+        if ready.wait_for(|ready| *ready).await.is_err() {
+            return;
+        }
         loop {
             let (offset, name, payload) = match reader.next().await {
                 Ok(Some(Frame::Event {

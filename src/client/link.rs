@@ -31,6 +31,10 @@ pub(crate) struct Link {
     control: mpsc::Sender<Bytes>,
     /// Rooms whose outbox writer runs on this connection.
     writers: Mutex<HashSet<Arc<str>>>,
+    /// Set once the rooms are rejoined and their recovery reported: room
+    /// streams hold their events until then, so that a recovery notice
+    /// always comes before the events it announces.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Link {
@@ -55,7 +59,15 @@ impl Link {
         tokio::spawn(write_frames(control_send, control_rx));
         // The server refuses events over its own limit, so accept up to it.
         let read_limit = core.options.max_frame.max(max_frame);
-        incoming::spawn(core.clone(), conn.clone(), control, events, read_limit);
+        let (ready, ready_rx) = tokio::sync::watch::channel(false);
+        incoming::spawn(
+            core.clone(),
+            conn.clone(),
+            control,
+            events,
+            read_limit,
+            ready_rx,
+        );
         Ok(Arc::new(Link {
             conn,
             endpoint,
@@ -68,7 +80,13 @@ impl Link {
             },
             control: control_tx,
             writers: Mutex::new(HashSet::new()),
+            ready,
         }))
+    }
+
+    /// Lets room streams deliver their events.
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
     }
 
     /// The queue of control frames.

@@ -312,6 +312,7 @@ impl Client {
         });
         let link = Link::open(&core, None, events_tx.clone()).await?;
         core.adopt(&link);
+        link.set_ready();
         tokio::spawn(reconnect::supervise(core.clone(), link, events_tx));
         let events = Events {
             rx: events_rx,

@@ -186,11 +186,14 @@ async fn reconnect_once(
     for room in core.outbox.rooms_waiting() {
         link.ensure_writer(core, &room);
     }
+    // Notices first: Recovery per room (above), Reconnected, then the
+    // events they announce.
     let _ = events
         .send(Incoming::Reconnected {
             resumed: link.welcome.resumed,
         })
         .await;
+    link.set_ready();
     Ok(link)
 }
 
