@@ -122,7 +122,7 @@ pub async fn subscribe(args: SubArgs) -> CliResult {
             }
             Some(Incoming::Recovery { room, recovery }) => recovery_json(&room, recovery)?,
             Some(Incoming::Disconnected { reason }) => {
-                eprintln!("disconnected ({reason}); reconnecting");
+                eprintln!("{reason}; reconnecting");
                 continue;
             }
             Some(Incoming::Reconnected { resumed }) => {
