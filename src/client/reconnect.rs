@@ -77,11 +77,13 @@ pub(crate) async fn supervise(
         if core.is_closing() {
             break;
         }
-        let _ = events
-            .send(Incoming::Disconnected {
-                reason: lost.to_string(),
-            })
-            .await;
+        // Connection notices are informational: an application that never
+        // reads its events (a pure publisher) must not stall reconnecting,
+        // so they are dropped when the queue is full. Recovery notices are
+        // not: they are waited for, like the events they announce.
+        let _ = events.try_send(Incoming::Disconnected {
+            reason: lost.to_string(),
+        });
         let Some(policy) = core.options.reconnect else {
             break;
         };
@@ -188,11 +190,9 @@ async fn reconnect_once(
     }
     // Notices first: Recovery per room (above), Reconnected, then the
     // events they announce.
-    let _ = events
-        .send(Incoming::Reconnected {
-            resumed: link.welcome.resumed,
-        })
-        .await;
+    let _ = events.try_send(Incoming::Reconnected {
+        resumed: link.welcome.resumed,
+    });
     link.set_ready();
     Ok(link)
 }
