@@ -104,16 +104,7 @@ fn main() -> Result<()> {
     // The server on its own thread and runtime.
     let dev = quicbus::certs::generate(&[])?;
     let identity = ServerIdentity::from_dev_certs(&dev)?;
-    let runtime = if args.server_threads == 0 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.server_threads)
-            .enable_all()
-            .build()?
-    };
+    let runtime = quicbus::server::runtime(args.server_threads)?;
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         ..ServerConfig::default()

@@ -50,16 +50,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> CliResult {
-    let runtime = if args.worker_threads == 0 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.worker_threads)
-            .enable_all()
-            .build()?
-    };
+    let runtime = quicbus::server::runtime(args.worker_threads)?;
     runtime.block_on(run_server(args))
 }
 

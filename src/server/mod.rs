@@ -49,6 +49,22 @@ const PUBLISH_LOG: usize = 8192;
 /// without a handshake.
 const MAX_REFUSALS_IN_FLIGHT: usize = 32;
 
+/// The Tokio runtime a server runs best on: `worker_threads` 0 means a
+/// current-thread runtime (measured fastest on small machines, see the
+/// README), N a multi-thread one with N workers.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if worker_threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads)
+            .enable_all()
+            .build()
+    }
+}
+
 /// Server settings; [`ServerConfig::default`] suits a development machine.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
