@@ -146,11 +146,9 @@ async fn reconnect_once(
     // Rejoin each room from the newest event delivered; report per room.
     let rooms = lock(&core.rooms).rejoin_list();
     for (room, echo, position) in rooms {
-        let since = if epoch_changed {
-            None
-        } else {
-            Some(position.unwrap_or(0))
-        };
+        // No position yet means the room's own join is still in flight:
+        // rejoin it live rather than replay its whole history.
+        let since = if epoch_changed { None } else { position };
         let reply = core
             .request_on(&link, "rejoin", |request| Frame::Join {
                 request,
