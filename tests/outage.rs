@@ -412,3 +412,49 @@ async fn loss_delay_and_jitter_keep_reliable_complete_and_datagrams_fresh() {
     assert!((0.85..=0.995).contains(&delivered), "delivered {delivered}");
     assert!(netsim.stats().down.dropped_loss > 0);
 }
+
+#[tokio::test]
+async fn a_join_made_while_reconnecting_gets_the_position_it_asked_for() {
+    let server = common::start().await;
+    let netsim = proxy(&server, Impairment::default(), Impairment::default()).await;
+    let (sub, mut events) = client_via(&server, &netsim).await;
+    sub.join("first").await.unwrap();
+    let (publisher, _p) = server.client().await;
+    for i in 1..=5u64 {
+        publisher.emit("late", "n", i.to_string()).await.unwrap();
+    }
+    publisher.ping().await.unwrap();
+    netsim.set_blackhole(true);
+    assert!(matches!(
+        incoming(&mut events).await,
+        Incoming::Disconnected { .. }
+    ));
+    // The join waits for the reconnect, then asks for its own position.
+    let joining = {
+        let sub = sub.clone();
+        tokio::spawn(async move {
+            sub.join_with(
+                "late",
+                quicbus::client::JoinOptions {
+                    since: Some(2),
+                    ..Default::default()
+                },
+            )
+            .await
+        })
+    };
+    netsim.set_blackhole(false);
+    let joined = within("join after reconnect", joining)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(joined.recovery, Recovery::Recovered { replayed: 3 });
+    let mut offsets = Vec::new();
+    while offsets.len() < 3 {
+        if let Incoming::Event(e) = incoming(&mut events).await {
+            assert_eq!(&*e.room, "late");
+            offsets.push(e.offset().unwrap());
+        }
+    }
+    assert_eq!(offsets, vec![3, 4, 5]);
+}

@@ -80,8 +80,9 @@ async fn a_history_shorter_than_the_gap_is_reported_then_live_delivery_continues
     let e = next_event(&mut events, "live event after a failed recovery").await;
     assert_eq!(e.offset(), Some(52));
 
-    // A position the room never reached (an earlier life of the room).
-    let (ahead, _a) = server.client().await;
+    // A position the room never reached (an earlier life of the room):
+    // reported, and live delivery still goes on from the room's offset.
+    let (ahead, mut ahead_events) = server.client().await;
     let joined = ahead.join_with("h", since(1_000)).await.unwrap();
     assert_eq!(
         joined.recovery,
@@ -89,6 +90,34 @@ async fn a_history_shorter_than_the_gap_is_reported_then_live_delivery_continues
             reason: RecoveryFailure::UnknownPosition
         }
     );
+    publisher.emit_with_ack("h", "n", "53").await.unwrap();
+    let e = next_event(&mut ahead_events, "live event after an unknown position").await;
+    assert_eq!(e.offset(), Some(53));
+}
+
+#[tokio::test]
+async fn a_room_that_cannot_be_created_refuses_each_publish_with_a_typed_error() {
+    use quicbus::client::ClientError;
+    let server = common::start_with(ServerConfig {
+        max_rooms: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (holder, _h) = server.client().await;
+    holder.join("the-only-room").await.unwrap();
+    let (client, _e) = server.client().await;
+    match within("ack", client.emit_with_ack("another", "e", "x")).await {
+        Err(ClientError::Rejected { code, .. }) => {
+            assert_eq!(code, quicbus::wire::ErrorCode::TooManyRooms)
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    // The refusal counts as handled: nothing lingers in the outbox.
+    client.ping().await.unwrap();
+    assert_eq!(client.outbox_len(), 0);
+    // Once there is room again, the same stream publishes.
+    holder.leave("the-only-room").await.unwrap();
+    assert_eq!(client.emit_with_ack("another", "e", "y").await.unwrap(), 1);
 }
 
 /// A backplane that refuses events for one room, to see a refusal travel

@@ -381,7 +381,11 @@ impl Client {
                 rooms.learn(room_id, room);
                 // A room joined again keeps its stream, and its position.
                 if !already {
-                    rooms.set_position(&name, options.since.unwrap_or(offset));
+                    let base = match (recovery, options.since) {
+                        (Recovery::Recovered { .. }, Some(since)) => since,
+                        _ => offset,
+                    };
+                    rooms.set_position(&name, base);
                 }
                 Ok(JoinOutcome { offset, recovery })
             }
@@ -415,10 +419,17 @@ impl Client {
         };
         match self
             .request("leave", |request| Frame::Leave { request, room_id })
-            .await?
+            .await
         {
-            Reply::Left => Ok(()),
-            _ => Err(ClientError::Protocol("unexpected answer to Leave".into())),
+            Ok(Reply::Left) => Ok(()),
+            // Left already as far as the server knows (the connection was
+            // replaced before the room was rejoined): that is what leave wants.
+            Err(ClientError::Rejected {
+                code: ErrorCode::NotJoined,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Err(ClientError::Protocol("unexpected answer to Leave".into())),
         }
     }
 

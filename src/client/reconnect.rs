@@ -96,10 +96,16 @@ pub(crate) async fn supervise(
             if core.is_closing() || give_up.is_some_and(|at| Instant::now() >= at) {
                 break None;
             }
+            let closing = core.closing.notified();
+            tokio::pin!(closing);
+            closing.as_mut().enable();
+            if core.is_closing() {
+                break None;
+            }
             let wait = backoff.next(&mut rand::rng());
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = core.closing.notified() => break None,
+                () = &mut closing => break None,
             }
             match reconnect_once(&core, &events).await {
                 Ok(next) => break Some(next),
@@ -139,45 +145,18 @@ async fn reconnect_once(
         )
     };
     let link = Link::open(core, Some(resume), events.clone()).await?;
-    let epoch_changed = link.welcome.epoch != old_epoch;
-    if epoch_changed {
-        lock(&core.rooms).forget_positions();
-    }
-    // Rejoin each room from the newest event delivered; report per room.
-    let rooms = lock(&core.rooms).rejoin_list();
-    for (room, echo, position) in rooms {
-        // No position yet means the room's own join is still in flight:
-        // rejoin it live rather than replay its whole history.
-        let since = if epoch_changed { None } else { position };
-        let reply = core
-            .request_on(&link, "rejoin", |request| Frame::Join {
-                request,
-                room: room.to_string(),
-                echo,
-                since,
-            })
-            .await?;
-        let Reply::Joined {
-            room_id,
-            offset,
-            recovery,
-        } = reply
-        else {
-            return Err(ClientError::Protocol("unexpected answer to Join".into()));
-        };
-        {
-            let mut rooms = lock(&core.rooms);
-            rooms.learn(room_id, &room);
-            rooms.set_position(&room, since.unwrap_or(offset));
+    match rejoin(core, &link, old_epoch, events).await {
+        Ok(()) => {}
+        Err(e) => {
+            // This attempt is abandoned: do not leave its connection open.
+            link.conn
+                .close(close_code::NORMAL.into(), b"reconnect abandoned");
+            return Err(e);
         }
-        let recovery = if epoch_changed {
-            Recovery::NotRecovered {
-                reason: RecoveryFailure::EpochChanged,
-            }
-        } else {
-            recovery
-        };
-        let _ = events.send(Incoming::Recovery { room, recovery }).await;
+    }
+    if core.is_closing() {
+        link.conn.close(close_code::NORMAL.into(), b"client closed");
+        return Err(ClientError::Disconnected("the client is closed".into()));
     }
     core.adopt(&link);
     core.counters
@@ -186,13 +165,84 @@ async fn reconnect_once(
     for room in core.outbox.rooms_waiting() {
         link.ensure_writer(core, &room);
     }
-    // Notices first: Recovery per room (above), Reconnected, then the
+    // Notices first: Recovery per room (in `rejoin`), Reconnected, then the
     // events they announce.
     let _ = events.try_send(Incoming::Reconnected {
         resumed: link.welcome.resumed,
     });
     link.set_ready();
     Ok(link)
+}
+
+/// Rejoins every joined room on `link` from the newest event delivered,
+/// reporting the recovery of each.
+async fn rejoin(
+    core: &Arc<Core>,
+    link: &Arc<Link>,
+    old_epoch: u64,
+    events: &mpsc::Sender<Incoming>,
+) -> Result<(), ClientError> {
+    let epoch_changed = link.welcome.epoch != old_epoch;
+    // Taken before positions are forgotten: a room without a position is
+    // one whose own join is still in flight; that join (with whatever
+    // `since` it asked for) will run on this connection, so it is skipped.
+    let rooms = lock(&core.rooms).rejoin_list();
+    if epoch_changed {
+        lock(&core.rooms).forget_positions();
+    }
+    for (room, echo, position) in rooms {
+        let Some(position) = position else {
+            continue;
+        };
+        let since = (!epoch_changed).then_some(position);
+        let reply = core
+            .request_on(link, "rejoin", |request| Frame::Join {
+                request,
+                room: room.to_string(),
+                echo,
+                since,
+            })
+            .await;
+        let recovery = match reply {
+            Ok(Reply::Joined {
+                room_id,
+                offset,
+                recovery,
+            }) => {
+                let mut rooms = lock(&core.rooms);
+                rooms.learn(room_id, &room);
+                match recovery {
+                    Recovery::Recovered { .. } => rooms.set_position(&room, position),
+                    // Live from the room's offset now (its history, or its
+                    // very life, no longer matches the old position).
+                    _ => rooms.reset_position(&room, offset),
+                }
+                if epoch_changed {
+                    Recovery::NotRecovered {
+                        reason: RecoveryFailure::EpochChanged,
+                    }
+                } else {
+                    recovery
+                }
+            }
+            // The server refused the room (say, its room table is full of
+            // rooms in use): report it and carry on with the others.
+            Err(ClientError::Rejected { .. }) => {
+                lock(&core.rooms).joined.remove(&room);
+                Recovery::NotRecovered {
+                    reason: RecoveryFailure::JoinRefused,
+                }
+            }
+            Err(e) => return Err(e),
+            Ok(_) => return Err(ClientError::Protocol("unexpected answer to Join".into())),
+        };
+        let notice = Incoming::Recovery { room, recovery };
+        tokio::select! {
+            _ = events.send(notice) => {}
+            () = core.closing.notified() => return Err(core.gone()),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

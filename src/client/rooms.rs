@@ -53,6 +53,12 @@ impl RoomTable {
         *position = (*position).max(base);
     }
 
+    /// Delivery continues from exactly `offset` (a new life of the room, or
+    /// a history that no longer reaches the old position).
+    pub(crate) fn reset_position(&mut self, name: &Arc<str>, offset: u64) {
+        self.delivered.insert(name.clone(), offset);
+    }
+
     /// Every joined room with its echo and the offset of the newest event
     /// delivered from it: what a reconnect rejoins and replays from.
     pub(crate) fn rejoin_list(&self) -> Vec<(Arc<str>, bool, Option<u64>)> {

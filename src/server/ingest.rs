@@ -109,14 +109,15 @@ pub(crate) async fn read_publish_stream(
         }
         None => return,
     };
-    let mut room_id = match resolve_room(&ctx, &room) {
-        Ok(id) => id,
-        Err((code, message)) => {
-            control.send(error_frame(None, code, message));
-            reader.stop(close_code::PROTOCOL_VIOLATION);
-            return;
-        }
-    };
+    if let Err(message) = validate_name("room", &room) {
+        control.send(error_frame(None, ErrorCode::InvalidName, message));
+        reader.stop(close_code::PROTOCOL_VIOLATION);
+        return;
+    }
+    // A room that cannot be created now (the room table is full of rooms in
+    // use) is tried again for each publish, and each is refused on its own,
+    // so that acks and progress still answer every publish.
+    let mut room_id = resolve_room(&ctx, &room).ok();
     let log = session_state.log(&room);
     let mut reported = 0;
     loop {
@@ -198,7 +199,7 @@ async fn publish(
     ctx: &SessionContext,
     session: SessionId,
     room: &str,
-    room_id: &mut RoomId,
+    room_id: &mut Option<RoomId>,
     event: String,
     payload: Bytes,
 ) -> (Outcome, Option<String>) {
@@ -213,20 +214,19 @@ async fn publish(
         );
         return (Err(ErrorCode::TooLarge), Some(message));
     }
-    if ctx.backplane.room_name(*room_id).is_none() {
-        // The room was evicted while nobody was subscribed: name it again.
-        // (Should that race with another eviction, the publish below fails
-        // with a typed `UnknownRoom`.)
-        match resolve_room(ctx, room) {
-            Ok(id) => *room_id = id,
+    let live = room_id.filter(|id| ctx.backplane.room_name(*id).is_some());
+    let id = match live {
+        Some(id) => id,
+        // Not created yet, or evicted while nobody was subscribed: name it
+        // again. (Should that race with another eviction, the publish below
+        // fails with a typed `UnknownRoom`.)
+        None => match resolve_room(ctx, room) {
+            Ok(id) => id,
             Err((code, message)) => return (Err(code), Some(message)),
-        }
-    }
-    match ctx
-        .backplane
-        .publish(*room_id, session, event, payload)
-        .await
-    {
+        },
+    };
+    *room_id = Some(id);
+    match ctx.backplane.publish(id, session, event, payload).await {
         Ok(offset) => {
             ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
             (Ok(offset), None)

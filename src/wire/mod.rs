@@ -297,6 +297,9 @@ pub enum RecoveryFailure {
     EpochChanged,
     /// The session's resume token expired or is unknown.
     TokenExpired,
+    /// Rejoining the room after a reconnect was refused (the client no
+    /// longer counts it as joined).
+    JoinRefused,
 }
 
 impl std::fmt::Display for RecoveryFailure {
@@ -306,6 +309,7 @@ impl std::fmt::Display for RecoveryFailure {
             RecoveryFailure::UnknownPosition => "position unknown to the room",
             RecoveryFailure::EpochChanged => "server epoch changed",
             RecoveryFailure::TokenExpired => "session token expired",
+            RecoveryFailure::JoinRefused => "rejoin refused",
         })
     }
 }
