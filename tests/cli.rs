@@ -155,8 +155,15 @@ async fn serve_sub_and_pub_move_reliable_and_datagram_events() {
     assert!(lines[0]["seq"].as_u64().unwrap() >= 1);
     assert!(lines[0]["payload"].as_str().unwrap().contains(','));
 
-    server.start_kill().unwrap();
-    let _ = within("server exit", server.wait()).await;
+    // SIGTERM is a graceful shutdown: exit 0.
+    let pid = server.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = within("server exit", server.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]

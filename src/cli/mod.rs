@@ -6,6 +6,7 @@ mod netsim;
 mod pubsub;
 mod serve;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -130,4 +131,26 @@ fn positive_secs(s: &str) -> Result<f64, String> {
 
 fn positive_hz(s: &str) -> Result<f64, String> {
     positive(s, "events per second")
+}
+
+/// Completes on Ctrl-C or SIGTERM; the handlers are installed at once.
+#[cfg(unix)]
+pub(crate) fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+pub(crate) fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -1,6 +1,5 @@
 //! `quicbus netsim`: the impairment proxy from the command line.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -163,7 +162,7 @@ pub async fn netsim(args: NetsimArgs) -> CliResult {
     config.max_clients = args.max_clients;
     config.client_idle = Duration::from_secs_f64(args.client_idle);
     // Before the first line, so a signal right after it is handled.
-    let stop = stop_signal()?;
+    let stop = super::stop_signal()?;
     let proxy = Netsim::start(config.clone()).await?;
     let outages = blackhole.map_or(String::new(), |b| {
         format!("; blackhole {:?} every {:?}", b.duration, b.every)
@@ -249,28 +248,6 @@ fn final_counters(s: &NetsimStats) -> String {
         s.clients,
         s.clients_refused
     )
-}
-
-/// Completes on Ctrl-C or SIGTERM; the handlers are installed at once.
-#[cfg(unix)]
-fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
-}
-
-/// Completes on Ctrl-C.
-#[cfg(not(unix))]
-fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
 }
 
 #[cfg(test)]

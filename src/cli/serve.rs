@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use quicbus::certs::{self, CertPaths};
-use quicbus::server::{Server, ServerConfig, ServerIdentity};
+use quicbus::server::{HistoryLimits, Server, ServerConfig, ServerIdentity};
 
 use super::CliResult;
 
@@ -40,6 +40,15 @@ pub struct ServeArgs {
     /// Most rooms held; when full, rooms nobody subscribes to are evicted.
     #[arg(long, default_value_t = 100_000)]
     max_rooms: usize,
+    /// Reliable events each room keeps for recovery.
+    #[arg(long, default_value_t = 10_000)]
+    history_events: usize,
+    /// Seconds each room keeps events for recovery.
+    #[arg(long, default_value_t = 120)]
+    history_seconds: u64,
+    /// Seconds a session whose connection dropped can be resumed.
+    #[arg(long, default_value_t = 120)]
+    resume_window: u64,
     /// Require clients to present this token.
     #[arg(long)]
     token: Option<String>,
@@ -78,15 +87,32 @@ async fn run_server(args: ServeArgs) -> CliResult {
         token: args.token.clone(),
         max_frame: args.max_frame as usize,
         max_rooms: args.max_rooms,
+        history: HistoryLimits {
+            max_events: args.history_events,
+            max_age: std::time::Duration::from_secs(args.history_seconds),
+            ..HistoryLimits::default()
+        },
+        resume_window: std::time::Duration::from_secs(args.resume_window),
         ..ServerConfig::default()
     };
     let server = Server::bind(config, identity)?;
     let stats = server.stats();
+    // Installed before saying we listen, so an early SIGTERM is graceful too.
+    let stop = super::stop_signal()?;
     eprintln!(
         "quicbus listening on {} (Ctrl-C to stop)",
         server.local_addr()
     );
-    server.run(shutdown_signal()).await;
+    server
+        .run(async {
+            stop.await;
+            // A second Ctrl-C during the graceful shutdown stops at once.
+            tokio::spawn(async {
+                let _ = tokio::signal::ctrl_c().await;
+                std::process::exit(130);
+            });
+        })
+        .await;
     let s = stats.snapshot();
     eprintln!(
         "stopped: {} connections, {} reliable events, {} datagrams ({} dropped), {} slow consumers, {} protocol errors",
@@ -98,34 +124,6 @@ async fn run_server(args: ServeArgs) -> CliResult {
         s.protocol_errors
     );
     Ok(())
-}
-
-/// Completes on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    // A second Ctrl-C during the graceful shutdown stops at once.
-    tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
-        std::process::exit(130);
-    });
 }
 
 #[derive(Debug, clap::Args)]
