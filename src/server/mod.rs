@@ -43,7 +43,7 @@ use session::SessionContext;
 
 /// Publish outcomes each session remembers per room, for answering retried
 /// publishes; at least the reference client's outbox bound.
-const PUBLISH_LOG: usize = 8192;
+const PUBLISH_LOG: usize = 4096;
 
 /// Over-the-limit connections told `server busy` at once; more are refused
 /// without a handshake.
