@@ -20,26 +20,50 @@ type Seen = Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>;
 struct Echo {
     addr: SocketAddr,
     seen: Seen,
+    /// Woken whenever a packet is recorded.
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 async fn echo_server() -> Echo {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let seen: Seen = Arc::default();
-    let log = seen.clone();
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (log, notify) = (seen.clone(), arrived.clone());
     tokio::spawn(async move {
         let mut buf = vec![0; 65_535];
         while let Ok((n, from)) = socket.recv_from(&mut buf).await {
             log.lock().unwrap().push((from, buf[..n].to_vec()));
+            notify.notify_waiters();
             let _ = socket.send_to(&buf[..n], from).await;
         }
     });
-    Echo { addr, seen }
+    Echo {
+        addr,
+        seen,
+        arrived,
+    }
 }
 
 impl Echo {
     fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// Waits until `n` packets have arrived, within the test timeout.
+    async fn wait_count(&self, n: usize) {
+        within("packets at the echo server", async {
+            loop {
+                let arrived = self.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                if self.count() >= n {
+                    return;
+                }
+                arrived.await;
+            }
+        })
+        .await
     }
 }
 
@@ -63,17 +87,15 @@ async fn recv(socket: &UdpSocket, what: &str) -> Vec<u8> {
     buf
 }
 
-/// Waits until the proxy's counters satisfy `cond`, polling them; bounded
-/// by the test timeout.
+/// Waits until the proxy's counters satisfy `cond` (woken by each count),
+/// within the test timeout.
 async fn until(proxy: &NetsimHandle, what: &str, cond: impl Fn(&NetsimStats) -> bool) {
-    const POLL: Duration = Duration::from_millis(2);
-    for _ in 0..WAIT.as_millis() / POLL.as_millis() {
-        if cond(&proxy.stats()) {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
+    if tokio::time::timeout(WAIT, proxy.wait_for(cond))
+        .await
+        .is_err()
+    {
+        panic!("timed out waiting for {what}: {:?}", proxy.stats());
     }
-    panic!("timed out waiting for {what}: {:?}", proxy.stats());
 }
 
 fn nothing_waiting(socket: &UdpSocket) -> bool {
@@ -242,12 +264,7 @@ async fn survivors(seed: u64) -> Vec<u8> {
     })
     .await;
     let forwarded = proxy.stats().up.forwarded as usize;
-    for _ in 0..WAIT.as_millis() / 2 {
-        if echo.count() == forwarded {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    echo.wait_count(forwarded).await;
     let seen = echo.seen.lock().unwrap();
     assert_eq!(seen.len(), forwarded);
     seen.iter().map(|(_, p)| p[0]).collect()

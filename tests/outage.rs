@@ -139,13 +139,22 @@ async fn an_outage_shorter_than_the_idle_timeout_needs_no_reconnect() {
     for i in 1..=N / 2 {
         publisher.emit("r", "n", i.to_string()).await.unwrap();
     }
+    // The outage lasts while the second half is published and acked (the
+    // publisher's path is direct), and until the subscriber's path has
+    // dropped some of it: far below the 5 s idle timeout.
     netsim.set_blackhole(true);
-    for i in N / 2 + 1..=N {
+    for i in N / 2 + 1..N {
         publisher.emit("r", "n", i.to_string()).await.unwrap();
     }
-    // The outage itself: 300 ms of silence, far below the 5 s idle timeout.
-    // (This sleep is the impairment, not a wait for something to happen.)
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher
+        .emit_with_ack("r", "n", N.to_string())
+        .await
+        .unwrap();
+    within(
+        "packets dropped by the outage",
+        netsim.wait_for(|s| s.down.dropped_blackhole > 0),
+    )
+    .await;
     netsim.set_blackhole(false);
     for expected in 1..=N {
         match incoming(&mut events).await {

@@ -211,6 +211,21 @@ impl NetsimHandle {
         self.shared.stats()
     }
 
+    /// Waits (without polling) until the counters satisfy `cond`. Bound it
+    /// with a timeout: it waits as long as `cond` stays false.
+    pub async fn wait_for(&self, cond: impl Fn(&NetsimStats) -> bool) -> NetsimStats {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let stats = self.shared.stats();
+            if cond(&stats) {
+                return stats;
+            }
+            changed.await;
+        }
+    }
+
     /// Stops the proxy and waits until its sockets are closed. Packets
     /// still queued are dropped.
     pub async fn shutdown(mut self) {

@@ -52,8 +52,10 @@ struct Mappings {
     next_index: u64,
 }
 
-#[derive(Default)]
 struct Counters {
+    /// Woken on every count, so that `NetsimHandle::wait_for` waits on the
+    /// counters themselves instead of polling them.
+    changed: Arc<Notify>,
     received: AtomicU64,
     forwarded: AtomicU64,
     dropped_loss: AtomicU64,
@@ -65,8 +67,23 @@ struct Counters {
 }
 
 impl Counters {
-    fn add(c: &AtomicU64, n: u64) {
+    fn new(changed: Arc<Notify>) -> Self {
+        Counters {
+            changed,
+            received: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            dropped_loss: AtomicU64::new(0),
+            dropped_blackhole: AtomicU64::new(0),
+            dropped_overflow: AtomicU64::new(0),
+            duplicated: AtomicU64::new(0),
+            reordered: AtomicU64::new(0),
+            send_failed: AtomicU64::new(0),
+        }
+    }
+
+    fn add(&self, c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     fn snapshot(&self) -> DirectionStats {
@@ -98,6 +115,8 @@ pub(crate) struct Shared {
     blackhole: AtomicBool,
     mappings: Mutex<Mappings>,
     clients_refused: AtomicU64,
+    /// Woken whenever a counter changes.
+    pub(crate) changed: Arc<Notify>,
     max_clients: usize,
     client_idle: Duration,
     started: Instant,
@@ -126,6 +145,7 @@ pub(crate) async fn start(config: &NetsimConfig) -> Result<Started, NetsimError>
     };
     let listen = UdpSocket::bind(config.listen).await.map_err(bind_error)?;
     let local_addr = listen.local_addr().map_err(bind_error)?;
+    let changed = Arc::new(Notify::new());
     let way = |direction, impairment| Way {
         lane: Mutex::new(Lane::new(
             direction,
@@ -135,7 +155,7 @@ pub(crate) async fn start(config: &NetsimConfig) -> Result<Started, NetsimError>
             QUEUE_BYTES,
         )),
         ready: Notify::new(),
-        counters: Counters::default(),
+        counters: Counters::new(changed.clone()),
     };
     let shared = Arc::new(Shared {
         listen,
@@ -147,6 +167,7 @@ pub(crate) async fn start(config: &NetsimConfig) -> Result<Started, NetsimError>
         blackhole: AtomicBool::new(false),
         mappings: Mutex::default(),
         clients_refused: AtomicU64::new(0),
+        changed,
         max_clients: config.max_clients,
         client_idle: config.client_idle,
         started: Instant::now(),
@@ -212,18 +233,18 @@ impl Shared {
         mapping.last_active.store(self.now_ms(), Ordering::Relaxed);
         let way = &self.ways[direction as usize];
         let c = &way.counters;
-        Counters::add(&c.received, 1);
+        c.add(&c.received, 1);
         if self.blackholed() {
-            Counters::add(&c.dropped_blackhole, 1);
+            c.add(&c.dropped_blackhole, 1);
             return;
         }
         let admission = lock(&way.lane).admit(mapping.index, Instant::now(), dest, payload);
         match admission {
-            Admission::Lost => Counters::add(&c.dropped_loss, 1),
-            Admission::Overflow => Counters::add(&c.dropped_overflow, 1),
+            Admission::Lost => c.add(&c.dropped_loss, 1),
+            Admission::Overflow => c.add(&c.dropped_overflow, 1),
             Admission::Queued { duplicated, held } => {
-                Counters::add(&c.duplicated, u64::from(duplicated));
-                Counters::add(&c.reordered, u64::from(held));
+                c.add(&c.duplicated, u64::from(duplicated));
+                c.add(&c.reordered, u64::from(held));
                 way.ready.notify_one();
             }
         }
@@ -265,6 +286,7 @@ impl Shared {
                 reader,
             },
         );
+        self.changed.notify_waiters();
         Some(mapping)
     }
 
@@ -282,6 +304,8 @@ impl Shared {
             }
             false
         });
+        // The number of clients is part of the stats.
+        self.changed.notify_waiters();
     }
 }
 
@@ -315,6 +339,7 @@ async fn listen_clients(shared: Arc<Shared>) {
                     }
                     None => {
                         shared.clients_refused.fetch_add(1, Ordering::Relaxed);
+                        shared.changed.notify_waiters();
                     }
                 },
                 // E.g. an ICMP error reported late; the socket still works.
@@ -366,7 +391,7 @@ async fn send_due(shared: Arc<Shared>, direction: Direction) {
         for packet in due.drain(..) {
             let copies = u64::from(packet.copies);
             if shared.blackholed() {
-                Counters::add(&c.dropped_blackhole, copies);
+                c.add(&c.dropped_blackhole, copies);
                 continue;
             }
             for _ in 0..copies {
@@ -375,10 +400,10 @@ async fn send_due(shared: Arc<Shared>, direction: Direction) {
                     Target::Client(addr) => shared.listen.send_to(&packet.payload, *addr).await,
                 };
                 match sent {
-                    Ok(_) => Counters::add(&c.forwarded, 1),
+                    Ok(_) => c.add(&c.forwarded, 1),
                     Err(e) => {
                         tracing::debug!("netsim: send: {e}");
-                        Counters::add(&c.send_failed, 1);
+                        c.add(&c.send_failed, 1);
                     }
                 }
             }
