@@ -378,14 +378,11 @@ impl Client {
                 recovery,
             }) => {
                 let mut rooms = lock(&core.rooms);
-                rooms.learn(room_id, room);
-                // A room joined again keeps its stream, and its position.
-                if !already {
-                    let base = match (recovery, options.since) {
-                        (Recovery::Recovered { .. }, Some(since)) => since,
-                        _ => offset,
-                    };
-                    rooms.set_position(&name, base);
+                if already {
+                    // A room joined again keeps its stream, and its position.
+                    rooms.learn(room_id, room);
+                } else {
+                    rooms.settle(&name, room_id, offset, options.since, recovery);
                 }
                 Ok(JoinOutcome { offset, recovery })
             }

@@ -209,14 +209,7 @@ async fn rejoin(
                 offset,
                 recovery,
             }) => {
-                let mut rooms = lock(&core.rooms);
-                rooms.learn(room_id, &room);
-                match recovery {
-                    Recovery::Recovered { .. } => rooms.set_position(&room, position),
-                    // Live from the room's offset now (its history, or its
-                    // very life, no longer matches the old position).
-                    _ => rooms.reset_position(&room, offset),
-                }
+                lock(&core.rooms).settle(&room, room_id, offset, since, recovery);
                 if epoch_changed {
                     Recovery::NotRecovered {
                         reason: RecoveryFailure::EpochChanged,

@@ -53,6 +53,27 @@ impl RoomTable {
         *position = (*position).max(base);
     }
 
+    /// After `Joined`: learns the room's id and where delivery goes on —
+    /// after `since` if the history was replayed from there, else live from
+    /// the room's `offset` now (its history, or its very life, no longer
+    /// matches an older position).
+    pub(crate) fn settle(
+        &mut self,
+        name: &Arc<str>,
+        room_id: RoomId,
+        offset: u64,
+        since: Option<u64>,
+        recovery: crate::wire::Recovery,
+    ) {
+        self.learn(room_id, name);
+        match (recovery, since) {
+            (crate::wire::Recovery::Recovered { .. }, Some(since)) => {
+                self.set_position(name, since)
+            }
+            _ => self.reset_position(name, offset),
+        }
+    }
+
     /// Delivery continues from exactly `offset` (a new life of the room, or
     /// a history that no longer reaches the old position).
     pub(crate) fn reset_position(&mut self, name: &Arc<str>, offset: u64) {
