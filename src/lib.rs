@@ -22,6 +22,8 @@
 //! - [`game`]: the moving-entities world of the demo and the game examples.
 //! - [`netsim`]: a seeded UDP impairment proxy (loss, delay, jitter, reorder,
 //!   duplication, outages) to put between a client and a server in tests.
+//! - [`bench`]: the latency and fan-out benchmarks of `quicbus bench`, each
+//!   beside a raw-UDP echo measured in the same run.
 //!
 //! ```text
 //! client ──PublishStream/Publish──▶ session ──▶ Backplane::publish
@@ -33,6 +35,7 @@
 //!
 //! `docs/PROTOCOL.md` specifies the wire protocol.
 
+pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod game;

@@ -1,6 +1,7 @@
 //! Command-line commands. Each one is thin: it turns arguments into library
 //! calls and prints results.
 
+mod bench;
 mod demo;
 mod netsim;
 mod pubsub;
@@ -36,6 +37,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// UDP proxy that adds loss, delay, jitter, reordering, duplicates and outages.
     Netsim(netsim::NetsimArgs),
+    /// Latency and fan-out benchmarks, beside a raw-UDP echo.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Errors of a command: one line for stderr.
@@ -50,6 +54,7 @@ pub fn run(args: Args) -> CliResult {
         Command::Sub(a) => current_thread()?.block_on(pubsub::subscribe(a)),
         Command::Demo(a) => current_thread()?.block_on(demo::demo(a)),
         Command::Netsim(a) => current_thread()?.block_on(netsim::netsim(a)),
+        Command::Bench(c) => bench::bench(c),
     }
 }
 

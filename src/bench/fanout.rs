@@ -1,0 +1,566 @@
+//! `quicbus bench fanout`: one publisher to N subscriber connections.
+//!
+//! The server is a `quicbus serve` child process, so its CPU time and
+//! memory are its own: memory per connection is the growth of its resident
+//! set from idle to N idle, joined subscribers, divided by N; CPU is its
+//! user + system time while events flow. Publisher and subscribers share
+//! one runtime in this process.
+//!
+//! The publisher sends as fast as the slowest subscriber takes events: it
+//! stays at most [`WINDOW`] events ahead of the slowest one, below the
+//! server's slow-consumer limit, so a reliable run measures throughput and
+//! not disconnections. Each payload carries its sequence number and send
+//! time, so subscribers count, de-duplicate and time every event.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::latency::Kind;
+use super::{histogram, ratio, record, udp_echo, BenchError, Progress};
+use crate::client::{Client, ClientOptions, Trust};
+
+/// Events the publisher may be ahead of the slowest subscriber.
+pub const WINDOW: u64 = 2048;
+/// A run ends when no subscriber has received anything for this long.
+const STALL: Duration = Duration::from_secs(5);
+/// Subscribers connecting at once.
+const CONNECT_BATCH: usize = 50;
+
+/// Settings of a fan-out run.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    /// Subscriber counts, one run (per delivery kind) each.
+    pub subscribers: Vec<usize>,
+    /// Delivery kinds to run.
+    pub kinds: Vec<Kind>,
+    /// Events published per run; `None` aims at 2,000,000 deliveries
+    /// (between 1,000 and 200,000 events).
+    pub events: Option<u64>,
+    /// Payload bytes (at least 16: sequence number and send time).
+    pub size: usize,
+    /// The `quicbus` executable whose `serve` is measured.
+    pub server_exe: PathBuf,
+    /// `serve --worker-threads`.
+    pub server_threads: usize,
+    /// Worker threads of the publisher's and subscribers' runtime; 0 = one.
+    pub client_threads: usize,
+    /// Longest a run may take before it stops and reports what it has.
+    pub run_limit: Duration,
+}
+
+impl FanoutConfig {
+    /// The defaults of `quicbus bench fanout`, serving with `server_exe`.
+    pub fn new(server_exe: PathBuf) -> Self {
+        FanoutConfig {
+            subscribers: vec![1, 10, 100, 1000],
+            kinds: vec![Kind::Reliable, Kind::Datagram],
+            events: None,
+            size: 64,
+            server_exe,
+            server_threads: 0,
+            client_threads: 0,
+            run_limit: Duration::from_secs(120),
+        }
+    }
+
+    /// Checks the settings before anything starts.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let fail = |m: String| Err(BenchError::Other(m));
+        if self.subscribers.is_empty() || self.subscribers.contains(&0) {
+            return fail("--subscribers needs counts of at least 1".into());
+        }
+        if let Some(&n) = self.subscribers.iter().find(|&&n| n > 10_000) {
+            return fail(format!("--subscribers {n} is above the limit of 10,000"));
+        }
+        if self.size < 16 {
+            return fail(format!(
+                "--size {} is too small: each event carries 16 bytes of sequence and time",
+                self.size
+            ));
+        }
+        if self.events == Some(0) {
+            return fail("--events must be at least 1".into());
+        }
+        if self.kinds.is_empty() {
+            return fail("no delivery chosen".into());
+        }
+        Ok(())
+    }
+
+    fn events_for(&self, subscribers: usize) -> u64 {
+        self.events
+            .unwrap_or_else(|| (2_000_000 / subscribers as u64).clamp(1_000, 200_000))
+    }
+}
+
+/// One run: the JSON object and the table row.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutRow {
+    /// `fanout-1xN`.
+    pub name: String,
+    /// `reliable` or `datagram`.
+    pub delivery: String,
+    pub subscribers: usize,
+    /// Events published.
+    pub sent: u64,
+    /// Events received, summed over subscribers (`sent × subscribers` when
+    /// nothing was lost).
+    pub delivered: u64,
+    /// Percentage of deliveries missing.
+    pub loss_pct: f64,
+    /// Deliveries per second, from the first send to the last delivery.
+    pub events_per_sec: f64,
+    /// Send-to-receipt latency under this load.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Server CPU time (user + system) while events flowed.
+    pub server_cpu_s: f64,
+    /// Growth of the server's resident memory per idle, joined subscriber.
+    pub mem_per_conn_bytes: u64,
+    /// The raw-UDP echo's p50 in the same run.
+    pub udp_p50_us: u64,
+    /// `p99_us / udp_p50_us`.
+    pub p99_vs_udp: f64,
+}
+
+/// Runs every subscriber count and kind; each run gets a fresh server.
+pub fn run(config: &FanoutConfig, progress: &Progress) -> Result<Vec<FanoutRow>, BenchError> {
+    config.validate()?;
+    progress.step("udp echo");
+    let udp = udp_echo(10_000, 1_000, config.size, progress)?;
+    let udp_p50 = udp.value_at_quantile(0.5);
+    progress.finish(&format!("p50 {udp_p50} µs"));
+
+    let runtime = if config.client_threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.client_threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(BenchError::io("starting the client runtime"))?;
+    let mut rows = Vec::new();
+    for &n in &config.subscribers {
+        for &kind in &config.kinds {
+            progress.step(&format!("fanout 1x{n} {}", kind.name()));
+            let server = ServerProcess::start(config)?;
+            let result = runtime.block_on(one_run(config, &server, n, kind, udp_p50, progress));
+            drop(server);
+            let row = result?;
+            progress.finish(&format!(
+                "{:.0} events/s, {}/{} delivered, p99 {} µs, server CPU {:.2} s, {} B/conn",
+                row.events_per_sec,
+                row.delivered,
+                row.sent * n as u64,
+                row.p99_us,
+                row.server_cpu_s,
+                row.mem_per_conn_bytes
+            ));
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Shared between the subscribers and the publisher.
+struct Tally {
+    /// Per subscriber: highest sequence received + 1.
+    progress: Vec<AtomicU64>,
+    /// Deliveries over all subscribers.
+    delivered: AtomicU64,
+    /// Woken as subscribers advance.
+    advanced: Notify,
+    /// Merged latencies.
+    latency: Mutex<Histogram<u64>>,
+    /// When the last delivery happened, relative to `epoch`, in ns.
+    last_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Tally {
+    fn slowest(&self) -> u64 {
+        self.progress
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+async fn one_run(
+    config: &FanoutConfig,
+    server: &ServerProcess,
+    n: usize,
+    kind: Kind,
+    udp_p50: u64,
+    progress: &Progress,
+) -> Result<FanoutRow, BenchError> {
+    let idle_rss = server.rss()?;
+    let tally = Arc::new(Tally {
+        progress: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        delivered: AtomicU64::new(0),
+        advanced: Notify::new(),
+        latency: Mutex::new(histogram()),
+        last_ns: AtomicU64::new(0),
+        epoch: Instant::now(),
+    });
+
+    // Subscribers, connected and joined in batches.
+    let mut subscribers = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
+        let mut connecting = Vec::new();
+        for &i in batch {
+            let options = server.options();
+            connecting.push(tokio::spawn(async move {
+                let (client, events) = Client::connect(options)
+                    .await
+                    .map_err(BenchError::client(format!("connecting subscriber {i}")))?;
+                client
+                    .join("fanout")
+                    .await
+                    .map_err(BenchError::client(format!("subscriber {i} joins")))?;
+                Ok::<_, BenchError>((client, events))
+            }));
+        }
+        for (handle, &i) in connecting.into_iter().zip(batch) {
+            let (client, events) = handle
+                .await
+                .map_err(|e| BenchError::Other(format!("subscriber task: {e}")))??;
+            tasks.push(tokio::spawn(subscribe(events, i, tally.clone())));
+            subscribers.push(client);
+        }
+        progress.tick(subscribers.len() as u64, n as u64);
+    }
+    // Every subscriber holds a joined room and nothing has flowed yet.
+    let joined_rss = server.rss()?;
+    let mem_per_conn = joined_rss.saturating_sub(idle_rss) / n as u64;
+
+    let (publisher, _publisher_events) = Client::connect(server.options())
+        .await
+        .map_err(BenchError::client("connecting the publisher"))?;
+    let total = config.events_for(n);
+    let cpu_before = server.cpu_seconds()?;
+    let started = Instant::now();
+    let deadline = started + config.run_limit;
+    let mut sent = 0u64;
+    // How long the publisher waits for the slowest subscriber before it goes
+    // on anyway: a subscriber that lost its newest datagrams advances only
+    // when later ones arrive.
+    let patience = match kind {
+        Kind::Reliable => STALL,
+        Kind::Datagram => Duration::from_millis(50),
+    };
+    while sent < total && Instant::now() < deadline {
+        // Stay within WINDOW of the slowest subscriber.
+        while sent >= tally.slowest() + WINDOW {
+            let woken = tally.advanced.notified();
+            if sent < tally.slowest() + WINDOW {
+                break;
+            }
+            if tokio::time::timeout(patience, woken).await.is_err() {
+                break;
+            }
+        }
+        let payload = payload(sent, tally.epoch.elapsed(), config.size);
+        match kind {
+            Kind::Reliable => publisher.emit("fanout", "e", payload).await,
+            Kind::Datagram => publisher.emit_datagram("fanout", "e", payload).await,
+        }
+        .map_err(BenchError::client(format!("publishing event {sent}")))?;
+        sent += 1;
+        if sent % 1024 == 0 {
+            progress.tick(sent, total);
+        }
+    }
+    // Wait for the last deliveries, until none come for a while.
+    let expected = sent * n as u64;
+    let mut seen = tally.delivered.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    let quiet = match kind {
+        Kind::Reliable => STALL,
+        Kind::Datagram => Duration::from_millis(500),
+    };
+    while seen < expected && quiet_since.elapsed() < quiet && Instant::now() < deadline + STALL {
+        let _ = tokio::time::timeout(Duration::from_millis(50), tally.advanced.notified()).await;
+        let now = tally.delivered.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let cpu = server.cpu_seconds()? - cpu_before;
+    let last = Duration::from_nanos(tally.last_ns.load(Ordering::Relaxed));
+    let elapsed = last
+        .saturating_sub(started.duration_since(tally.epoch))
+        .max(Duration::from_micros(1));
+
+    publisher.close().await;
+    for client in &subscribers {
+        client.close().await;
+    }
+    for task in tasks {
+        task.abort();
+    }
+    let delivered = tally.delivered.load(Ordering::Relaxed);
+    let latency = tally
+        .latency
+        .lock()
+        .map_err(|_| BenchError::Other("a subscriber task panicked".into()))?
+        .clone();
+    let p99 = latency.value_at_quantile(0.99);
+    Ok(FanoutRow {
+        name: format!("fanout-1x{n}"),
+        delivery: kind.name().into(),
+        subscribers: n,
+        sent,
+        delivered,
+        loss_pct: if expected == 0 {
+            0.0
+        } else {
+            (expected - delivered.min(expected)) as f64 * 100.0 / expected as f64
+        },
+        events_per_sec: delivered as f64 / elapsed.as_secs_f64(),
+        p50_us: latency.value_at_quantile(0.5),
+        p99_us: p99,
+        server_cpu_s: (cpu * 100.0).round() / 100.0,
+        mem_per_conn_bytes: mem_per_conn,
+        udp_p50_us: udp_p50,
+        p99_vs_udp: ratio(p99, udp_p50),
+    })
+}
+
+/// Counts, de-duplicates and times one subscriber's events.
+async fn subscribe(mut events: crate::client::Events, index: usize, tally: Arc<Tally>) {
+    let mut h = histogram();
+    let mut newest = 0u64;
+    let mut count = 0u64;
+    while let Some(event) = events.next().await {
+        let Some((seq, sent_at)) = parse(&event.payload) else {
+            continue;
+        };
+        if seq + 1 <= newest {
+            continue;
+        }
+        newest = seq + 1;
+        count += 1;
+        let now = tally.epoch.elapsed();
+        record(&mut h, now.saturating_sub(sent_at));
+        tally.progress[index].store(newest, Ordering::Relaxed);
+        tally.delivered.fetch_add(1, Ordering::Relaxed);
+        tally
+            .last_ns
+            .fetch_max(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        if count % 256 == 0 {
+            tally.advanced.notify_waiters();
+            merge(&tally, &mut h);
+        }
+    }
+    merge(&tally, &mut h);
+}
+
+fn merge(tally: &Tally, h: &mut Histogram<u64>) {
+    if let Ok(mut all) = tally.latency.lock() {
+        let _ = all.add(&*h);
+    }
+    h.reset();
+}
+
+fn payload(seq: u64, sent_at: Duration, size: usize) -> Bytes {
+    let mut p = vec![0u8; size];
+    p[..8].copy_from_slice(&seq.to_le_bytes());
+    let ns = u64::try_from(sent_at.as_nanos()).unwrap_or(u64::MAX);
+    p[8..16].copy_from_slice(&ns.to_le_bytes());
+    Bytes::from(p)
+}
+
+fn parse(payload: &[u8]) -> Option<(u64, Duration)> {
+    let seq = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let ns = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((seq, Duration::from_nanos(ns)))
+}
+
+/// A `quicbus serve` child process on a free loopback port, with its own
+/// development certificates in a temporary directory.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    fn start(config: &FanoutConfig) -> Result<Self, BenchError> {
+        let dir = std::env::temp_dir().join(format!(
+            "quicbus-bench-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let mut child = Command::new(&config.server_exe)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--certs")
+            .arg(&dir)
+            .args(["--worker-threads", &config.server_threads.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(BenchError::io(format!(
+                "starting {} serve",
+                config.server_exe.display()
+            )))?;
+        let addr = match listening_addr(&mut child) {
+            Ok(addr) => addr,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        Ok(ServerProcess { child, addr, dir })
+    }
+
+    fn options(&self) -> ClientOptions {
+        let mut options = ClientOptions::new(self.addr);
+        options.trust = Trust::CaFile(self.dir.join("ca.pem"));
+        options.client_name = "quicbus-bench".into();
+        options.connect_timeout = Duration::from_secs(30);
+        options.reconnect = None;
+        options
+    }
+
+    /// Resident memory, bytes.
+    fn rss(&self) -> Result<u64, BenchError> {
+        let status = proc_file(self.child.id(), "status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| BenchError::Other("no VmRSS in the server's /proc status".into()))
+    }
+
+    /// User + system CPU time so far, seconds.
+    fn cpu_seconds(&self) -> Result<f64, BenchError> {
+        let stat = proc_file(self.child.id(), "stat")?;
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 of the whole line, in clock ticks of 1/100 s.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| BenchError::Other("unreadable /proc stat".into()))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<u64, BenchError> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .ok_or_else(|| BenchError::Other("unreadable /proc stat".into()))
+        };
+        Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn proc_file(pid: u32, name: &str) -> Result<String, BenchError> {
+    let path = Path::new("/proc").join(pid.to_string()).join(name);
+    std::fs::read_to_string(&path).map_err(BenchError::io(format!(
+        "reading {} (the server's CPU and memory are read from /proc, Linux only)",
+        path.display()
+    )))
+}
+
+/// Reads the child's stderr until its "listening on ADDR" line (10 s at most).
+fn listening_addr(child: &mut Child) -> Result<SocketAddr, BenchError> {
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| BenchError::Other("the server's stderr is not piped".into()))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The reader keeps draining stderr for the server's life, so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(sender) = tx.as_ref() {
+                if let Some(addr) = line
+                    .strip_prefix("quicbus listening on ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                {
+                    let _ = sender.send(Ok(addr));
+                    tx = None;
+                } else if line.starts_with("error") {
+                    let _ = sender.send(Err(line));
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(addr)) => Ok(addr),
+        Ok(Err(line)) => Err(BenchError::Other(format!("the server failed: {line}"))),
+        Err(_) => Err(BenchError::Other(
+            "the server did not report its address within 10 s".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_carries_sequence_and_time() {
+        let p = payload(7, Duration::from_nanos(123_456_789), 64);
+        assert_eq!(p.len(), 64);
+        assert_eq!(parse(&p), Some((7, Duration::from_nanos(123_456_789))));
+        assert_eq!(parse(&p[..15]), None);
+    }
+
+    #[test]
+    fn events_per_run_aim_at_two_million_deliveries() {
+        let c = FanoutConfig::new(PathBuf::from("quicbus"));
+        assert_eq!(c.events_for(1), 200_000);
+        assert_eq!(c.events_for(10), 200_000);
+        assert_eq!(c.events_for(100), 20_000);
+        assert_eq!(c.events_for(1000), 2_000);
+        assert_eq!(c.events_for(10_000), 1_000);
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let ok = FanoutConfig::new(PathBuf::from("quicbus"));
+        assert!(ok.validate().is_ok());
+        for bad in [
+            FanoutConfig { subscribers: vec![], ..ok.clone() },
+            FanoutConfig { subscribers: vec![0], ..ok.clone() },
+            FanoutConfig { subscribers: vec![20_000], ..ok.clone() },
+            FanoutConfig { size: 15, ..ok.clone() },
+            FanoutConfig { events: Some(0), ..ok.clone() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

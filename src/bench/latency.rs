@@ -1,0 +1,576 @@
+//! `quicbus bench latency`: how long an event takes, reliable vs datagram,
+//! clean and under loss, beside a raw-UDP echo measured in the same run.
+//!
+//! Layout: the server runs on its own thread and runtime (current-thread by
+//! default, as `quicbus serve`); both clients and, for the netsim scenarios,
+//! the impairment proxy share one current-thread runtime on the calling
+//! thread. Every message carries its sequence number in its first 8 bytes,
+//! and its latency runs from its *intended* send time to its receipt:
+//!
+//! - one in flight (the default): each message is sent when the previous one
+//!   has arrived, or, for a datagram, when it was given up as lost after
+//!   [`LatencyConfig::loss_timeout`];
+//! - paced (`rate`): message `i` is due at `start + i / rate` whether or not
+//!   earlier ones have arrived, so a stall delays every message behind it and
+//!   the figures show it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{curve, histogram, ratio, record, udp_echo, BenchError, Percentiles, Progress};
+use crate::client::{Client, ClientOptions, Delivery, Events, Trust};
+use crate::netsim::{Impairment, Netsim, NetsimConfig, NetsimHandle};
+use crate::server::{Server, ServerConfig, ServerIdentity};
+
+/// Which measurements a run makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// A → server → B → server → A, direct on loopback.
+    Relay,
+    /// Publisher → server → subscriber, direct on loopback.
+    Oneway,
+    /// The relay through netsim at each loss level, with the configured
+    /// delay and jitter.
+    Loss,
+}
+
+/// How events travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// On the room's QUIC stream.
+    Reliable,
+    /// As QUIC datagrams.
+    Datagram,
+}
+
+impl Kind {
+    /// `reliable` or `datagram`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Reliable => "reliable",
+            Kind::Datagram => "datagram",
+        }
+    }
+}
+
+/// Settings of a latency run.
+#[derive(Debug, Clone)]
+pub struct LatencyConfig {
+    /// Measured messages per scenario and delivery kind.
+    pub samples: u64,
+    /// Messages before measuring (connections and caches warm up).
+    pub warmup: u64,
+    /// Payload bytes (at least 8: the sequence number).
+    pub size: usize,
+    /// What to measure, in order.
+    pub scenarios: Vec<Scenario>,
+    /// Loss levels of [`Scenario::Loss`], in percent per packet and direction.
+    pub loss_levels: Vec<f64>,
+    /// One-way delay netsim adds to every packet in each direction.
+    pub delay: Duration,
+    /// Each netsim delay varies within `delay ± jitter`.
+    pub jitter: Duration,
+    /// Paced sending at this many messages per second; `None` = one in flight.
+    pub rate: Option<f64>,
+    /// A datagram not back after this long counts as lost. `None` picks
+    /// 5 ms plus twice the path's worst added delay.
+    pub loss_timeout: Option<Duration>,
+    /// Server worker threads; 0 = current-thread runtime.
+    pub server_threads: usize,
+    /// Seed of netsim's random decisions.
+    pub seed: u64,
+}
+
+impl Default for LatencyConfig {
+    fn default() -> Self {
+        LatencyConfig {
+            samples: 20_000,
+            warmup: 2_000,
+            size: 64,
+            scenarios: vec![Scenario::Relay, Scenario::Oneway, Scenario::Loss],
+            loss_levels: vec![0.0, 1.0, 5.0],
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            rate: None,
+            loss_timeout: None,
+            server_threads: 0,
+            seed: 1,
+        }
+    }
+}
+
+impl LatencyConfig {
+    /// Checks the settings before anything starts.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let fail = |m: String| Err(BenchError::Other(m));
+        if self.samples == 0 {
+            return fail("--samples must be at least 1".into());
+        }
+        if self.size < 8 {
+            return fail(format!(
+                "--size {} is too small: each message carries an 8-byte sequence number",
+                self.size
+            ));
+        }
+        if self.scenarios.is_empty() {
+            return fail("no scenario chosen".into());
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+                return fail(format!("--rate {rate} must be from 0 to 1,000,000 per second"));
+            }
+        }
+        for &loss in &self.loss_levels {
+            let imp = Impairment {
+                loss_pct: loss,
+                delay: self.delay,
+                jitter: self.jitter,
+                ..Impairment::default()
+            };
+            imp.validate().map_err(|e| BenchError::Other(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn loss_timeout_for(&self, through_netsim: bool) -> Duration {
+        self.loss_timeout.unwrap_or_else(|| {
+            let added = if through_netsim {
+                // The relay crosses netsim four times.
+                (self.delay + self.jitter) * 4
+            } else {
+                Duration::ZERO
+            };
+            Duration::from_millis(5) + added * 2
+        })
+    }
+}
+
+/// One scenario and delivery kind: the JSON object and the table row.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyRow {
+    /// `udp-echo`, `relay`, `oneway` or `netsim-loss<N>`.
+    pub name: String,
+    /// `udp`, `reliable` or `datagram`.
+    pub delivery: String,
+    /// Loss netsim applied per packet and direction (0 without netsim).
+    pub loss_pct: f64,
+    /// One-way delay netsim added per crossing, ms.
+    pub delay_ms: f64,
+    /// Jitter netsim added per crossing, ms.
+    pub jitter_ms: f64,
+    /// Measured messages sent.
+    pub sent: u64,
+    /// Measured messages that arrived.
+    pub delivered: u64,
+    #[serde(flatten)]
+    pub latency: Percentiles,
+    /// The raw-UDP echo's p50 in the same run.
+    pub udp_p50_us: u64,
+    /// `p50_us / udp_p50_us`.
+    pub p50_vs_udp: f64,
+    /// `p99_us / udp_p50_us`.
+    pub p99_vs_udp: f64,
+    /// The latency-percentile curve, for the plot.
+    #[serde(skip)]
+    pub curve: Vec<(f64, u64)>,
+}
+
+impl LatencyRow {
+    fn new(name: &str, delivery: &str, h: &Histogram<u64>, sent: u64, udp_p50: u64) -> Self {
+        let latency = Percentiles::of(h);
+        LatencyRow {
+            name: name.to_string(),
+            delivery: delivery.to_string(),
+            loss_pct: 0.0,
+            delay_ms: 0.0,
+            jitter_ms: 0.0,
+            sent,
+            delivered: h.len(),
+            latency,
+            udp_p50_us: udp_p50,
+            p50_vs_udp: ratio(latency.p50_us, udp_p50),
+            p99_vs_udp: ratio(latency.p99_us, udp_p50),
+            curve: curve(h),
+        }
+    }
+}
+
+/// Runs every configured scenario; the first row is the UDP baseline.
+pub fn run(config: &LatencyConfig, progress: &Progress) -> Result<Vec<LatencyRow>, BenchError> {
+    config.validate()?;
+    progress.step("udp echo");
+    let udp = udp_echo(config.samples, config.warmup, config.size, progress)?;
+    let udp_p50 = udp.value_at_quantile(0.5);
+    let baseline = LatencyRow::new("udp-echo", "udp", &udp, config.samples, udp_p50);
+    progress.finish(&format!("p50 {} µs", baseline.latency.p50_us));
+
+    // The server on its own thread and runtime.
+    let dev = crate::certs::generate(&[]).map_err(|e| BenchError::Other(e.to_string()))?;
+    let identity =
+        ServerIdentity::from_dev_certs(&dev).map_err(|e| BenchError::Other(e.to_string()))?;
+    let runtime = crate::server::runtime(config.server_threads)
+        .map_err(BenchError::io("starting the server runtime"))?;
+    let server_config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..ServerConfig::default()
+    };
+    let server = runtime
+        .block_on(async { Server::bind(server_config, identity) })
+        .map_err(|e| BenchError::Other(format!("starting the server: {e}")))?;
+    let addr = server.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_thread = std::thread::spawn(move || {
+        runtime.block_on(server.run(async {
+            let _ = stop_rx.await;
+        }))
+    });
+
+    let clients = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::io("starting the client runtime"))?;
+    let result = clients.block_on(scenarios(config, addr, &dev.ca_pem, udp_p50, progress));
+    let _ = stop_tx.send(());
+    let _ = server_thread.join();
+    let mut rows = vec![baseline];
+    rows.extend(result?);
+    Ok(rows)
+}
+
+async fn scenarios(
+    config: &LatencyConfig,
+    server: SocketAddr,
+    ca_pem: &str,
+    udp_p50: u64,
+    progress: &Progress,
+) -> Result<Vec<LatencyRow>, BenchError> {
+    let mut rows = Vec::new();
+    for scenario in &config.scenarios {
+        match scenario {
+            Scenario::Relay | Scenario::Oneway => {
+                let name = if *scenario == Scenario::Relay { "relay" } else { "oneway" };
+                for kind in [Kind::Reliable, Kind::Datagram] {
+                    progress.step(&format!("{name} {}", kind.name()));
+                    let pair = Pair::connect(server, ca_pem).await?;
+                    let timeout = config.loss_timeout_for(false);
+                    let (h, sent) = pair
+                        .measure(config, kind, *scenario == Scenario::Relay, timeout, progress)
+                        .await?;
+                    let row = LatencyRow::new(name, kind.name(), &h, sent, udp_p50);
+                    progress.finish(&summary(&row));
+                    rows.push(row);
+                }
+            }
+            Scenario::Loss => {
+                for &loss in &config.loss_levels {
+                    let name = format!("netsim-loss{loss}");
+                    for kind in [Kind::Reliable, Kind::Datagram] {
+                        progress.step(&format!("{name} {}", kind.name()));
+                        let netsim = impaired(config, server, loss).await?;
+                        let pair = Pair::connect(netsim.local_addr(), ca_pem).await?;
+                        let timeout = config.loss_timeout_for(true);
+                        let measured = pair.measure(config, kind, true, timeout, progress).await;
+                        netsim.shutdown().await;
+                        let (h, sent) = measured?;
+                        let mut row = LatencyRow::new(&name, kind.name(), &h, sent, udp_p50);
+                        row.loss_pct = loss;
+                        row.delay_ms = config.delay.as_secs_f64() * 1000.0;
+                        row.jitter_ms = config.jitter.as_secs_f64() * 1000.0;
+                        progress.finish(&summary(&row));
+                        rows.push(row);
+                    }
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn summary(row: &LatencyRow) -> String {
+    format!(
+        "p50 {} µs, p99 {} µs, {}/{} delivered",
+        row.latency.p50_us, row.latency.p99_us, row.delivered, row.sent
+    )
+}
+
+/// netsim in front of `server`, impairing both directions alike.
+async fn impaired(
+    config: &LatencyConfig,
+    server: SocketAddr,
+    loss: f64,
+) -> Result<NetsimHandle, BenchError> {
+    let impairment = Impairment {
+        loss_pct: loss,
+        delay: config.delay,
+        jitter: config.jitter,
+        ..Impairment::default()
+    };
+    let mut netsim = NetsimConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), server);
+    netsim.up = impairment;
+    netsim.down = impairment;
+    netsim.seed = config.seed;
+    Netsim::start(netsim)
+        .await
+        .map_err(|e| BenchError::Other(format!("starting netsim: {e}")))
+}
+
+/// Client A (the sender) and client B (the receiver or bouncer).
+struct Pair {
+    a: Client,
+    a_events: Events,
+    b: Client,
+    b_events: Events,
+}
+
+impl Pair {
+    async fn connect(server: SocketAddr, ca_pem: &str) -> Result<Pair, BenchError> {
+        let mut options = ClientOptions::new(server);
+        options.trust = Trust::CaPem(ca_pem.to_string());
+        options.client_name = "quicbus-bench".into();
+        // A handshake through 5% loss may need a few retransmissions.
+        options.connect_timeout = Duration::from_secs(15);
+        // A benchmark reports a lost connection instead of hiding it.
+        options.reconnect = None;
+        let (a, a_events) = Client::connect(options.clone())
+            .await
+            .map_err(BenchError::client("connecting client A"))?;
+        let (b, b_events) = Client::connect(options)
+            .await
+            .map_err(BenchError::client("connecting client B"))?;
+        Ok(Pair {
+            a,
+            a_events,
+            b,
+            b_events,
+        })
+    }
+
+    /// Sends warm-up then measured messages from A to room `ping`. In a
+    /// relay, B bounces each one to room `pong` and A receives it; one-way,
+    /// B receives it. Returns the histogram and the measured messages sent.
+    async fn measure(
+        self,
+        config: &LatencyConfig,
+        kind: Kind,
+        relay: bool,
+        loss_timeout: Duration,
+        progress: &Progress,
+    ) -> Result<(Histogram<u64>, u64), BenchError> {
+        let Pair {
+            a,
+            a_events,
+            b,
+            mut b_events,
+        } = self;
+        b.join("ping").await.map_err(BenchError::client("B joins ping"))?;
+        let (mut events, bouncer) = if relay {
+            a.join("pong").await.map_err(BenchError::client("A joins pong"))?;
+            let bouncer_client = b.clone();
+            let bouncer = tokio::spawn(async move {
+                while let Some(event) = b_events.next().await {
+                    let sent = match event.delivery {
+                        Delivery::Reliable { .. } => {
+                            bouncer_client.emit("pong", "m", event.payload).await
+                        }
+                        Delivery::Datagram { .. } => {
+                            bouncer_client.emit_datagram("pong", "m", event.payload).await
+                        }
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            });
+            (a_events, Some(bouncer))
+        } else {
+            (b_events, None)
+        };
+        let result = match config.rate {
+            None => one_in_flight(&a, &mut events, config, kind, loss_timeout, progress).await,
+            Some(rate) => paced(&a, &mut events, config, kind, rate, loss_timeout, progress).await,
+        };
+        if let Some(bouncer) = bouncer {
+            bouncer.abort();
+        }
+        a.close().await;
+        b.close().await;
+        result
+    }
+}
+
+/// A payload of `size` bytes starting with `seq`.
+fn payload(seq: u64, size: usize) -> Bytes {
+    let mut p = vec![0u8; size];
+    p[..8].copy_from_slice(&seq.to_le_bytes());
+    Bytes::from(p)
+}
+
+fn seq_of(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(payload.get(..8)?.try_into().ok()?))
+}
+
+async fn emit(a: &Client, kind: Kind, seq: u64, size: usize) -> Result<(), BenchError> {
+    let p = payload(seq, size);
+    match kind {
+        Kind::Reliable => a.emit("ping", "m", p).await,
+        Kind::Datagram => a.emit_datagram("ping", "m", p).await,
+    }
+    .map_err(BenchError::client(format!("emitting message {seq}")))
+}
+
+/// How long a reliable message may take before the run fails: it must
+/// arrive, however slowly.
+const RELIABLE_LIMIT: Duration = Duration::from_secs(20);
+
+async fn one_in_flight(
+    a: &Client,
+    events: &mut Events,
+    config: &LatencyConfig,
+    kind: Kind,
+    loss_timeout: Duration,
+    progress: &Progress,
+) -> Result<(Histogram<u64>, u64), BenchError> {
+    let mut h = histogram();
+    let total = config.warmup + config.samples;
+    let limit = match kind {
+        Kind::Reliable => RELIABLE_LIMIT,
+        Kind::Datagram => loss_timeout,
+    };
+    for seq in 0..total {
+        let intended = Instant::now();
+        emit(a, kind, seq, config.size).await?;
+        let deadline = tokio::time::Instant::from_std(intended + limit);
+        loop {
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(event)) if seq_of(&event.payload) == Some(seq) => {
+                    if seq >= config.warmup {
+                        record(&mut h, intended.elapsed());
+                    }
+                    break;
+                }
+                // A late datagram given up earlier.
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    return Err(BenchError::Other(format!(
+                        "the connection closed during message {seq}: {}",
+                        a.closed().await
+                    )))
+                }
+                Err(_) if kind == Kind::Datagram => break,
+                Err(_) => {
+                    return Err(BenchError::Other(format!(
+                        "reliable message {seq} did not arrive within {RELIABLE_LIMIT:?}"
+                    )))
+                }
+            }
+        }
+        progress.tick(seq + 1, total);
+    }
+    Ok((h, config.samples))
+}
+
+async fn paced(
+    a: &Client,
+    events: &mut Events,
+    config: &LatencyConfig,
+    kind: Kind,
+    rate: f64,
+    loss_timeout: Duration,
+    progress: &Progress,
+) -> Result<(Histogram<u64>, u64), BenchError> {
+    let mut h = histogram();
+    let total = config.warmup + config.samples;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(1);
+    let due = |seq: u64| start + interval.mul_f64(seq as f64);
+    let limit = match kind {
+        Kind::Reliable => RELIABLE_LIMIT,
+        Kind::Datagram => loss_timeout,
+    };
+    let mut next = 0u64;
+    let mut received = 0u64;
+    let mut newest = None::<u64>;
+    loop {
+        // After the last send, wait for stragglers up to the limit.
+        let end = tokio::time::Instant::from_std(due(total.saturating_sub(1)) + limit);
+        tokio::select! {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(due(next))), if next < total => {
+                emit(a, kind, next, config.size).await?;
+                next += 1;
+                progress.tick(next, total);
+            }
+            event = events.next() => {
+                let Some(event) = event else {
+                    return Err(BenchError::Other(format!(
+                        "the connection closed: {}", a.closed().await
+                    )));
+                };
+                let Some(seq) = seq_of(&event.payload) else { continue };
+                // Datagrams never repeat; reliable events arrive in order.
+                if seq < total && newest.is_none_or(|n| seq > n) {
+                    newest = Some(seq);
+                    received += 1;
+                    if seq >= config.warmup {
+                        record(&mut h, due(seq).elapsed());
+                    }
+                }
+                if received == total {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(end), if next == total => {
+                if kind == Kind::Reliable {
+                    return Err(BenchError::Other(format!(
+                        "{} of {total} reliable messages did not arrive within {RELIABLE_LIMIT:?}",
+                        total - received
+                    )));
+                }
+                break;
+            }
+        }
+    }
+    Ok((h, config.samples))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_carries_its_sequence() {
+        let p = payload(0x0102_0304_0506_0708, 64);
+        assert_eq!(p.len(), 64);
+        assert_eq!(seq_of(&p), Some(0x0102_0304_0506_0708));
+        assert_eq!(seq_of(&p[..7]), None);
+    }
+
+    #[test]
+    fn config_is_checked() {
+        assert!(LatencyConfig::default().validate().is_ok());
+        let bad = [
+            LatencyConfig { size: 7, ..LatencyConfig::default() },
+            LatencyConfig { samples: 0, ..LatencyConfig::default() },
+            LatencyConfig { rate: Some(0.0), ..LatencyConfig::default() },
+            LatencyConfig { loss_levels: vec![101.0], ..LatencyConfig::default() },
+            LatencyConfig { scenarios: vec![], ..LatencyConfig::default() },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn loss_timeout_grows_with_the_added_delay() {
+        let c = LatencyConfig {
+            delay: Duration::from_millis(10),
+            jitter: Duration::from_millis(2),
+            ..LatencyConfig::default()
+        };
+        assert_eq!(c.loss_timeout_for(false), Duration::from_millis(5));
+        assert_eq!(c.loss_timeout_for(true), Duration::from_millis(5 + 96));
+    }
+}
