@@ -86,6 +86,13 @@ pub struct TransportSettings {
     pub datagram_receive_buffer: usize,
     /// Bytes of outgoing datagrams buffered before the oldest are dropped.
     pub datagram_send_buffer: usize,
+    /// The longest the peer may hold back an ACK (asked for with the QUIC
+    /// ACK-frequency extension; the RFC 9000 default is 25 ms). A lost
+    /// packet with nothing sent after it is only retransmitted after the
+    /// probe timeout, which includes this delay: on loopback it decides the
+    /// tail latency of reliable events under loss. `None` leaves the
+    /// peer's default.
+    pub max_ack_delay: Option<Duration>,
 }
 
 impl Default for TransportSettings {
@@ -96,6 +103,7 @@ impl Default for TransportSettings {
             max_uni_streams: 1024,
             datagram_receive_buffer: 2 * 1024 * 1024,
             datagram_send_buffer: 2 * 1024 * 1024,
+            max_ack_delay: Some(Duration::from_millis(1)),
         }
     }
 }
@@ -112,6 +120,11 @@ impl TransportSettings {
         t.max_concurrent_bidi_streams(4u32.into());
         t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
         t.datagram_send_buffer_size(self.datagram_send_buffer);
+        if let Some(delay) = self.max_ack_delay {
+            let mut ack = quinn::AckFrequencyConfig::default();
+            ack.max_ack_delay(Some(delay));
+            t.ack_frequency_config(Some(ack));
+        }
         Ok(t)
     }
 }

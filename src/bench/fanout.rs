@@ -352,7 +352,7 @@ async fn subscribe(mut events: crate::client::Events, index: usize, tally: Arc<T
         let Some((seq, sent_at)) = parse(&event.payload) else {
             continue;
         };
-        if seq + 1 <= newest {
+        if seq < newest {
             continue;
         }
         newest = seq + 1;
@@ -361,9 +361,10 @@ async fn subscribe(mut events: crate::client::Events, index: usize, tally: Arc<T
         record(&mut h, now.saturating_sub(sent_at));
         tally.progress[index].store(newest, Ordering::Relaxed);
         tally.delivered.fetch_add(1, Ordering::Relaxed);
-        tally
-            .last_ns
-            .fetch_max(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        tally.last_ns.fetch_max(
+            u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if count % 256 == 0 {
             tally.advanced.notify_waiters();
             merge(&tally, &mut h);
@@ -554,11 +555,26 @@ mod tests {
         let ok = FanoutConfig::new(PathBuf::from("quicbus"));
         assert!(ok.validate().is_ok());
         for bad in [
-            FanoutConfig { subscribers: vec![], ..ok.clone() },
-            FanoutConfig { subscribers: vec![0], ..ok.clone() },
-            FanoutConfig { subscribers: vec![20_000], ..ok.clone() },
-            FanoutConfig { size: 15, ..ok.clone() },
-            FanoutConfig { events: Some(0), ..ok.clone() },
+            FanoutConfig {
+                subscribers: vec![],
+                ..ok.clone()
+            },
+            FanoutConfig {
+                subscribers: vec![0],
+                ..ok.clone()
+            },
+            FanoutConfig {
+                subscribers: vec![20_000],
+                ..ok.clone()
+            },
+            FanoutConfig {
+                size: 15,
+                ..ok.clone()
+            },
+            FanoutConfig {
+                events: Some(0),
+                ..ok.clone()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

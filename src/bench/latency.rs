@@ -121,7 +121,9 @@ impl LatencyConfig {
         }
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
-                return fail(format!("--rate {rate} must be from 0 to 1,000,000 per second"));
+                return fail(format!(
+                    "--rate {rate} must be from 0 to 1,000,000 per second"
+                ));
             }
         }
         for &loss in &self.loss_levels {
@@ -131,7 +133,8 @@ impl LatencyConfig {
                 jitter: self.jitter,
                 ..Impairment::default()
             };
-            imp.validate().map_err(|e| BenchError::Other(e.to_string()))?;
+            imp.validate()
+                .map_err(|e| BenchError::Other(e.to_string()))?;
         }
         Ok(())
     }
@@ -252,13 +255,23 @@ async fn scenarios(
     for scenario in &config.scenarios {
         match scenario {
             Scenario::Relay | Scenario::Oneway => {
-                let name = if *scenario == Scenario::Relay { "relay" } else { "oneway" };
+                let name = if *scenario == Scenario::Relay {
+                    "relay"
+                } else {
+                    "oneway"
+                };
                 for kind in [Kind::Reliable, Kind::Datagram] {
                     progress.step(&format!("{name} {}", kind.name()));
                     let pair = Pair::connect(server, ca_pem).await?;
                     let timeout = config.loss_timeout_for(false);
                     let (h, sent) = pair
-                        .measure(config, kind, *scenario == Scenario::Relay, timeout, progress)
+                        .measure(
+                            config,
+                            kind,
+                            *scenario == Scenario::Relay,
+                            timeout,
+                            progress,
+                        )
                         .await?;
                     let row = LatencyRow::new(name, kind.name(), &h, sent, udp_p50);
                     progress.finish(&summary(&row));
@@ -366,9 +379,13 @@ impl Pair {
             b,
             mut b_events,
         } = self;
-        b.join("ping").await.map_err(BenchError::client("B joins ping"))?;
+        b.join("ping")
+            .await
+            .map_err(BenchError::client("B joins ping"))?;
         let (mut events, bouncer) = if relay {
-            a.join("pong").await.map_err(BenchError::client("A joins pong"))?;
+            a.join("pong")
+                .await
+                .map_err(BenchError::client("A joins pong"))?;
             let bouncer_client = b.clone();
             let bouncer = tokio::spawn(async move {
                 while let Some(event) = b_events.next().await {
@@ -377,7 +394,9 @@ impl Pair {
                             bouncer_client.emit("pong", "m", event.payload).await
                         }
                         Delivery::Datagram { .. } => {
-                            bouncer_client.emit_datagram("pong", "m", event.payload).await
+                            bouncer_client
+                                .emit_datagram("pong", "m", event.payload)
+                                .await
                         }
                     };
                     if sent.is_err() {
@@ -552,11 +571,26 @@ mod tests {
     fn config_is_checked() {
         assert!(LatencyConfig::default().validate().is_ok());
         let bad = [
-            LatencyConfig { size: 7, ..LatencyConfig::default() },
-            LatencyConfig { samples: 0, ..LatencyConfig::default() },
-            LatencyConfig { rate: Some(0.0), ..LatencyConfig::default() },
-            LatencyConfig { loss_levels: vec![101.0], ..LatencyConfig::default() },
-            LatencyConfig { scenarios: vec![], ..LatencyConfig::default() },
+            LatencyConfig {
+                size: 7,
+                ..LatencyConfig::default()
+            },
+            LatencyConfig {
+                samples: 0,
+                ..LatencyConfig::default()
+            },
+            LatencyConfig {
+                rate: Some(0.0),
+                ..LatencyConfig::default()
+            },
+            LatencyConfig {
+                loss_levels: vec![101.0],
+                ..LatencyConfig::default()
+            },
+            LatencyConfig {
+                scenarios: vec![],
+                ..LatencyConfig::default()
+            },
         ];
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");

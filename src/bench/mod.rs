@@ -69,7 +69,9 @@ pub fn histogram() -> Histogram<u64> {
 
 /// Records `d` in microseconds (at least 1; clamped to the histogram's top).
 pub fn record(h: &mut Histogram<u64>, d: Duration) {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).clamp(1, h.high());
+    let us = u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, h.high());
     h.saturating_record(us);
 }
 
@@ -111,7 +113,8 @@ pub fn curve(h: &Histogram<u64>) -> Vec<(f64, u64)> {
     let max_nines = (h.len() as f64).log10().max(1.0);
     let steps = 60;
     for i in 0..=steps {
-        let nines = 0.30103 + (max_nines - 0.30103) * i as f64 / steps as f64;
+        let median = std::f64::consts::LOG10_2;
+        let nines = median + (max_nines - median) * i as f64 / steps as f64;
         let q = 1.0 - 10f64.powf(-nines);
         points.push((q, h.value_at_quantile(q)));
     }

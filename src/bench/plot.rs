@@ -88,13 +88,25 @@ pub fn latency_svg(path: &Path, rows: &[LatencyRow], title: &str) -> Result<(), 
         let mut series: Vec<(&LatencyRow, RGBColor)> = rows
             .iter()
             .filter(|r| r.name == *name)
-            .map(|r| (r, if r.delivery == "datagram" { DATAGRAM } else { RELIABLE }))
+            .map(|r| {
+                (
+                    r,
+                    if r.delivery == "datagram" {
+                        DATAGRAM
+                    } else {
+                        RELIABLE
+                    },
+                )
+            })
             .collect();
         if let Some(udp) = udp {
             series.push((udp, UDP));
         }
         for (row, color) in series {
-            let points = row.curve.iter().map(|&(q, us)| (nines(q), us.max(1) as f64));
+            let points = row
+                .curve
+                .iter()
+                .map(|&(q, us)| (nines(q), us.max(1) as f64));
             let label = if row.delivery == "udp" {
                 "raw UDP echo".to_string()
             } else {
@@ -107,7 +119,9 @@ pub fn latency_svg(path: &Path, rows: &[LatencyRow], title: &str) -> Result<(), 
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(plot_error)?
                 .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -134,7 +148,9 @@ pub fn fanout_svg(path: &Path, rows: &[FanoutRow], title: &str) -> Result<(), Be
 
     type Metric = fn(&FanoutRow) -> f64;
     let metrics: [(&str, &str, Metric); 2] = [
-        ("delivered events/s", "events/s", |r| r.events_per_sec.max(1.0)),
+        ("delivered events/s", "events/s", |r| {
+            r.events_per_sec.max(1.0)
+        }),
         ("p99 latency under load", "µs", |r| r.p99_us.max(1) as f64),
     ];
     for (panel, (caption, unit, metric)) in panels.iter().zip(metrics) {
@@ -168,9 +184,15 @@ pub fn fanout_svg(path: &Path, rows: &[FanoutRow], title: &str) -> Result<(), Be
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                 .map_err(plot_error)?
                 .label(delivery)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
             chart
-                .draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 4, color.filled())),
+                )
                 .map_err(plot_error)?;
         }
         chart

@@ -62,7 +62,7 @@ impl Progress {
             return;
         }
         state.last = Instant::now();
-        let pct = if total == 0 { 100 } else { done * 100 / total };
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
         eprint!("\r\x1b[2K{} {done}/{total} ({pct}%)", state.step);
         let _ = std::io::stderr().flush();
     }

@@ -20,7 +20,9 @@ pub fn udp_echo(
     progress: &Progress,
 ) -> Result<Histogram<u64>, BenchError> {
     let server = UdpSocket::bind("127.0.0.1:0").map_err(BenchError::io("binding UDP echo"))?;
-    let addr = server.local_addr().map_err(BenchError::io("UDP echo address"))?;
+    let addr = server
+        .local_addr()
+        .map_err(BenchError::io("UDP echo address"))?;
     server
         .set_read_timeout(Some(ECHO_IDLE))
         .map_err(BenchError::io("UDP echo timeout"))?;
@@ -38,7 +40,9 @@ pub fn udp_echo(
         }
     });
     let client = UdpSocket::bind("127.0.0.1:0").map_err(BenchError::io("binding UDP client"))?;
-    client.connect(addr).map_err(BenchError::io("UDP connect"))?;
+    client
+        .connect(addr)
+        .map_err(BenchError::io("UDP connect"))?;
     client
         .set_read_timeout(Some(Duration::from_millis(100)))
         .map_err(BenchError::io("UDP client timeout"))?;
@@ -59,7 +63,14 @@ pub fn udp_echo(
                     break;
                 }
                 Ok(_) => continue,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
                 Err(e) => return Err(BenchError::io("UDP receive")(e)),
             }
         }

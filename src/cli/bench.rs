@@ -187,8 +187,17 @@ fn latency(args: LatencyArgs) -> CliResult {
 fn print_latency(rows: &[LatencyRow]) {
     println!(
         "{:<16} {:<9} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
-        "scenario", "delivery", "loss%", "delivered/sent", "p50µs", "p90µs", "p99µs", "p99.9µs",
-        "maxµs", "p50/udp", "p99/udp"
+        "scenario",
+        "delivery",
+        "loss%",
+        "delivered/sent",
+        "p50µs",
+        "p90µs",
+        "p99µs",
+        "p99.9µs",
+        "maxµs",
+        "p50/udp",
+        "p99/udp"
     );
     for r in rows {
         println!(
@@ -233,17 +242,30 @@ fn fanout(args: FanoutArgs) -> CliResult {
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
     let rows = quicbus::bench::fanout::run(&config, &progress)?;
-    let title = format!("quicbus fan-out: 1 publisher → N subscribers, {} B events", args.size);
+    let title = format!(
+        "quicbus fan-out: 1 publisher → N subscribers, {} B events",
+        args.size
+    );
     println!("{title}\nmachine: {}\n", machine());
     print_fanout(&rows);
-    write_outputs(&args.output, &rows, |path| plot::fanout_svg(path, &rows, &title))
+    write_outputs(&args.output, &rows, |path| {
+        plot::fanout_svg(path, &rows, &title)
+    })
 }
 
 fn print_fanout(rows: &[FanoutRow]) {
     println!(
         "{:<9} {:>6} {:>9} {:>12} {:>7} {:>12} {:>7} {:>8} {:>8} {:>11}",
-        "delivery", "subs", "sent", "delivered", "loss%", "events/s", "p50µs", "p99µs",
-        "cpu s", "B/conn"
+        "delivery",
+        "subs",
+        "sent",
+        "delivered",
+        "loss%",
+        "events/s",
+        "p50µs",
+        "p99µs",
+        "cpu s",
+        "B/conn"
     );
     for r in rows {
         println!(

@@ -112,7 +112,13 @@ impl Default for ServerConfig {
             token: None,
             history: HistoryLimits::default(),
             resume_window: Duration::from_secs(120),
-            transport: TransportSettings::default(),
+            transport: TransportSettings {
+                // Clients' publish streams, one per room a client publishes
+                // to. quinn keeps an entry per stream it allows, so this
+                // limit is memory every connection holds even when idle.
+                max_uni_streams: 256,
+                ..TransportSettings::default()
+            },
         }
     }
 }

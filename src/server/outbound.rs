@@ -37,7 +37,8 @@ impl DatagramRing {
     /// A ring holding at most `capacity` datagrams (at least one).
     pub fn new(capacity: usize) -> Self {
         DatagramRing {
-            queue: Mutex::new(VecDeque::with_capacity(capacity.clamp(1, 1024))),
+            // Grows only while datagrams wait: an idle connection holds none.
+            queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             ready: Notify::new(),
             dropped: AtomicU64::new(0),
