@@ -271,6 +271,7 @@ async fn wrong_protocol_version_is_a_typed_error_on_the_client() {
         token: None,
         client_name: "future".into(),
         resume: None,
+        copies: false,
     })
     .await;
     assert!(matches!(

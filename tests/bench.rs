@@ -96,7 +96,7 @@ fn bench_latency_writes_every_field_with_sane_values() {
         .collect();
     let mut expected = vec![("udp-echo".to_string(), "udp".to_string())];
     for name in ["relay", "oneway", "netsim-loss0", "netsim-loss5"] {
-        for delivery in ["reliable", "datagram"] {
+        for delivery in ["reliable", "reliable+copies", "datagram"] {
             expected.push((name.to_string(), delivery.to_string()));
         }
     }

@@ -19,6 +19,7 @@ async fn hello(
         token: None,
         client_name: "raw".into(),
         resume,
+        copies: false,
     })
     .await;
     match peer.next_control().await {

@@ -224,7 +224,7 @@ async fn one_run(
     for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
         let mut connecting = Vec::new();
         for &i in batch {
-            let options = server.options();
+            let options = server.options(kind);
             connecting.push(tokio::spawn(async move {
                 let (client, events) = Client::connect(options)
                     .await
@@ -249,7 +249,7 @@ async fn one_run(
     let joined_rss = server.rss()?;
     let mem_per_conn = joined_rss.saturating_sub(idle_rss) / n as u64;
 
-    let (publisher, _publisher_events) = Client::connect(server.options())
+    let (publisher, _publisher_events) = Client::connect(server.options(kind))
         .await
         .map_err(BenchError::client("connecting the publisher"))?;
     let total = config.events_for(n);
@@ -260,9 +260,10 @@ async fn one_run(
     // How long the publisher waits for the slowest subscriber before it goes
     // on anyway: a subscriber that lost its newest datagrams advances only
     // when later ones arrive.
-    let patience = match kind {
-        Kind::Reliable => STALL,
-        Kind::Datagram => Duration::from_millis(50),
+    let patience = if kind.is_reliable() {
+        STALL
+    } else {
+        Duration::from_millis(50)
     };
     while sent < total && Instant::now() < deadline {
         // Stay within WINDOW of the slowest subscriber.
@@ -277,7 +278,7 @@ async fn one_run(
         }
         let payload = payload(sent, tally.epoch.elapsed(), config.size);
         match kind {
-            Kind::Reliable => publisher.emit("fanout", "e", payload).await,
+            Kind::Reliable | Kind::Copies => publisher.emit("fanout", "e", payload).await,
             Kind::Datagram => publisher.emit_datagram("fanout", "e", payload).await,
         }
         .map_err(BenchError::client(format!("publishing event {sent}")))?;
@@ -290,9 +291,10 @@ async fn one_run(
     let expected = sent * n as u64;
     let mut seen = tally.delivered.load(Ordering::Relaxed);
     let mut quiet_since = Instant::now();
-    let quiet = match kind {
-        Kind::Reliable => STALL,
-        Kind::Datagram => Duration::from_millis(500),
+    let quiet = if kind.is_reliable() {
+        STALL
+    } else {
+        Duration::from_millis(500)
     };
     while seen < expected && quiet_since.elapsed() < quiet && Instant::now() < deadline + STALL {
         let _ = tokio::time::timeout(Duration::from_millis(50), tally.advanced.notified()).await;
@@ -437,8 +439,9 @@ impl ServerProcess {
         Ok(ServerProcess { child, addr, dir })
     }
 
-    fn options(&self) -> ClientOptions {
+    fn options(&self, kind: Kind) -> ClientOptions {
         let mut options = ClientOptions::new(self.addr);
+        options.copies = kind == Kind::Copies;
         options.trust = Trust::CaFile(self.dir.join("ca.pem"));
         options.client_name = "quicbus-bench".into();
         options.connect_timeout = Duration::from_secs(30);

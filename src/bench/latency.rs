@@ -43,6 +43,8 @@ pub enum Scenario {
 pub enum Kind {
     /// On the room's QUIC stream.
     Reliable,
+    /// On the stream and as a datagram copy ([`ClientOptions::copies`]).
+    Copies,
     /// As QUIC datagrams.
     Datagram,
 }
@@ -52,8 +54,14 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Reliable => "reliable",
+            Kind::Copies => "reliable+copies",
             Kind::Datagram => "datagram",
         }
+    }
+
+    /// Whether every event must arrive (stream delivery).
+    pub fn is_reliable(self) -> bool {
+        self != Kind::Datagram
     }
 }
 
@@ -83,6 +91,8 @@ pub struct LatencyConfig {
     pub server_threads: usize,
     /// Seed of netsim's random decisions.
     pub seed: u64,
+    /// Also measure reliable events sent with datagram copies.
+    pub copies: bool,
 }
 
 impl Default for LatencyConfig {
@@ -99,11 +109,20 @@ impl Default for LatencyConfig {
             loss_timeout: None,
             server_threads: 0,
             seed: 1,
+            copies: true,
         }
     }
 }
 
 impl LatencyConfig {
+    fn kinds(&self) -> Vec<Kind> {
+        if self.copies {
+            vec![Kind::Reliable, Kind::Copies, Kind::Datagram]
+        } else {
+            vec![Kind::Reliable, Kind::Datagram]
+        }
+    }
+
     /// Checks the settings before anything starts.
     pub fn validate(&self) -> Result<(), BenchError> {
         let fail = |m: String| Err(BenchError::Other(m));
@@ -260,9 +279,9 @@ async fn scenarios(
                 } else {
                     "oneway"
                 };
-                for kind in [Kind::Reliable, Kind::Datagram] {
+                for kind in config.kinds() {
                     progress.step(&format!("{name} {}", kind.name()));
-                    let pair = Pair::connect(server, ca_pem).await?;
+                    let pair = Pair::connect(server, ca_pem, kind).await?;
                     let timeout = config.loss_timeout_for(false);
                     let (h, sent) = pair
                         .measure(
@@ -281,10 +300,10 @@ async fn scenarios(
             Scenario::Loss => {
                 for &loss in &config.loss_levels {
                     let name = format!("netsim-loss{loss}");
-                    for kind in [Kind::Reliable, Kind::Datagram] {
+                    for kind in config.kinds() {
                         progress.step(&format!("{name} {}", kind.name()));
                         let netsim = impaired(config, server, loss).await?;
-                        let pair = Pair::connect(netsim.local_addr(), ca_pem).await?;
+                        let pair = Pair::connect(netsim.local_addr(), ca_pem, kind).await?;
                         let timeout = config.loss_timeout_for(true);
                         let measured = pair.measure(config, kind, true, timeout, progress).await;
                         netsim.shutdown().await;
@@ -340,8 +359,9 @@ struct Pair {
 }
 
 impl Pair {
-    async fn connect(server: SocketAddr, ca_pem: &str) -> Result<Pair, BenchError> {
+    async fn connect(server: SocketAddr, ca_pem: &str, kind: Kind) -> Result<Pair, BenchError> {
         let mut options = ClientOptions::new(server);
+        options.copies = kind == Kind::Copies;
         options.trust = Trust::CaPem(ca_pem.to_string());
         options.client_name = "quicbus-bench".into();
         // A handshake through 5% loss may need a few retransmissions.
@@ -435,7 +455,7 @@ fn seq_of(payload: &[u8]) -> Option<u64> {
 async fn emit(a: &Client, kind: Kind, seq: u64, size: usize) -> Result<(), BenchError> {
     let p = payload(seq, size);
     match kind {
-        Kind::Reliable => a.emit("ping", "m", p).await,
+        Kind::Reliable | Kind::Copies => a.emit("ping", "m", p).await,
         Kind::Datagram => a.emit_datagram("ping", "m", p).await,
     }
     .map_err(BenchError::client(format!("emitting message {seq}")))
@@ -455,9 +475,10 @@ async fn one_in_flight(
 ) -> Result<(Histogram<u64>, u64), BenchError> {
     let mut h = histogram();
     let total = config.warmup + config.samples;
-    let limit = match kind {
-        Kind::Reliable => RELIABLE_LIMIT,
-        Kind::Datagram => loss_timeout,
+    let limit = if kind.is_reliable() {
+        RELIABLE_LIMIT
+    } else {
+        loss_timeout
     };
     for seq in 0..total {
         let intended = Instant::now();
@@ -506,9 +527,10 @@ async fn paced(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now() + Duration::from_millis(1);
     let due = |seq: u64| start + interval.mul_f64(seq as f64);
-    let limit = match kind {
-        Kind::Reliable => RELIABLE_LIMIT,
-        Kind::Datagram => loss_timeout,
+    let limit = if kind.is_reliable() {
+        RELIABLE_LIMIT
+    } else {
+        loss_timeout
     };
     let mut next = 0u64;
     let mut received = 0u64;
@@ -542,7 +564,7 @@ async fn paced(
                 }
             }
             _ = tokio::time::sleep_until(end), if next == total => {
-                if kind == Kind::Reliable {
+                if kind.is_reliable() {
                     return Err(BenchError::Other(format!(
                         "{} of {total} reliable messages did not arrive within {RELIABLE_LIMIT:?}",
                         total - received

@@ -15,7 +15,17 @@ use super::BenchError;
 
 const RELIABLE: RGBColor = RGBColor(31, 119, 180);
 const DATAGRAM: RGBColor = RGBColor(230, 120, 20);
+const COPIES: RGBColor = RGBColor(44, 160, 44);
 const UDP: RGBColor = RGBColor(120, 120, 120);
+
+fn color(delivery: &str) -> RGBColor {
+    match delivery {
+        "datagram" => DATAGRAM,
+        "reliable+copies" => COPIES,
+        "udp" => UDP,
+        _ => RELIABLE,
+    }
+}
 
 fn plot_error(e: impl std::fmt::Display) -> BenchError {
     BenchError::Other(format!("drawing the plot: {e}"))
@@ -171,7 +181,8 @@ pub fn fanout_svg(path: &Path, rows: &[FanoutRow], title: &str) -> Result<(), Be
             .y_label_formatter(&|y| format_si(*y))
             .draw()
             .map_err(plot_error)?;
-        for (delivery, color) in [("reliable", RELIABLE), ("datagram", DATAGRAM)] {
+        for delivery in ["reliable", "reliable+copies", "datagram"] {
+            let color = color(delivery);
             let points: Vec<(f64, f64)> = rows
                 .iter()
                 .filter(|r| r.delivery == delivery)

@@ -32,7 +32,10 @@ enum ScenarioArg {
 enum DeliveryArg {
     Reliable,
     Datagram,
+    /// Reliable and datagram.
     Both,
+    /// Reliable with datagram copies.
+    Copies,
 }
 
 /// Output options shared by both benchmarks.
@@ -85,6 +88,9 @@ pub struct LatencyArgs {
     /// Seed of netsim's random decisions.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Skip the runs of reliable events with datagram copies.
+    #[arg(long)]
+    no_copies: bool,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -165,6 +171,7 @@ fn latency(args: LatencyArgs) -> CliResult {
         loss_timeout: args.loss_timeout.map(ms),
         server_threads: args.server_threads,
         seed: args.seed,
+        copies: !args.no_copies,
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
@@ -224,6 +231,7 @@ fn fanout(args: FanoutArgs) -> CliResult {
         DeliveryArg::Reliable => vec![Kind::Reliable],
         DeliveryArg::Datagram => vec![Kind::Datagram],
         DeliveryArg::Both => vec![Kind::Reliable, Kind::Datagram],
+        DeliveryArg::Copies => vec![Kind::Copies],
     };
     let mut subscribers = Vec::new();
     for &n in &args.subscribers {

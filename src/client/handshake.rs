@@ -92,6 +92,7 @@ pub(crate) async fn establish(
             token: options.token.clone(),
             client_name: options.client_name.clone(),
             resume: resume.clone(),
+            copies: options.copies,
         });
         send.write_all(&hello)
             .await

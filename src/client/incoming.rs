@@ -165,25 +165,61 @@ impl Tasks {
                 Ok(None) => return,
                 Err(e) => return self.read_failed("event stream", e),
             };
-            // After `leave`, whatever was already in flight is dropped.
-            if !lock(&self.core.rooms).accept_reliable(&room, offset) {
-                continue;
-            }
-            let event = Event {
-                room: room.clone(),
-                name,
-                delivery: Delivery::Reliable { offset },
-                payload,
-            };
             // Waiting here pushes back on the server through QUIC flow control.
-            if self.events.send(Incoming::Event(event)).await.is_err() {
+            let Ok(slot) = self.events.reserve().await else {
                 return;
+            };
+            {
+                // Accepted and queued in one step under the room table's
+                // lock, as datagram copies are, so the two keep offset order.
+                let mut rooms = lock(&self.core.rooms);
+                // After `leave`, whatever was already in flight is dropped;
+                // so is an event its datagram copy already delivered.
+                if !rooms.accept_reliable(&room, offset) {
+                    continue;
+                }
+                slot.send(Incoming::Event(Event {
+                    room: room.clone(),
+                    name,
+                    delivery: Delivery::Reliable { offset },
+                    payload,
+                }));
             }
             self.core
                 .counters
                 .reliable_received
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Delivers the `EventCopy` of a reliable event if it is the next one
+    /// of its room and there is room in the queue; otherwise the stream
+    /// frame will deliver it.
+    fn deliver_copy(&self, room_id: u32, offset: u64, name: String, payload: bytes::Bytes) {
+        // Held like the room streams until this connection's rejoins are reported.
+        if !*self.ready.borrow() {
+            return;
+        }
+        let Ok(slot) = self.events.try_reserve() else {
+            return;
+        };
+        let mut rooms = lock(&self.core.rooms);
+        let Some(room) = rooms.joined_name(room_id) else {
+            return;
+        };
+        if !rooms.accept_copy(&room, offset) {
+            return;
+        }
+        slot.send(Incoming::Event(Event {
+            room,
+            name,
+            delivery: Delivery::Reliable { offset },
+            payload,
+        }));
+        drop(rooms);
+        let c = &self.core.counters;
+        c.reliable_received.fetch_add(1, Ordering::Relaxed);
+        c.reliable_copies.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn read_datagrams(self: Arc<Self>) {
@@ -196,6 +232,16 @@ impl Tasks {
                     event,
                     payload,
                 }) => (room_id, seq, event, payload),
+                Ok(Frame::EventCopy {
+                    room_id,
+                    offset,
+                    event,
+                    payload,
+                    pad: _,
+                }) => {
+                    self.deliver_copy(room_id, offset, event, payload);
+                    continue;
+                }
                 Ok(other) => {
                     return self.violation(format!("{} is not a server datagram", other.name()))
                 }

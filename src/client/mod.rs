@@ -596,6 +596,7 @@ impl Client {
             sent_packets,
             lost_packets,
             reliable_received: get(&c.reliable_received),
+            reliable_copies: get(&c.reliable_copies),
             datagrams_received: get(&c.datagrams_received),
             datagrams_lost: get(&c.datagrams_lost),
             datagrams_stale: get(&c.datagrams_stale),
@@ -675,16 +676,48 @@ impl Client {
                 ack,
             })
         };
-        core.outbox
-            .push(room, frame, deadline)
-            .await
-            .map_err(|_| ClientError::OutboxFull {
-                limit: core.options.outbox_events,
-            })?;
+        let id =
+            core.outbox
+                .push(room, frame, deadline)
+                .await
+                .map_err(|_| ClientError::OutboxFull {
+                    limit: core.options.outbox_events,
+                })?;
         if let Some(link) = core.current() {
             link.ensure_writer(core, room);
         }
+        if core.options.copies && event.len() + payload.len() <= wire::MAX_COPY_BYTES {
+            self.send_copy(room, id, event, payload, ack).await;
+        }
         Ok(())
+    }
+
+    /// Sends the `PublishCopy` datagram of publish `id`, if connected. The
+    /// first copy to a room not yet known by id resolves it (one round
+    /// trip); a copy that cannot be sent is skipped: the stream carries the
+    /// event anyway.
+    async fn send_copy(&self, room: &str, id: u64, event: &str, payload: Bytes, ack: Option<u64>) {
+        if self.core().current().is_none() {
+            return;
+        }
+        let Ok(room_id) = self.room_id(room).await else {
+            return;
+        };
+        let Some(link) = self.core().current() else {
+            return;
+        };
+        let Some(target) = link.conn.max_datagram_size() else {
+            return;
+        };
+        let copy = wire::encode_padded(target, |pad| Frame::PublishCopy {
+            room_id,
+            id,
+            event: event.to_string(),
+            payload: payload.clone(),
+            ack,
+            pad,
+        });
+        let _ = link.conn.send_datagram(copy);
     }
 
     fn deadline(&self) -> Instant {

@@ -114,6 +114,23 @@ impl RoomTable {
             .cloned()
     }
 
+    /// Whether the datagram copy of the reliable event at `offset` should
+    /// reach the application: its room is joined and it is exactly the next
+    /// offset after the newest delivered (a copy never skips ahead, so the
+    /// room's order holds; the stream frame that follows is a duplicate).
+    pub(crate) fn accept_copy(&mut self, room: &Arc<str>, offset: u64) -> bool {
+        if !self.joined.contains(room) {
+            return false;
+        }
+        match self.delivered.get_mut(room) {
+            Some(last) if offset > 0 && *last == offset - 1 => {
+                *last = offset;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a reliable event should reach the application: its room is
     /// joined and it is newer than anything delivered from that room.
     pub(crate) fn accept_reliable(&mut self, room: &Arc<str>, offset: u64) -> bool {
@@ -166,6 +183,28 @@ mod tests {
         assert_eq!(rooms.rejoin_list(), vec![(kept.clone(), false, Some(1))]);
         rooms.forget_positions();
         assert_eq!(rooms.rejoin_list(), vec![(kept, false, None)]);
+    }
+
+    #[test]
+    fn a_copy_is_delivered_only_as_the_very_next_offset() {
+        let mut rooms = RoomTable::default();
+        let name = rooms.learn(1, "r");
+        rooms.joined.insert(name.clone());
+        assert!(
+            !rooms.accept_copy(&name, 1),
+            "position unknown until Joined"
+        );
+        rooms.settle(&name, 1, 4, None, crate::wire::Recovery::Live);
+        assert!(!rooms.accept_copy(&name, 6), "would skip 5");
+        assert!(rooms.accept_copy(&name, 5));
+        assert!(
+            !rooms.accept_reliable(&name, 5),
+            "the stream frame is a duplicate"
+        );
+        assert!(!rooms.accept_copy(&name, 5), "a repeated copy too");
+        assert!(rooms.accept_reliable(&name, 6));
+        rooms.joined.remove(&name);
+        assert!(!rooms.accept_copy(&name, 7), "left");
     }
 
     #[test]

@@ -62,6 +62,24 @@ pub trait RoomSubscriber: Send + Sync {
     fn deliver_reliable(&self, frame: &Bytes);
     /// Queues one `Datagram` frame.
     fn deliver_datagram(&self, frame: &Bytes);
+    /// Whether the session wants `EventCopy` datagrams of small reliable events.
+    fn copies(&self) -> bool {
+        false
+    }
+    /// Queues the `EventCopy` datagram of a reliable event just delivered.
+    fn deliver_copy(&self, copy: &EventCopy) {
+        let _ = copy;
+    }
+}
+
+/// A reliable event for its `EventCopy` datagram, which each subscriber
+/// encodes padded to its own connection's packet size.
+#[derive(Debug, Clone)]
+pub struct EventCopy {
+    pub room_id: RoomId,
+    pub offset: u64,
+    pub event: String,
+    pub payload: Bytes,
 }
 
 /// The outcome of [`Backplane::subscribe`].
@@ -106,6 +124,19 @@ pub trait Backplane: Send + Sync + 'static {
         event: String,
         payload: Bytes,
     ) -> BoxFuture<'_, Result<u64, BackplaneError>>;
+    /// [`Backplane::publish`] done at once, for the datagram copy of a
+    /// publish (which must not wait); `None` when this backplane cannot
+    /// publish without waiting (the stream frame then publishes the event).
+    fn publish_now(
+        &self,
+        room: RoomId,
+        from: SessionId,
+        event: String,
+        payload: Bytes,
+    ) -> Option<Result<u64, BackplaneError>> {
+        let _ = (room, from, event, payload);
+        None
+    }
     /// Assigns the next datagram sequence number and fans the datagram out.
     fn publish_datagram(
         &self,
@@ -215,10 +246,22 @@ impl MemoryBackplane {
         if self.closed.load(Ordering::SeqCst) {
             return Err(BackplaneError::ShuttingDown);
         }
+        let mut copy = None;
         let (number, frame) = match kind {
             Kind::Reliable => {
                 state.last_offset += 1;
                 let offset = state.last_offset;
+                // Encoded once, and only if someone wants it.
+                if event.len() + payload.len() <= wire::MAX_COPY_BYTES
+                    && state.subscribers.iter().any(|s| s.copies())
+                {
+                    copy = Some(EventCopy {
+                        room_id,
+                        offset,
+                        event: event.clone(),
+                        payload: payload.clone(),
+                    });
+                }
                 let frame = wire::encode_framed(&Frame::Event {
                     offset,
                     event,
@@ -246,7 +289,12 @@ impl MemoryBackplane {
                 continue;
             }
             match kind {
-                Kind::Reliable => sub.deliver_reliable(&frame),
+                Kind::Reliable => {
+                    sub.deliver_reliable(&frame);
+                    if let Some(copy) = copy.as_ref().filter(|_| sub.copies()) {
+                        sub.deliver_copy(copy);
+                    }
+                }
                 Kind::Datagram => sub.deliver_datagram(&frame),
             }
         }
@@ -368,6 +416,16 @@ impl Backplane for MemoryBackplane {
             event,
             payload,
         )))
+    }
+
+    fn publish_now(
+        &self,
+        room: RoomId,
+        from: SessionId,
+        event: String,
+        payload: Bytes,
+    ) -> Option<Result<u64, BackplaneError>> {
+        Some(self.sequence_and_fan_out(room, from, Kind::Reliable, event, payload))
     }
 
     fn publish_datagram(

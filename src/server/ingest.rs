@@ -30,21 +30,45 @@ pub(crate) fn handle_datagram(
     session: SessionId,
     ctx: &SessionContext,
     control: &Control,
+    session_state: &SessionState,
 ) -> Result<(), Closing> {
     let frame = wire::decode(bytes).map_err(|e| Closing {
         code: e.close_code(),
         reason: format!("malformed datagram: {e}"),
     })?;
-    let Frame::PublishDatagram {
-        room_id,
-        event,
-        payload,
-    } = frame
-    else {
-        return Err(Closing::violation(format!(
-            "{} is not a client datagram",
-            frame.name()
-        )));
+    let (room_id, event, payload) = match frame {
+        Frame::PublishDatagram {
+            room_id,
+            event,
+            payload,
+        } => (room_id, event, payload),
+        Frame::PublishCopy {
+            room_id,
+            id,
+            event,
+            payload,
+            ack,
+            pad: _,
+        } => {
+            publish_copy(
+                room_id,
+                id,
+                event,
+                payload,
+                ack,
+                session,
+                ctx,
+                control,
+                session_state,
+            );
+            return Ok(());
+        }
+        other => {
+            return Err(Closing::violation(format!(
+                "{} is not a client datagram",
+                other.name()
+            )))
+        }
     };
     let result = validate_name("event", &event)
         .map_err(|m| (ErrorCode::InvalidName, m))
@@ -64,6 +88,51 @@ pub(crate) fn handle_datagram(
         }
     }
     Ok(())
+}
+
+/// Publishes the datagram copy of a stream publish, if it is the next one
+/// of its stream and the backplane can publish at once; otherwise it is
+/// dropped and the stream frame is published as usual. Never an error: the
+/// copy is an optimisation, the stream frame is the authority.
+#[allow(clippy::too_many_arguments)]
+fn publish_copy(
+    room_id: RoomId,
+    id: u64,
+    event: String,
+    payload: Bytes,
+    ack: Option<u64>,
+    session: SessionId,
+    ctx: &SessionContext,
+    control: &Control,
+    session_state: &SessionState,
+) {
+    if id == 0
+        || event.len() + payload.len() > wire::MAX_COPY_BYTES
+        || validate_name("event", &event).is_err()
+    {
+        return;
+    }
+    let Some(room) = ctx.backplane.room_name(room_id) else {
+        return;
+    };
+    let log = session_state.log(&room);
+    let mut log = lock(&log);
+    if !log.copy_may_publish(id) {
+        return;
+    }
+    // Under the log's lock, so the stream frame of the same id waits and
+    // then finds it handled. A refusal is left to the stream frame, which
+    // can retry naming the room.
+    let Some(Ok(offset)) = ctx.backplane.publish_now(room_id, session, event, payload) else {
+        return;
+    };
+    log.record(id, Ok(offset));
+    drop(log);
+    ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.copies_published.fetch_add(1, Ordering::Relaxed);
+    if let Some(request) = ack {
+        control.send(wire::encode_framed(&Frame::Ack { request, offset }));
+    }
 }
 
 /// The next frame of a publish stream; `None` once the stream has ended or
@@ -147,7 +216,7 @@ pub(crate) async fn read_publish_stream(
         let seen = if id == 0 {
             Seen::New
         } else {
-            lock(&log).check(id)
+            lock(&log).claim(id)
         };
         let (outcome, message) = match seen {
             Seen::New => {

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use quinn::{Connection, SendStream};
 use tokio::sync::{mpsc, Notify};
 
-use super::backplane::{RoomSubscriber, SessionId};
+use super::backplane::{EventCopy, RoomSubscriber, SessionId};
 use super::stats::ServerStats;
 use crate::wire::{self, close_code, Frame, RoomId};
 
@@ -147,6 +147,7 @@ pub(crate) struct RoomQueueRx {
 pub(crate) struct SessionSubscriber {
     pub session: SessionId,
     pub echo: bool,
+    pub copies: bool,
     pub room: Arc<str>,
     pub reliable: RoomQueue,
     pub datagrams: Arc<DatagramRing>,
@@ -185,6 +186,25 @@ impl RoomSubscriber for SessionSubscriber {
         if self.datagrams.push(frame.clone()) {
             self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn copies(&self) -> bool {
+        self.copies
+    }
+
+    fn deliver_copy(&self, copy: &EventCopy) {
+        let Some(target) = self.conn.max_datagram_size() else {
+            return;
+        };
+        let frame = wire::encode_padded(target, |pad| Frame::EventCopy {
+            room_id: copy.room_id,
+            offset: copy.offset,
+            event: copy.event.clone(),
+            payload: copy.payload.clone(),
+            pad,
+        });
+        // Best effort, like any datagram: the stream carries the event anyway.
+        self.datagrams.push(frame);
     }
 }
 

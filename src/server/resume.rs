@@ -32,6 +32,9 @@ pub struct PublishLog {
     through: u64,
     recent: VecDeque<(u64, Outcome)>,
     capacity: usize,
+    /// An id the publish stream is publishing right now (between `claim`
+    /// and `record`): its datagram copy must not publish it too.
+    in_flight: Option<u64>,
 }
 
 impl PublishLog {
@@ -41,6 +44,7 @@ impl PublishLog {
             through: 0,
             recent: VecDeque::new(),
             capacity: capacity.max(1),
+            in_flight: None,
         }
     }
 
@@ -57,8 +61,28 @@ impl PublishLog {
         Seen::Duplicate(found)
     }
 
+    /// [`PublishLog::check`], and when `id` is new, marks it in flight
+    /// until its [`PublishLog::record`], so its copy stays out.
+    pub fn claim(&mut self, id: u64) -> Seen {
+        let seen = self.check(id);
+        if seen == Seen::New {
+            self.in_flight = Some(id);
+        }
+        seen
+    }
+
+    /// Whether a datagram copy of publish `id` may be published now: it is
+    /// the very next id (so order is kept) and its stream frame is not
+    /// being published at this moment.
+    pub fn copy_may_publish(&self, id: u64) -> bool {
+        id == self.through + 1 && self.in_flight.is_none()
+    }
+
     /// Records the outcome of a new id.
     pub fn record(&mut self, id: u64, outcome: Outcome) {
+        if self.in_flight == Some(id) {
+            self.in_flight = None;
+        }
         if id <= self.through {
             return;
         }
@@ -269,6 +293,23 @@ mod tests {
             token: token.to_string(),
             epoch,
         }
+    }
+
+    #[test]
+    fn a_copy_publishes_only_the_next_id_and_never_one_in_flight() {
+        let mut log = PublishLog::new(16);
+        assert!(log.copy_may_publish(1));
+        assert!(!log.copy_may_publish(2), "order: 1 comes first");
+        // The stream is publishing 1: its copy stays out.
+        assert_eq!(log.claim(1), Seen::New);
+        assert!(!log.copy_may_publish(1));
+        log.record(1, Ok(10));
+        assert!(!log.copy_may_publish(1), "handled already");
+        // The copy of 2 went first; the stream frame of 2 is a duplicate.
+        assert!(log.copy_may_publish(2));
+        log.record(2, Ok(11));
+        assert_eq!(log.claim(2), Seen::Duplicate(Some(Ok(11))));
+        assert!(log.copy_may_publish(3), "a duplicate claims nothing");
     }
 
     #[test]

@@ -131,11 +131,12 @@ pub(crate) async fn run(
     ctx: Arc<SessionContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (control_send, mut control_reader, attached) = match handshake(&conn, session, &ctx).await {
-        Ok(streams) => streams,
-        Err(Some(closing)) => return closing.apply(&conn, &ctx.stats),
-        Err(None) => return,
-    };
+    let (control_send, mut control_reader, attached, copies) =
+        match handshake(&conn, session, &ctx).await {
+            Ok(streams) => streams,
+            Err(Some(closing)) => return closing.apply(&conn, &ctx.stats),
+            Err(None) => return,
+        };
 
     let (control_tx, control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
     let control = Control {
@@ -160,6 +161,7 @@ pub(crate) async fn run(
         joined: &mut joined,
         writers: &mut writers,
         datagrams: &datagrams,
+        copies,
     };
 
     let draining = loop {
@@ -187,7 +189,7 @@ pub(crate) async fn run(
             },
             datagram = conn.read_datagram() => match datagram {
                 Ok(bytes) => {
-                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &control) {
+                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &control, &attached.state) {
                         closing.apply(&conn, &ctx.stats);
                         break false;
                     }
@@ -255,7 +257,7 @@ async fn handshake(
     conn: &Connection,
     session: SessionId,
     ctx: &SessionContext,
-) -> Result<(SendStream, FrameReader, Attached), Option<Closing>> {
+) -> Result<(SendStream, FrameReader, Attached, bool), Option<Closing>> {
     let hello = async {
         let (send, recv) = conn.accept_bi().await.map_err(|_| None)?;
         let mut reader = FrameReader::new(recv, ctx.config.max_frame);
@@ -265,7 +267,8 @@ async fn handshake(
                 token,
                 client_name,
                 resume,
-            })) => Ok((send, reader, version, token, client_name, resume)),
+                copies,
+            })) => Ok((send, reader, version, token, client_name, resume, copies)),
             Ok(Some(other)) => Err(Some(Closing::violation(format!(
                 "expected Hello as the first control frame, got {}",
                 other.name()
@@ -276,7 +279,7 @@ async fn handshake(
             Err(e) => Err(read_failure("handshake", e)),
         }
     };
-    let (mut send, reader, version, token, client_name, resume) =
+    let (mut send, reader, version, token, client_name, resume, copies) =
         match timeout(ctx.config.handshake_timeout, hello).await {
             Ok(result) => result?,
             Err(_) => {
@@ -349,7 +352,7 @@ async fn handshake(
         return Err(None);
     }
     tracing::debug!(session, client = %client_name, addr = %conn.remote_address(), resumed = ?attached.outcome, "session started");
-    Ok((send, reader, attached))
+    Ok((send, reader, attached, copies))
 }
 
 /// The rooms a session has joined, and what it needs to join more.
@@ -361,6 +364,8 @@ struct Rooms<'a> {
     joined: &'a mut HashMap<RoomId, RoomQueue>,
     writers: &'a mut JoinSet<()>,
     datagrams: &'a Arc<DatagramRing>,
+    /// The client asked for `EventCopy` datagrams (`Hello.copies`).
+    copies: bool,
 }
 
 impl Rooms<'_> {
@@ -458,6 +463,7 @@ impl Rooms<'_> {
         let subscriber = Arc::new(SessionSubscriber {
             session: self.session,
             echo,
+            copies: self.copies,
             room: name.clone(),
             reliable: queue.clone(),
             datagrams: self.datagrams.clone(),

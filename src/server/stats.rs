@@ -9,6 +9,7 @@ pub struct ServerStats {
     pub connections_refused: AtomicU64,
     pub active_sessions: AtomicU64,
     pub events_published: AtomicU64,
+    pub copies_published: AtomicU64,
     pub datagrams_published: AtomicU64,
     pub datagrams_dropped: AtomicU64,
     pub slow_consumers: AtomicU64,
@@ -26,6 +27,9 @@ pub struct StatsSnapshot {
     pub active_sessions: u64,
     /// Reliable events accepted (offset assigned).
     pub events_published: u64,
+    /// Of those, published from their `PublishCopy` datagram (the copy
+    /// arrived before the stream frame).
+    pub copies_published: u64,
     /// Datagrams accepted (sequence assigned).
     pub datagrams_published: u64,
     /// Datagrams dropped from full per-connection rings or too large to send.
@@ -45,6 +49,7 @@ impl ServerStats {
             connections_refused: get(&self.connections_refused),
             active_sessions: get(&self.active_sessions),
             events_published: get(&self.events_published),
+            copies_published: get(&self.copies_published),
             datagrams_published: get(&self.datagrams_published),
             datagrams_dropped: get(&self.datagrams_dropped),
             slow_consumers: get(&self.slow_consumers),

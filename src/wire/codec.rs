@@ -68,6 +68,22 @@ pub fn encode(frame: &Frame) -> Bytes {
     out.freeze()
 }
 
+/// Encodes the frame `make(pad)` builds (a `PublishCopy` or `EventCopy`)
+/// with `pad` as long as needed for the body to be `target` bytes (one less
+/// where the pad's length prefix grows by a byte; never padded when the
+/// frame is that long already). Sized to a connection's largest datagram,
+/// the copy fills a QUIC packet of its own.
+pub fn encode_padded(target: usize, make: impl Fn(Bytes) -> Frame) -> Bytes {
+    let bare = encoded_len(&make(Bytes::new()));
+    // The empty pad is one length byte; a pad of n bytes is n plus its length.
+    let extra = target.saturating_sub(bare);
+    let mut pad = extra;
+    while pad > 0 && pad + varint_len(pad as u64) - 1 > extra {
+        pad -= 1;
+    }
+    encode(&make(Bytes::from(vec![0u8; pad])))
+}
+
 /// Encodes one frame with its length prefix (what a stream carries).
 pub fn encode_framed(frame: &Frame) -> Bytes {
     let body_len = encoded_len(frame);
@@ -200,6 +216,7 @@ mod tests {
                 token: Some("secret".into()),
                 client_name: "test".into(),
                 resume: None,
+                copies: true,
             },
             Frame::Join {
                 request: 7,
@@ -230,6 +247,21 @@ mod tests {
                 seq: 1 << 40,
                 event: "pos".into(),
                 payload: Bytes::from(vec![0u8; 900]),
+            },
+            Frame::PublishCopy {
+                room_id: 3,
+                id: 17,
+                event: "say".into(),
+                payload: Bytes::from_static(b"hi"),
+                ack: Some(9),
+                pad: Bytes::new(),
+            },
+            Frame::EventCopy {
+                room_id: 3,
+                offset: 310,
+                event: "say".into(),
+                payload: Bytes::from_static(b"hi"),
+                pad: Bytes::from(vec![0u8; 200]),
             },
         ]
     }
@@ -262,8 +294,9 @@ mod tests {
             token: None,
             client_name: "cli".into(),
             resume: None,
+            copies: false,
         };
-        assert_eq!(hex(&hello), "08 00 01 00 03 63 6c 69 00");
+        assert_eq!(hex(&hello), "09 00 01 00 03 63 6c 69 00 00");
         let welcome = Frame::Welcome {
             session_id: 1,
             max_datagram_payload: 1200,
@@ -315,14 +348,67 @@ mod tests {
     }
 
     #[test]
+    fn padded_copies_reach_their_target_size_and_decode() {
+        let copy = |pad| Frame::EventCopy {
+            room_id: 1,
+            offset: 99,
+            event: "e".into(),
+            payload: Bytes::from_static(&[7; 64]),
+            pad,
+        };
+        let bare = encode(&copy(Bytes::new())).len();
+        for target in [
+            0,
+            bare,
+            bare + 1,
+            bare + 100,
+            bare + 128,
+            bare + 129,
+            1200,
+            1452,
+        ] {
+            let body = encode_padded(target, copy);
+            if target <= bare {
+                assert_eq!(body.len(), bare);
+            } else {
+                assert!(
+                    body.len() == target || body.len() + 1 == target,
+                    "{target}: {}",
+                    body.len()
+                );
+            }
+            match decode(&body).unwrap() {
+                Frame::EventCopy {
+                    offset,
+                    payload,
+                    pad,
+                    ..
+                } => {
+                    assert_eq!((offset, payload.len()), (99, 64));
+                    assert!(pad.iter().all(|&b| b == 0));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn tags_are_stable_and_counted() {
         let first = |f: &Frame| encode(f)[0];
         assert_eq!(first(&samples()[0]), 0, "Hello is tag 0");
         assert_eq!(first(&Frame::Ping { request: 0 }), 17);
         assert_eq!(first(&Frame::Pong { request: 0 }), 18);
-        let last = Frame::Progress {
+        let progress = Frame::Progress {
             room: String::new(),
             through: 0,
+        };
+        assert_eq!(first(&progress), 19);
+        let last = Frame::EventCopy {
+            room_id: 0,
+            offset: 0,
+            event: String::new(),
+            payload: Bytes::new(),
+            pad: Bytes::new(),
         };
         assert_eq!(first(&last) as u64, FRAME_TAGS - 1);
         assert_eq!(decode(&[FRAME_TAGS as u8, 0]), Err(WireError::UnknownFrame));
@@ -422,6 +508,7 @@ mod tests {
                 token: t,
                 client_name: n,
                 resume: None,
+                copies: v % 2 == 0,
             }),
             (any::<u64>(), text, any::<bool>()).prop_map(|(r, room, echo)| Frame::Join {
                 request: r,

@@ -13,8 +13,8 @@ mod codec;
 mod stream;
 
 pub use codec::{
-    decode, encode, encode_framed, encoded_len, event_frame_len, read_varint, varint_len,
-    write_varint, FrameDecoder, MAX_VARINT_LEN,
+    decode, encode, encode_framed, encode_padded, encoded_len, event_frame_len, read_varint,
+    varint_len, write_varint, FrameDecoder, MAX_VARINT_LEN,
 };
 pub use stream::{FrameReader, ReadFrameError};
 
@@ -27,6 +27,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const ALPN: &[u8] = b"quicbus/1";
 /// Default upper bound on one stream frame (its body, without the prefix).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Reliable events whose name and payload together are at most this many
+/// bytes also travel as `PublishCopy` / `EventCopy` datagrams when copies
+/// are on: small enough that sending them twice costs little.
+pub const MAX_COPY_BYTES: usize = 512;
 /// Longest room or event name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -45,6 +49,9 @@ pub enum Frame {
         client_name: String,
         /// Present when reconnecting: resume that session.
         resume: Option<Resume>,
+        /// Send an `EventCopy` datagram beside each small reliable event of
+        /// this connection's rooms (see `EventCopy`).
+        copies: bool,
     },
     /// Subscribe to a room; answered by `Joined` or `Error`. With `since`,
     /// the events after that offset are replayed from history first.
@@ -172,6 +179,33 @@ pub enum Frame {
         room: String,
         through: u64,
     },
+    /// Client → server datagram: a copy of the `Publish` with this `id` on
+    /// the publish stream of `room_id`, sent beside it so that a lost
+    /// packet does not delay the event. The server publishes a copy only
+    /// when it is the next publish of that stream not yet handled; the
+    /// stream frame, arriving later, is then answered as a duplicate.
+    PublishCopy {
+        room_id: RoomId,
+        id: u64,
+        event: String,
+        payload: Bytes,
+        ack: Option<u64>,
+        /// Zero bytes that make the datagram fill a QUIC packet by itself,
+        /// so no single lost packet carries both the copy and the original.
+        pad: Bytes,
+    },
+    /// Server → client datagram: a copy of the reliable `Event` at `offset`
+    /// of `room_id`, for clients that asked with `Hello.copies`. The client
+    /// delivers it only if it is the very next offset of a joined room, and
+    /// drops the stream frame that follows as a duplicate.
+    EventCopy {
+        room_id: RoomId,
+        offset: u64,
+        event: String,
+        payload: Bytes,
+        /// As in `PublishCopy`.
+        pad: Bytes,
+    },
 }
 
 /// `Hello.resume`: the session to resume.
@@ -196,7 +230,7 @@ pub enum ResumeOutcome {
 }
 
 /// How many frame variants version 1 defines (tags `0..FRAME_TAGS`).
-pub const FRAME_TAGS: u64 = 20;
+pub const FRAME_TAGS: u64 = 22;
 
 /// Where a frame may legally appear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,8 +274,8 @@ impl Frame {
             Frame::EventStream { .. } => FrameKind::EventHeader,
             Frame::Publish { .. } => FrameKind::PublishBody,
             Frame::Event { .. } => FrameKind::EventBody,
-            Frame::PublishDatagram { .. } => FrameKind::ClientDatagram,
-            Frame::Datagram { .. } => FrameKind::ServerDatagram,
+            Frame::PublishDatagram { .. } | Frame::PublishCopy { .. } => FrameKind::ClientDatagram,
+            Frame::Datagram { .. } | Frame::EventCopy { .. } => FrameKind::ServerDatagram,
         }
     }
 
@@ -268,6 +302,8 @@ impl Frame {
             Frame::Ping { .. } => "Ping",
             Frame::Pong { .. } => "Pong",
             Frame::Progress { .. } => "Progress",
+            Frame::PublishCopy { .. } => "PublishCopy",
+            Frame::EventCopy { .. } => "EventCopy",
         }
     }
 }

@@ -107,6 +107,7 @@ impl TestServer {
             token: None,
             client_name: "raw".into(),
             resume: None,
+            copies: false,
         })
         .await;
         match peer.next_control().await {
