@@ -11,6 +11,9 @@
 //! `--server-threads 0` runs the server on a current-thread runtime (the
 //! `quicbus serve` default), N on a multi-thread one with N workers; the
 //! clients always share one current-thread runtime on their own thread.
+//! `--copies` sends small reliable events with datagram copies as well.
+//! `quicbus bench latency` measures the same and more (one-way, loss
+//! through netsim, JSON and a plot).
 
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -34,6 +37,10 @@ struct Args {
     /// Server worker threads; 0 = current-thread runtime.
     #[arg(long, default_value_t = 0)]
     server_threads: usize,
+    /// Send small reliable events with datagram copies too
+    /// (`ClientOptions::copies`).
+    #[arg(long)]
+    copies: bool,
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -151,6 +158,7 @@ async fn relay(
 ) -> Result<((Histogram<u64>, u64), (Histogram<u64>, u64))> {
     let mut options = ClientOptions::new(addr);
     options.trust = Trust::CaPem(ca_pem.to_string());
+    options.copies = args.copies;
     let (a, mut a_events) = Client::connect(options.clone()).await?;
     let (b, mut b_events) = Client::connect(options).await?;
     a.join("pong").await?;
