@@ -38,6 +38,7 @@
 pub mod bench;
 pub mod certs;
 pub mod client;
+mod copies;
 pub mod game;
 pub mod netsim;
 pub mod server;

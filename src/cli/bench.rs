@@ -193,7 +193,7 @@ fn latency(args: LatencyArgs) -> CliResult {
 
 fn print_latency(rows: &[LatencyRow]) {
     println!(
-        "{:<16} {:<9} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
+        "{:<16} {:<15} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
         "scenario",
         "delivery",
         "loss%",
@@ -208,7 +208,7 @@ fn print_latency(rows: &[LatencyRow]) {
     );
     for r in rows {
         println!(
-            "{:<16} {:<9} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
+            "{:<16} {:<15} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
             r.name,
             r.delivery,
             r.loss_pct,
@@ -263,7 +263,7 @@ fn fanout(args: FanoutArgs) -> CliResult {
 
 fn print_fanout(rows: &[FanoutRow]) {
     println!(
-        "{:<9} {:>6} {:>9} {:>12} {:>7} {:>12} {:>7} {:>8} {:>8} {:>11}",
+        "{:<15} {:>6} {:>9} {:>12} {:>7} {:>12} {:>7} {:>8} {:>8} {:>11}",
         "delivery",
         "subs",
         "sent",
@@ -277,7 +277,7 @@ fn print_fanout(rows: &[FanoutRow]) {
     );
     for r in rows {
         println!(
-            "{:<9} {:>6} {:>9} {:>12} {:>7.2} {:>12.0} {:>7} {:>8} {:>8.2} {:>11}",
+            "{:<15} {:>6} {:>9} {:>12} {:>7.2} {:>12.0} {:>7} {:>8} {:>8.2} {:>11}",
             r.delivery,
             r.subscribers,
             r.sent,

@@ -117,6 +117,8 @@ pub(crate) struct Core {
     next_request: AtomicU64,
     outbox: Outbox,
     counters: Counters,
+    /// When each room's previous emit was (for datagram copies).
+    last_emit: Mutex<HashMap<Arc<str>, Option<std::time::Instant>>>,
 }
 
 impl Core {
@@ -309,6 +311,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             counters: Counters::default(),
+            last_emit: Mutex::new(HashMap::new()),
         });
         let link = Link::open(&core, None, events_tx.clone()).await?;
         core.adopt(&link);
@@ -687,7 +690,21 @@ impl Client {
             link.ensure_writer(core, room);
         }
         if core.options.copies && event.len() + payload.len() <= wire::MAX_COPY_BYTES {
-            self.send_copy(room, id, event, payload, ack).await;
+            let rtt = core.current().map_or(Duration::ZERO, |link| link.conn.rtt());
+            let now = std::time::Instant::now();
+            let alone = {
+                let mut times = lock(&core.last_emit);
+                match times.get_mut(room) {
+                    Some(last) => crate::copies::spaced(last, now, rtt),
+                    None => {
+                        times.insert(Arc::from(room), Some(now));
+                        true
+                    }
+                }
+            };
+            if alone {
+                self.send_copy(room, id, event, payload, ack).await;
+            }
         }
         Ok(())
     }
@@ -706,6 +723,10 @@ impl Client {
         let Some(link) = self.core().current() else {
             return;
         };
+        let buffer = self.core().options.transport.datagram_send_buffer;
+        if !crate::copies::path_idle(&link.conn, buffer) {
+            return;
+        }
         let Some(target) = link.conn.max_datagram_size() else {
             return;
         };

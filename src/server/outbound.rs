@@ -78,6 +78,14 @@ impl DatagramRing {
         self.ready.notified().await
     }
 
+    /// Whether no datagram is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     /// How many datagrams were dropped because the ring was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -148,6 +156,10 @@ pub(crate) struct SessionSubscriber {
     pub session: SessionId,
     pub echo: bool,
     pub copies: bool,
+    /// The connection's datagram send buffer, in bytes (all free = idle).
+    pub datagram_buffer: usize,
+    /// When the previous event of this room was delivered (for copies).
+    pub last_event: Mutex<Option<std::time::Instant>>,
     pub room: Arc<str>,
     pub reliable: RoomQueue,
     pub datagrams: Arc<DatagramRing>,
@@ -193,6 +205,17 @@ impl RoomSubscriber for SessionSubscriber {
     }
 
     fn deliver_copy(&self, copy: &EventCopy) {
+        let alone = crate::copies::spaced(
+            &mut self.last_event.lock().unwrap_or_else(|e| e.into_inner()),
+            std::time::Instant::now(),
+            self.conn.rtt(),
+        );
+        if !alone
+            || !self.datagrams.is_empty()
+            || !crate::copies::path_idle(&self.conn, self.datagram_buffer)
+        {
+            return;
+        }
         let Some(target) = self.conn.max_datagram_size() else {
             return;
         };

@@ -464,6 +464,8 @@ impl Rooms<'_> {
             session: self.session,
             echo,
             copies: self.copies,
+            datagram_buffer: self.ctx.config.transport.datagram_send_buffer,
+            last_event: std::sync::Mutex::new(None),
             room: name.clone(),
             reliable: queue.clone(),
             datagrams: self.datagrams.clone(),
