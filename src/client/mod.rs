@@ -690,7 +690,9 @@ impl Client {
             link.ensure_writer(core, room);
         }
         if core.options.copies && event.len() + payload.len() <= wire::MAX_COPY_BYTES {
-            let rtt = core.current().map_or(Duration::ZERO, |link| link.conn.rtt());
+            let rtt = core
+                .current()
+                .map_or(Duration::ZERO, |link| link.conn.rtt());
             let now = std::time::Instant::now();
             let alone = {
                 let mut times = lock(&core.last_emit);
