@@ -102,7 +102,8 @@ impl Percentiles {
 }
 
 /// Points of a latency-percentile curve: (quantile, microseconds), from the
-/// median out to the largest sample, for [`plot`].
+/// median out to the largest sample (placed at quantile `1 - 1/(2n)` of `n`
+/// samples, where the samples run out), for [`plot`].
 pub fn curve(h: &Histogram<u64>) -> Vec<(f64, u64)> {
     if h.is_empty() {
         return Vec::new();
@@ -118,7 +119,7 @@ pub fn curve(h: &Histogram<u64>) -> Vec<(f64, u64)> {
         let q = 1.0 - 10f64.powf(-nines);
         points.push((q, h.value_at_quantile(q)));
     }
-    points.push((1.0, h.max()));
+    points.push((1.0 - 0.5 / h.len() as f64, h.max()));
     points
 }
 

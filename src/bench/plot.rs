@@ -98,19 +98,10 @@ pub fn latency_svg(path: &Path, rows: &[LatencyRow], title: &str) -> Result<(), 
         let mut series: Vec<(&LatencyRow, RGBColor)> = rows
             .iter()
             .filter(|r| r.name == *name)
-            .map(|r| {
-                (
-                    r,
-                    if r.delivery == "datagram" {
-                        DATAGRAM
-                    } else {
-                        RELIABLE
-                    },
-                )
-            })
+            .map(|r| (r, color(&r.delivery)))
             .collect();
         if let Some(udp) = udp {
-            series.push((udp, UDP));
+            series.push((udp, color(&udp.delivery)));
         }
         for (row, color) in series {
             let points = row
