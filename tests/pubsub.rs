@@ -403,3 +403,42 @@ async fn naming_many_rooms_evicts_idle_ones_instead_of_locking_others_out() {
         .unwrap();
     assert_eq!(next_event(&mut kept_events, "kept").await.name, "still");
 }
+
+#[tokio::test]
+async fn clients_sharing_an_endpoint_are_served_alone_and_close_alone() {
+    let server = common::start().await;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut options = server.options();
+    options.endpoint = Some(endpoint.clone());
+    let (first, mut first_events) =
+        within("connect", quicbus::client::Client::connect(options.clone()))
+            .await
+            .unwrap();
+    let (second, mut second_events) = within("connect", quicbus::client::Client::connect(options))
+        .await
+        .unwrap();
+    assert_ne!(first.session_id(), second.session_id());
+    first.join("shared").await.unwrap();
+    second.join("shared").await.unwrap();
+    let (publisher, _e) = server.client().await;
+    publisher.emit_with_ack("shared", "a", "1").await.unwrap();
+    assert_eq!(
+        next_event(&mut first_events, "first").await.offset(),
+        Some(1)
+    );
+    assert_eq!(
+        next_event(&mut second_events, "second").await.offset(),
+        Some(1)
+    );
+    // Closing one leaves the endpoint, and the other client, working.
+    within("close", first.close()).await;
+    publisher.emit_with_ack("shared", "a", "2").await.unwrap();
+    assert_eq!(
+        next_event(&mut second_events, "after close").await.offset(),
+        Some(2)
+    );
+    assert!(
+        first_events.next().await.is_none(),
+        "the closed client's events end"
+    );
+}

@@ -35,6 +35,8 @@ pub const WINDOW: u64 = 2048;
 const STALL: Duration = Duration::from_secs(5);
 /// Subscribers connecting at once.
 const CONNECT_BATCH: usize = 50;
+/// Subscriber connections sharing one UDP socket.
+const SUBSCRIBERS_PER_SOCKET: usize = 8;
 
 /// Settings of a fan-out run.
 #[derive(Debug, Clone)]
@@ -218,13 +220,23 @@ async fn one_run(
         epoch: Instant::now(),
     });
 
+    // Subscribers share UDP sockets, SUBSCRIBERS_PER_SOCKET each, as a load
+    // generator would: a socket per client costs megabytes of buffers, and
+    // one for all would overflow its kernel receive buffer.
+    let mut endpoints = Vec::new();
+    for _ in 0..n.div_ceil(SUBSCRIBERS_PER_SOCKET) + 1 {
+        endpoints.push(
+            quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .map_err(BenchError::io("binding the clients' sockets"))?,
+        );
+    }
     // Subscribers, connected and joined in batches.
     let mut subscribers = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
     for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
         let mut connecting = Vec::new();
         for &i in batch {
-            let options = server.options(kind);
+            let options = server.options(kind, &endpoints[i / SUBSCRIBERS_PER_SOCKET]);
             connecting.push(tokio::spawn(async move {
                 let (client, events) = Client::connect(options)
                     .await
@@ -249,9 +261,10 @@ async fn one_run(
     let joined_rss = server.rss()?;
     let mem_per_conn = joined_rss.saturating_sub(idle_rss) / n as u64;
 
-    let (publisher, _publisher_events) = Client::connect(server.options(kind))
-        .await
-        .map_err(BenchError::client("connecting the publisher"))?;
+    let (publisher, _publisher_events) =
+        Client::connect(server.options(kind, &endpoints[endpoints.len() - 1]))
+            .await
+            .map_err(BenchError::client("connecting the publisher"))?;
     let total = config.events_for(n);
     let cpu_before = server.cpu_seconds()?;
     let started = Instant::now();
@@ -439,8 +452,9 @@ impl ServerProcess {
         Ok(ServerProcess { child, addr, dir })
     }
 
-    fn options(&self, kind: Kind) -> ClientOptions {
+    fn options(&self, kind: Kind, endpoint: &quinn::Endpoint) -> ClientOptions {
         let mut options = ClientOptions::new(self.addr);
+        options.endpoint = Some(endpoint.clone());
         options.copies = kind == Kind::Copies;
         options.trust = Trust::CaFile(self.dir.join("ca.pem"));
         options.client_name = "quicbus-bench".into();

@@ -52,19 +52,22 @@ pub(crate) async fn establish(
         Trust::Certificates(certs) => certs.clone(),
     };
     let config = tls::client_config(&roots, &options.transport)?;
-    let bind: SocketAddr = if options.server.is_ipv6() {
-        "[::]:0".parse().expect("valid literal")
-    } else {
-        "0.0.0.0:0".parse().expect("valid literal")
+    let endpoint = match &options.endpoint {
+        Some(shared) => shared.clone(),
+        None => {
+            let bind: SocketAddr = if options.server.is_ipv6() {
+                "[::]:0".parse().expect("valid literal")
+            } else {
+                "0.0.0.0:0".parse().expect("valid literal")
+            };
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Socket(e.to_string()))?
+        }
     };
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|e| ClientError::Socket(e.to_string()))?;
-    endpoint.set_default_client_config(config);
 
     let server = options.server;
     let handshake = async {
         let connecting = endpoint
-            .connect(server, &options.server_name)
+            .connect_with(config, server, &options.server_name)
             .map_err(|e| ClientError::Handshake {
                 server,
                 reason: e.to_string(),

@@ -622,7 +622,9 @@ impl Client {
     pub async fn close(&self) {
         let link = self.core().current();
         self.core().shut();
-        if let Some(link) = link {
+        // A shared endpoint keeps running for its other clients and sends
+        // the close by itself; an own one is given a moment to send it.
+        if let (Some(link), None) = (link, &self.core().options.endpoint) {
             let _ = timeout(Duration::from_secs(1), link.endpoint.wait_idle()).await;
         }
     }

@@ -63,6 +63,12 @@ pub struct ClientOptions {
     /// retransmission wait (a few ms on loopback, more on a real path) when
     /// one of the two is lost. Off by default.
     pub copies: bool,
+    /// A QUIC endpoint (one UDP socket) to connect from, shared with other
+    /// clients; `None` gives each connection its own. Many clients in one
+    /// process (load generators, benchmarks) save a socket and its receive
+    /// buffers, a few MB, per client by sharing one. Create it inside the
+    /// Tokio runtime the clients run on, with `quinn::Endpoint::client`.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 /// Reconnection with exponential backoff and full jitter: attempt `n` waits a
@@ -107,6 +113,7 @@ impl ClientOptions {
             outbox_events: 4096,
             outbox_bytes: 16 * 1024 * 1024,
             copies: false,
+            endpoint: None,
         }
     }
 }
