@@ -109,6 +109,7 @@ fn bench_latency_writes_every_field_with_sane_values() {
         if s(row, "delivery") != "datagram" {
             assert_eq!(delivered, sent, "reliable events are never lost: {row}");
         }
+        assert_eq!(u(row, "misordered"), 0, "duplicated or reordered: {row}");
         let p: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
             .iter()
             .map(|k| u(row, k))
@@ -131,6 +132,42 @@ fn bench_latency_writes_every_field_with_sane_values() {
         assert_eq!(loss, expect_loss, "{row}");
     }
     assert_svg(&svg);
+}
+
+#[test]
+fn bench_latency_paced_keeps_every_reliable_event_once_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("paced.json");
+    let out = quicbus(&[
+        "bench",
+        "latency",
+        "--scenario",
+        "relay",
+        "--rate",
+        "2000",
+        "--samples",
+        "200",
+        "--warmup",
+        "20",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = rows(&json);
+    assert_eq!(rows.len(), 4, "udp echo and three relay rows");
+    for row in &rows[1..] {
+        assert_eq!(u(row, "sent"), 200);
+        assert_eq!(u(row, "misordered"), 0, "{row}");
+        if s(row, "delivery") != "datagram" {
+            assert_eq!(u(row, "delivered"), 200, "{row}");
+        }
+        assert!(u(row, "p50_us") <= u(row, "p99_us"), "{row}");
+    }
 }
 
 #[test]
@@ -177,6 +214,7 @@ fn bench_fanout_writes_every_field_with_sane_values() {
             );
             assert_eq!(f(row, "loss_pct"), 0.0);
         }
+        assert_eq!(u(row, "misordered"), 0, "duplicated or reordered: {row}");
         assert!(f(row, "events_per_sec") > 0.0, "{row}");
         assert!(u(row, "p99_us") >= u(row, "p50_us"), "{row}");
         assert!(f(row, "server_cpu_s") >= 0.0, "{row}");

@@ -39,7 +39,8 @@ async fn copying_client(server: &TestServer, proxy: &NetsimHandle) -> (Client, E
         .unwrap()
 }
 
-#[tokio::test]
+// Multi-threaded, so a copy and its stream frame can be handled in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_keep_order_and_exactly_once_through_heavy_loss() {
     const N: u64 = 300;
     let server = start().await;
@@ -182,6 +183,7 @@ async fn stray_copies_are_dropped_and_a_server_copy_from_a_client_is_refused() {
     peer.conn
         .send_datagram(wire::encode(&Frame::EventCopy {
             room_id,
+            previous: 0,
             offset: 1,
             event: "e".into(),
             payload: Bytes::new(),

@@ -120,6 +120,9 @@ pub struct FanoutRow {
     pub delivered: u64,
     /// Percentage of deliveries missing.
     pub loss_pct: f64,
+    /// Reliable events that arrived twice or out of order: always 0 unless
+    /// the bus is broken.
+    pub misordered: u64,
     /// Deliveries per second, from the first send to the last delivery.
     pub events_per_sec: f64,
     /// Send-to-receipt latency under this load.
@@ -183,6 +186,8 @@ struct Tally {
     progress: Vec<AtomicU64>,
     /// Deliveries over all subscribers.
     delivered: AtomicU64,
+    /// Reliable events that arrived twice or out of order (must stay 0).
+    misordered: AtomicU64,
     /// Woken as subscribers advance.
     advanced: Notify,
     /// Merged latencies.
@@ -214,6 +219,7 @@ async fn one_run(
     let tally = Arc::new(Tally {
         progress: (0..n).map(|_| AtomicU64::new(0)).collect(),
         delivered: AtomicU64::new(0),
+        misordered: AtomicU64::new(0),
         advanced: Notify::new(),
         latency: Mutex::new(histogram()),
         last_ns: AtomicU64::new(0),
@@ -252,7 +258,7 @@ async fn one_run(
             let (client, events) = handle
                 .await
                 .map_err(|e| BenchError::Other(format!("subscriber task: {e}")))??;
-            tasks.push(tokio::spawn(subscribe(events, i, tally.clone())));
+            tasks.push(tokio::spawn(subscribe(events, i, kind, tally.clone())));
             subscribers.push(client);
         }
         progress.tick(subscribers.len() as u64, n as u64);
@@ -348,6 +354,7 @@ async fn one_run(
         } else {
             (expected - delivered.min(expected)) as f64 * 100.0 / expected as f64
         },
+        misordered: tally.misordered.load(Ordering::Relaxed),
         events_per_sec: delivered as f64 / elapsed.as_secs_f64(),
         p50_us: latency.value_at_quantile(0.5),
         p99_us: p99,
@@ -359,7 +366,7 @@ async fn one_run(
 }
 
 /// Counts, de-duplicates and times one subscriber's events.
-async fn subscribe(mut events: crate::client::Events, index: usize, tally: Arc<Tally>) {
+async fn subscribe(mut events: crate::client::Events, index: usize, kind: Kind, tally: Arc<Tally>) {
     let mut h = histogram();
     let mut newest = 0u64;
     let mut count = 0u64;
@@ -367,7 +374,12 @@ async fn subscribe(mut events: crate::client::Events, index: usize, tally: Arc<T
         let Some((seq, sent_at)) = parse(&event.payload) else {
             continue;
         };
-        if seq < newest {
+        // Reliable events come exactly once and in order; datagrams may
+        // skip ahead (and their receiver drops stale ones).
+        if seq < newest || (kind.is_reliable() && seq != newest) {
+            if kind.is_reliable() {
+                tally.misordered.fetch_add(1, Ordering::Relaxed);
+            }
             continue;
         }
         newest = seq + 1;

@@ -192,6 +192,9 @@ pub struct LatencyRow {
     pub sent: u64,
     /// Measured messages that arrived.
     pub delivered: u64,
+    /// Reliable messages that arrived twice or out of order: always 0
+    /// unless the bus is broken.
+    pub misordered: u64,
     #[serde(flatten)]
     pub latency: Percentiles,
     /// The raw-UDP echo's p50 in the same run.
@@ -206,8 +209,16 @@ pub struct LatencyRow {
 }
 
 impl LatencyRow {
+    fn measured(name: &str, kind: Kind, m: &Measured, udp_p50: u64) -> Self {
+        LatencyRow {
+            misordered: m.misordered,
+            ..LatencyRow::new(name, kind.name(), &m.histogram, m.sent, udp_p50)
+        }
+    }
+
     fn new(name: &str, delivery: &str, h: &Histogram<u64>, sent: u64, udp_p50: u64) -> Self {
         let latency = Percentiles::of(h);
+        let misordered = 0;
         LatencyRow {
             name: name.to_string(),
             delivery: delivery.to_string(),
@@ -216,6 +227,7 @@ impl LatencyRow {
             jitter_ms: 0.0,
             sent,
             delivered: h.len(),
+            misordered,
             latency,
             udp_p50_us: udp_p50,
             p50_vs_udp: ratio(latency.p50_us, udp_p50),
@@ -287,7 +299,7 @@ async fn scenarios(
                     progress.step(&format!("{name} {}", kind.name()));
                     let pair = Pair::connect(server, ca_pem, kind).await?;
                     let timeout = config.loss_timeout_for(false);
-                    let (h, sent) = pair
+                    let m = pair
                         .measure(
                             config,
                             kind,
@@ -296,7 +308,7 @@ async fn scenarios(
                             progress,
                         )
                         .await?;
-                    let row = LatencyRow::new(name, kind.name(), &h, sent, udp_p50);
+                    let row = LatencyRow::measured(name, kind, &m, udp_p50);
                     progress.finish(&summary(&row));
                     rows.push(row);
                 }
@@ -311,8 +323,8 @@ async fn scenarios(
                         let timeout = config.loss_timeout_for(true);
                         let measured = pair.measure(config, kind, true, timeout, progress).await;
                         netsim.shutdown().await;
-                        let (h, sent) = measured?;
-                        let mut row = LatencyRow::new(&name, kind.name(), &h, sent, udp_p50);
+                        let m = measured?;
+                        let mut row = LatencyRow::measured(&name, kind, &m, udp_p50);
                         row.loss_pct = loss;
                         row.delay_ms = config.delay.as_secs_f64() * 1000.0;
                         row.jitter_ms = config.jitter.as_secs_f64() * 1000.0;
@@ -388,7 +400,7 @@ impl Pair {
 
     /// Sends warm-up then measured messages from A to room `ping`. In a
     /// relay, B bounces each one to room `pong` and A receives it; one-way,
-    /// B receives it. Returns the histogram and the measured messages sent.
+    /// B receives it.
     async fn measure(
         self,
         config: &LatencyConfig,
@@ -396,7 +408,7 @@ impl Pair {
         relay: bool,
         loss_timeout: Duration,
         progress: &Progress,
-    ) -> Result<(Histogram<u64>, u64), BenchError> {
+    ) -> Result<Measured, BenchError> {
         let Pair {
             a,
             a_events,
@@ -469,6 +481,25 @@ async fn emit(a: &Client, kind: Kind, seq: u64, size: usize) -> Result<(), Bench
 /// arrive, however slowly.
 const RELIABLE_LIMIT: Duration = Duration::from_secs(20);
 
+/// What one scenario and delivery kind measured.
+struct Measured {
+    histogram: Histogram<u64>,
+    /// Measured messages sent.
+    sent: u64,
+    /// Reliable messages that arrived twice or out of order (must be 0).
+    misordered: u64,
+}
+
+impl Measured {
+    fn new(sent: u64) -> Self {
+        Measured {
+            histogram: histogram(),
+            sent,
+            misordered: 0,
+        }
+    }
+}
+
 async fn one_in_flight(
     a: &Client,
     events: &mut Events,
@@ -476,8 +507,8 @@ async fn one_in_flight(
     kind: Kind,
     loss_timeout: Duration,
     progress: &Progress,
-) -> Result<(Histogram<u64>, u64), BenchError> {
-    let mut h = histogram();
+) -> Result<Measured, BenchError> {
+    let mut m = Measured::new(config.samples);
     let total = config.warmup + config.samples;
     let limit = if kind.is_reliable() {
         RELIABLE_LIMIT
@@ -492,12 +523,18 @@ async fn one_in_flight(
             match tokio::time::timeout_at(deadline, events.next()).await {
                 Ok(Some(event)) if seq_of(&event.payload) == Some(seq) => {
                     if seq >= config.warmup {
-                        record(&mut h, intended.elapsed());
+                        record(&mut m.histogram, intended.elapsed());
                     }
                     break;
                 }
-                // A late datagram given up earlier.
-                Ok(Some(_)) => continue,
+                // A reliable message arrives once and in turn; a datagram
+                // may come after it was given up.
+                Ok(Some(_)) => {
+                    if kind.is_reliable() {
+                        m.misordered += 1;
+                    }
+                    continue;
+                }
                 Ok(None) => {
                     return Err(BenchError::Other(format!(
                         "the connection closed during message {seq}: {}",
@@ -514,7 +551,7 @@ async fn one_in_flight(
         }
         progress.tick(seq + 1, total);
     }
-    Ok((h, config.samples))
+    Ok(m)
 }
 
 async fn paced(
@@ -525,63 +562,90 @@ async fn paced(
     rate: f64,
     loss_timeout: Duration,
     progress: &Progress,
-) -> Result<(Histogram<u64>, u64), BenchError> {
-    let mut h = histogram();
+) -> Result<Measured, BenchError> {
+    let mut m = Measured::new(config.samples);
     let total = config.warmup + config.samples;
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = Instant::now() + Duration::from_millis(1);
-    let due = |seq: u64| start + interval.mul_f64(seq as f64);
+    let start = Instant::now() + Duration::from_millis(5);
+    let due = move |seq: u64| start + interval.mul_f64(seq as f64);
     let limit = if kind.is_reliable() {
         RELIABLE_LIMIT
     } else {
         loss_timeout
     };
-    let mut next = 0u64;
+    // The sender keeps the schedule on its own, whatever the bus does.
+    let sender = {
+        let (a, size) = (a.clone(), config.size);
+        tokio::spawn(async move {
+            for seq in 0..total {
+                let at = due(seq);
+                // Tokio's timer is 1 ms coarse: sleep until 2 ms before,
+                // then yield (letting the receiving tasks run) until due.
+                if let Some(early) = at.checked_sub(Duration::from_millis(2)) {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(early)).await;
+                }
+                while Instant::now() < at {
+                    tokio::task::yield_now().await;
+                }
+                emit(&a, kind, seq, size).await?;
+            }
+            Ok::<(), BenchError>(())
+        })
+    };
+    let end = tokio::time::Instant::from_std(due(total.saturating_sub(1)) + limit);
     let mut received = 0u64;
-    let mut newest = None::<u64>;
-    let mut sent_at = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    loop {
-        // After the last send, wait for stragglers up to the limit.
-        let end = tokio::time::Instant::from_std(due(total.saturating_sub(1)) + limit);
-        tokio::select! {
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(due(next))), if next < total => {
-                sent_at.push(Instant::now());
-                emit(a, kind, next, config.size).await?;
-                next += 1;
-                progress.tick(next, total);
-            }
-            event = events.next() => {
-                let Some(event) = event else {
-                    return Err(BenchError::Other(format!(
-                        "the connection closed: {}", a.closed().await
-                    )));
+    let mut expected = 0u64;
+    let outcome = loop {
+        match tokio::time::timeout_at(end, events.next()).await {
+            Ok(Some(event)) => {
+                let Some(seq) = seq_of(&event.payload) else {
+                    continue;
                 };
-                let Some(seq) = seq_of(&event.payload) else { continue };
-                // Datagrams never repeat; reliable events arrive in order.
-                if seq < total && newest.is_none_or(|n| seq > n) {
-                    newest = Some(seq);
-                    received += 1;
-                    let sent = usize::try_from(seq).ok().and_then(|i| sent_at.get(i));
-                    if let (true, Some(sent)) = (seq >= config.warmup, sent) {
-                        record(&mut h, sent.elapsed());
-                    }
+                if seq >= total {
+                    continue;
                 }
-                if received == total {
-                    break;
-                }
-            }
-            _ = tokio::time::sleep_until(end), if next == total => {
                 if kind.is_reliable() {
-                    return Err(BenchError::Other(format!(
-                        "{} of {total} reliable messages did not arrive within {RELIABLE_LIMIT:?}",
-                        total - received
-                    )));
+                    // Exactly once, in order: anything else is a fault.
+                    if seq != expected {
+                        m.misordered += 1;
+                        continue;
+                    }
+                    expected += 1;
+                } else if seq < expected {
+                    // A late datagram (its receiver drops the stale ones).
+                    continue;
+                } else {
+                    expected = seq + 1;
                 }
-                break;
+                received += 1;
+                if seq >= config.warmup {
+                    record(&mut m.histogram, due(seq).elapsed());
+                }
+                progress.tick(received, total);
+                if received == total {
+                    break Ok(());
+                }
             }
+            Ok(None) => {
+                break Err(BenchError::Other(format!(
+                    "the connection closed: {}",
+                    a.closed().await
+                )))
+            }
+            Err(_) if kind.is_reliable() => {
+                break Err(BenchError::Other(format!(
+                    "{} of {total} reliable messages did not arrive within {RELIABLE_LIMIT:?} of the last send",
+                    total - received
+                )))
+            }
+            Err(_) => break Ok(()),
         }
+    };
+    sender.abort();
+    if let Ok(Err(e)) = sender.await {
+        return Err(e);
     }
-    Ok((h, config.samples))
+    outcome.map(|()| m)
 }
 
 #[cfg(test)]

@@ -131,9 +131,9 @@ impl Tasks {
     }
 
     async fn read_room_stream(self: Arc<Self>, mut reader: FrameReader) {
-        let room = match reader.next().await {
+        let (room_id, room) = match reader.next().await {
             Ok(Some(Frame::EventStream { room_id, room })) => {
-                lock(&self.core.rooms).learn(room_id, &room)
+                (room_id, lock(&self.core.rooms).learn(room_id, &room))
             }
             Ok(Some(other)) => {
                 return self.violation(format!(
@@ -175,7 +175,7 @@ impl Tasks {
                 let mut rooms = lock(&self.core.rooms);
                 // After `leave`, whatever was already in flight is dropped;
                 // so is an event its datagram copy already delivered.
-                if !rooms.accept_reliable(&room, offset) {
+                if !rooms.accept_reliable(&room, room_id, offset) {
                     continue;
                 }
                 slot.send(Incoming::Event(Event {
@@ -195,7 +195,14 @@ impl Tasks {
     /// Delivers the `EventCopy` of a reliable event if it is the next one
     /// of its room and there is room in the queue; otherwise the stream
     /// frame will deliver it.
-    fn deliver_copy(&self, room_id: u32, offset: u64, name: String, payload: bytes::Bytes) {
+    fn deliver_copy(
+        &self,
+        room_id: u32,
+        previous: u64,
+        offset: u64,
+        name: String,
+        payload: bytes::Bytes,
+    ) {
         // Held like the room streams until this connection's rejoins are reported.
         if !*self.ready.borrow() {
             return;
@@ -207,7 +214,7 @@ impl Tasks {
         let Some(room) = rooms.joined_name(room_id) else {
             return;
         };
-        if !rooms.accept_copy(&room, offset) {
+        if !rooms.accept_copy(&room, room_id, previous, offset) {
             return;
         }
         slot.send(Incoming::Event(Event {
@@ -234,12 +241,13 @@ impl Tasks {
                 }) => (room_id, seq, event, payload),
                 Ok(Frame::EventCopy {
                     room_id,
+                    previous,
                     offset,
                     event,
                     payload,
                     pad: _,
                 }) => {
-                    self.deliver_copy(room_id, offset, event, payload);
+                    self.deliver_copy(room_id, previous, offset, event, payload);
                     continue;
                 }
                 Ok(other) => {

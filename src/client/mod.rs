@@ -35,7 +35,7 @@ mod outbox;
 mod reconnect;
 mod rooms;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -119,6 +119,8 @@ pub(crate) struct Core {
     counters: Counters,
     /// When each room's previous emit was (for datagram copies).
     last_emit: Mutex<HashMap<Arc<str>, Option<std::time::Instant>>>,
+    /// Rooms whose id is being resolved for datagram copies.
+    resolving: Mutex<HashSet<Arc<str>>>,
 }
 
 impl Core {
@@ -312,6 +314,7 @@ impl Client {
             next_request: AtomicU64::new(1),
             counters: Counters::default(),
             last_emit: Mutex::new(HashMap::new()),
+            resolving: Mutex::new(HashSet::new()),
         });
         let link = Link::open(&core, None, events_tx.clone()).await?;
         core.adopt(&link);
@@ -707,7 +710,7 @@ impl Client {
                 }
             };
             if alone {
-                self.send_copy(room, id, event, payload, ack).await;
+                self.send_copy(room, id, event, payload, ack);
             }
         }
         Ok(())
@@ -717,14 +720,30 @@ impl Client {
     /// first copy to a room not yet known by id resolves it (one round
     /// trip); a copy that cannot be sent is skipped: the stream carries the
     /// event anyway.
-    async fn send_copy(&self, room: &str, id: u64, event: &str, payload: Bytes, ack: Option<u64>) {
-        if self.core().current().is_none() {
-            return;
-        }
-        let Ok(room_id) = self.room_id(room).await else {
+    fn send_copy(&self, room: &str, id: u64, event: &str, payload: Bytes, ack: Option<u64>) {
+        let core = self.core();
+        let Some(link) = core.current() else {
             return;
         };
-        let Some(link) = self.core().current() else {
+        let known = lock(&core.rooms).ids.get(room).copied();
+        let Some(room_id) = known else {
+            // Never wait here: the event is queued already. Learn the id in
+            // the background for the next copies; this one goes uncopied.
+            if lock(&core.resolving).insert(Arc::from(room)) {
+                let (core, room) = (core.clone(), room.to_string());
+                tokio::spawn(async move {
+                    let reply = core
+                        .request_on(&link, "resolve", |request| Frame::Resolve {
+                            request,
+                            room: room.clone(),
+                        })
+                        .await;
+                    if let Ok(Reply::Resolved { room_id }) = reply {
+                        lock(&core.rooms).learn(room_id, &room);
+                    }
+                    lock(&core.resolving).remove(room.as_str());
+                });
+            }
             return;
         };
         let buffer = self.core().options.transport.datagram_send_buffer;

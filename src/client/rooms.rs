@@ -5,6 +5,14 @@ use std::sync::Arc;
 
 use crate::wire::RoomId;
 
+/// How far delivery has got in a room, in which life of it: a room evicted
+/// and named again is a new room with a new id, whose offsets start over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    room_id: RoomId,
+    offset: u64,
+}
+
 /// What the client knows of rooms: ids, names, which are joined, and how
 /// far delivery has got in each.
 #[derive(Default)]
@@ -17,9 +25,10 @@ pub(crate) struct RoomTable {
     pub joined: HashSet<Arc<str>>,
     /// Whether each joined room was joined with echo (to rejoin it alike).
     echo: HashMap<Arc<str>, bool>,
-    /// Offset of the newest reliable event delivered, per room. Events at or
-    /// below it (the tail of a stream replaced by a re-join) are dropped.
-    delivered: HashMap<Arc<str>, u64>,
+    /// The newest reliable event delivered, per room. Events at or below it
+    /// (the tail of a stream replaced by a re-join, or an event its datagram
+    /// copy delivered first) are dropped.
+    delivered: HashMap<Arc<str>, Position>,
 }
 
 impl RoomTable {
@@ -45,18 +54,12 @@ impl RoomTable {
         already
     }
 
-    /// After `Joined`: delivery continues from `base` (the offset asked to
-    /// replay from, or the room's offset at the join) unless events already
-    /// delivered got further.
-    pub(crate) fn set_position(&mut self, name: &Arc<str>, base: u64) {
-        let position = self.delivered.entry(name.clone()).or_insert(base);
-        *position = (*position).max(base);
-    }
-
     /// After `Joined`: learns the room's id and where delivery goes on —
     /// after `since` if the history was replayed from there, else live from
-    /// the room's `offset` now (its history, or its very life, no longer
-    /// matches an older position).
+    /// the room's `offset` now. Within the same life of the room the
+    /// position never moves back: events its stream or their copies
+    /// delivered before this reply was handled stay delivered. A new life
+    /// (another id) starts from the answer.
     pub(crate) fn settle(
         &mut self,
         name: &Arc<str>,
@@ -66,18 +69,22 @@ impl RoomTable {
         recovery: crate::wire::Recovery,
     ) {
         self.learn(room_id, name);
-        match (recovery, since) {
-            (crate::wire::Recovery::Recovered { .. }, Some(since)) => {
-                self.set_position(name, since)
+        let base = match (recovery, since) {
+            (crate::wire::Recovery::Recovered { .. }, Some(since)) => since,
+            _ => offset,
+        };
+        match self.delivered.get_mut(name) {
+            Some(p) if p.room_id == room_id => p.offset = p.offset.max(base),
+            _ => {
+                self.delivered.insert(
+                    name.clone(),
+                    Position {
+                        room_id,
+                        offset: base,
+                    },
+                );
             }
-            _ => self.reset_position(name, offset),
         }
-    }
-
-    /// Delivery continues from exactly `offset` (a new life of the room, or
-    /// a history that no longer reaches the old position).
-    pub(crate) fn reset_position(&mut self, name: &Arc<str>, offset: u64) {
-        self.delivered.insert(name.clone(), offset);
     }
 
     /// Every joined room with its echo and the offset of the newest event
@@ -87,7 +94,11 @@ impl RoomTable {
             .iter()
             .map(|room| {
                 let echo = self.echo.get(room).copied().unwrap_or(false);
-                (room.clone(), echo, self.delivered.get(room).copied())
+                (
+                    room.clone(),
+                    echo,
+                    self.delivered.get(room).map(|p| p.offset),
+                )
             })
             .collect()
     }
@@ -114,41 +125,62 @@ impl RoomTable {
             .cloned()
     }
 
-    /// Whether the datagram copy of the reliable event at `offset` should
-    /// reach the application: its room is joined and it is exactly the next
-    /// offset after the newest delivered (a copy never skips ahead, so the
-    /// room's order holds; the stream frame that follows is a duplicate).
-    pub(crate) fn accept_copy(&mut self, room: &Arc<str>, offset: u64) -> bool {
+    /// Whether the reliable event at `offset` of room `room_id` should reach
+    /// the application: its room is joined and it is newer than anything
+    /// delivered from that life of the room.
+    pub(crate) fn accept_reliable(
+        &mut self,
+        room: &Arc<str>,
+        room_id: RoomId,
+        offset: u64,
+    ) -> bool {
         if !self.joined.contains(room) {
             return false;
         }
         match self.delivered.get_mut(room) {
-            Some(last) if offset > 0 && *last == offset - 1 => {
-                *last = offset;
+            Some(p) if p.room_id == room_id => {
+                if offset <= p.offset {
+                    return false;
+                }
+                p.offset = offset;
+            }
+            _ => {
+                self.delivered
+                    .insert(room.clone(), Position { room_id, offset });
+            }
+        }
+        true
+    }
+
+    /// Whether the datagram copy of the reliable event at `offset`, whose
+    /// room's previous event is at `previous`, should reach the application:
+    /// its room is joined, its position is known, and that previous event is
+    /// exactly the newest one delivered. A copy never skips ahead, so the
+    /// room's order holds; the stream frame that follows is a duplicate.
+    pub(crate) fn accept_copy(
+        &mut self,
+        room: &Arc<str>,
+        room_id: RoomId,
+        previous: u64,
+        offset: u64,
+    ) -> bool {
+        if !self.joined.contains(room) || offset <= previous {
+            return false;
+        }
+        match self.delivered.get_mut(room) {
+            Some(p) if p.room_id == room_id && p.offset == previous => {
+                p.offset = offset;
                 true
             }
             _ => false,
         }
-    }
-
-    /// Whether a reliable event should reach the application: its room is
-    /// joined and it is newer than anything delivered from that room.
-    pub(crate) fn accept_reliable(&mut self, room: &Arc<str>, offset: u64) -> bool {
-        if !self.joined.contains(room) {
-            return false;
-        }
-        let last = self.delivered.entry(room.clone()).or_insert(0);
-        if offset <= *last {
-            return false;
-        }
-        *last = offset;
-        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{Recovery, RecoveryFailure};
 
     #[test]
     fn a_room_counts_as_joined_before_its_id_is_known() {
@@ -157,7 +189,7 @@ mod tests {
         rooms.joined.insert(name.clone());
         // The event stream names the room; its events pass before `Joined`.
         let learned = rooms.learn(4, "r");
-        assert!(rooms.accept_reliable(&learned, 1));
+        assert!(rooms.accept_reliable(&learned, 4, 1));
         assert_eq!(rooms.joined_name(4).as_deref(), Some("r"));
     }
 
@@ -171,54 +203,104 @@ mod tests {
             rooms.start_joining(&kept, true),
             "second join of the same room"
         );
-        assert!(rooms.accept_reliable(&kept, 10));
+        assert!(rooms.accept_reliable(&kept, 1, 10));
         rooms.forget_unjoined();
         assert_eq!(rooms.ids.get("kept"), Some(&1));
         assert_eq!(rooms.ids.get("gone"), None);
         assert_eq!(rooms.rejoin_list(), vec![(kept.clone(), true, Some(10))]);
         rooms.joined.remove(&kept);
         assert!(!rooms.start_joining(&kept, false));
-        assert!(rooms.accept_reliable(&kept, 1), "offsets may start over");
-        rooms.set_position(&kept, 0);
+        assert!(
+            rooms.accept_reliable(&kept, 1, 1),
+            "a fresh join starts over"
+        );
+        rooms.settle(&kept, 1, 0, None, Recovery::Live);
         assert_eq!(rooms.rejoin_list(), vec![(kept.clone(), false, Some(1))]);
         rooms.forget_positions();
         assert_eq!(rooms.rejoin_list(), vec![(kept, false, None)]);
     }
 
     #[test]
-    fn a_copy_is_delivered_only_as_the_very_next_offset() {
+    fn the_position_never_moves_back_within_a_life_of_the_room() {
+        let mut rooms = RoomTable::default();
+        let name: Arc<str> = Arc::from("r");
+        assert!(!rooms.start_joining(&name, false));
+        let name = rooms.learn(7, "r");
+        // The stream and a copy overtake the `Joined { offset: 10 }` reply.
+        assert!(rooms.accept_reliable(&name, 7, 11));
+        assert!(rooms.accept_copy(&name, 7, 11, 12));
+        rooms.settle(&name, 7, 10, None, Recovery::Live);
+        assert!(
+            !rooms.accept_reliable(&name, 7, 12),
+            "delivered by its copy"
+        );
+        assert!(!rooms.accept_copy(&name, 7, 10, 11), "a late copy of 11");
+        assert!(rooms.accept_reliable(&name, 7, 13));
+        // A new life of the room (evicted, named again) starts from the answer.
+        rooms.settle(
+            &name,
+            9,
+            2,
+            Some(13),
+            Recovery::NotRecovered {
+                reason: RecoveryFailure::UnknownPosition,
+            },
+        );
+        assert_eq!(rooms.rejoin_list(), vec![(name.clone(), false, Some(2))]);
+        assert!(rooms.accept_reliable(&name, 9, 3));
+        // A gap the history no longer covers moves the position forward.
+        rooms.settle(
+            &name,
+            9,
+            50,
+            Some(3),
+            Recovery::NotRecovered {
+                reason: RecoveryFailure::HistoryTooShort,
+            },
+        );
+        assert_eq!(rooms.rejoin_list(), vec![(name, false, Some(50))]);
+    }
+
+    #[test]
+    fn a_copy_is_delivered_only_right_after_the_newest_delivered() {
         let mut rooms = RoomTable::default();
         let name = rooms.learn(1, "r");
         rooms.joined.insert(name.clone());
         assert!(
-            !rooms.accept_copy(&name, 1),
+            !rooms.accept_copy(&name, 1, 0, 1),
             "position unknown until Joined"
         );
-        rooms.settle(&name, 1, 4, None, crate::wire::Recovery::Live);
-        assert!(!rooms.accept_copy(&name, 6), "would skip 5");
-        assert!(rooms.accept_copy(&name, 5));
+        rooms.settle(&name, 1, 4, None, Recovery::Live);
+        assert!(!rooms.accept_copy(&name, 1, 5, 6), "would skip 5");
         assert!(
-            !rooms.accept_reliable(&name, 5),
+            !rooms.accept_copy(&name, 2, 4, 5),
+            "another life of the room"
+        );
+        assert!(rooms.accept_copy(&name, 1, 4, 5));
+        assert!(
+            !rooms.accept_reliable(&name, 1, 5),
             "the stream frame is a duplicate"
         );
-        assert!(!rooms.accept_copy(&name, 5), "a repeated copy too");
-        assert!(rooms.accept_reliable(&name, 6));
+        assert!(!rooms.accept_copy(&name, 1, 4, 5), "a repeated copy too");
+        assert!(rooms.accept_reliable(&name, 1, 6));
+        // Offsets need not be consecutive: `previous` says what comes before.
+        assert!(rooms.accept_copy(&name, 1, 6, 9));
         rooms.joined.remove(&name);
-        assert!(!rooms.accept_copy(&name, 7), "left");
+        assert!(!rooms.accept_copy(&name, 1, 9, 10), "left");
     }
 
     #[test]
     fn old_or_repeated_offsets_and_left_rooms_are_dropped() {
         let mut rooms = RoomTable::default();
         let name = rooms.learn(1, "r");
-        assert!(!rooms.accept_reliable(&name, 1), "not joined");
+        assert!(!rooms.accept_reliable(&name, 1, 1), "not joined");
         rooms.joined.insert(name.clone());
-        assert!(rooms.accept_reliable(&name, 5));
-        assert!(!rooms.accept_reliable(&name, 5), "duplicate");
-        assert!(!rooms.accept_reliable(&name, 3), "older");
-        assert!(rooms.accept_reliable(&name, 9), "gaps are normal");
+        assert!(rooms.accept_reliable(&name, 1, 5));
+        assert!(!rooms.accept_reliable(&name, 1, 5), "duplicate");
+        assert!(!rooms.accept_reliable(&name, 1, 3), "older");
+        assert!(rooms.accept_reliable(&name, 1, 9), "gaps are normal");
         rooms.joined.remove(&name);
-        assert!(!rooms.accept_reliable(&name, 10), "left");
+        assert!(!rooms.accept_reliable(&name, 1, 10), "left");
         assert_eq!(rooms.joined_name(1), None);
     }
 }

@@ -77,6 +77,8 @@ pub trait RoomSubscriber: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct EventCopy {
     pub room_id: RoomId,
+    /// The offset of the room's event before this one.
+    pub previous: u64,
     pub offset: u64,
     pub event: String,
     pub payload: Bytes,
@@ -249,6 +251,7 @@ impl MemoryBackplane {
         let mut copy = None;
         let (number, frame) = match kind {
             Kind::Reliable => {
+                let previous = state.last_offset;
                 state.last_offset += 1;
                 let offset = state.last_offset;
                 // Encoded once, and only if someone wants it.
@@ -257,6 +260,7 @@ impl MemoryBackplane {
                 {
                     copy = Some(EventCopy {
                         room_id,
+                        previous,
                         offset,
                         event: event.clone(),
                         payload: payload.clone(),

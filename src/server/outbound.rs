@@ -221,6 +221,7 @@ impl RoomSubscriber for SessionSubscriber {
         };
         let frame = wire::encode_padded(target, |pad| Frame::EventCopy {
             room_id: copy.room_id,
+            previous: copy.previous,
             offset: copy.offset,
             event: copy.event.clone(),
             payload: copy.payload.clone(),

@@ -75,7 +75,7 @@ impl PublishLog {
     /// the very next id (so order is kept) and its stream frame is not
     /// being published at this moment.
     pub fn copy_may_publish(&self, id: u64) -> bool {
-        id == self.through + 1 && self.in_flight.is_none()
+        self.through.checked_add(1) == Some(id) && self.in_flight.is_none()
     }
 
     /// Records the outcome of a new id.
@@ -310,6 +310,10 @@ mod tests {
         log.record(2, Ok(11));
         assert_eq!(log.claim(2), Seen::Duplicate(Some(Ok(11))));
         assert!(log.copy_may_publish(3), "a duplicate claims nothing");
+        // A hostile id at the very top neither panics nor opens the gate.
+        log.record(u64::MAX, Ok(12));
+        assert!(!log.copy_may_publish(0));
+        assert!(!log.copy_may_publish(u64::MAX));
     }
 
     #[test]

@@ -258,6 +258,7 @@ mod tests {
             },
             Frame::EventCopy {
                 room_id: 3,
+                previous: 309,
                 offset: 310,
                 event: "say".into(),
                 payload: Bytes::from_static(b"hi"),
@@ -351,6 +352,7 @@ mod tests {
     fn padded_copies_reach_their_target_size_and_decode() {
         let copy = |pad| Frame::EventCopy {
             room_id: 1,
+            previous: 98,
             offset: 99,
             event: "e".into(),
             payload: Bytes::from_static(&[7; 64]),
@@ -405,6 +407,7 @@ mod tests {
         assert_eq!(first(&progress), 19);
         let last = Frame::EventCopy {
             room_id: 0,
+            previous: 0,
             offset: 0,
             event: String::new(),
             payload: Bytes::new(),

@@ -195,11 +195,14 @@ pub enum Frame {
         pad: Bytes,
     },
     /// Server → client datagram: a copy of the reliable `Event` at `offset`
-    /// of `room_id`, for clients that asked with `Hello.copies`. The client
-    /// delivers it only if it is the very next offset of a joined room, and
-    /// drops the stream frame that follows as a duplicate.
+    /// of `room_id`, for clients that asked with `Hello.copies`. `previous`
+    /// is the offset of the room's event before it (0 for the first). The
+    /// client delivers the copy only if `previous` is the newest offset it
+    /// delivered from that room, and drops the stream frame that follows as
+    /// a duplicate.
     EventCopy {
         room_id: RoomId,
+        previous: u64,
         offset: u64,
         event: String,
         payload: Bytes,
