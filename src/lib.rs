@@ -22,8 +22,9 @@
 //! - [`game`]: the moving-entities world of the demo and the game examples.
 //! - [`netsim`]: a seeded UDP impairment proxy (loss, delay, jitter, reorder,
 //!   duplication, outages) to put between a client and a server in tests.
-//! - [`bench`]: the latency and fan-out benchmarks of `quicbus bench`, each
-//!   beside a raw-UDP echo measured in the same run.
+//!
+//! The benchmarks of `quicbus bench` live with the binary (`src/bench`), not
+//! in the library.
 //!
 //! ```text
 //! client ──PublishStream/Publish──▶ session ──▶ Backplane::publish
@@ -35,7 +36,6 @@
 //!
 //! `docs/PROTOCOL.md` specifies the wire protocol.
 
-pub mod bench;
 pub mod certs;
 pub mod client;
 mod copies;

@@ -1,6 +1,7 @@
 //! The `quicbus` command: parses arguments, sets up logging, runs a command.
 //! Exit status: 0 success, 1 runtime failure (one line on stderr), 2 usage error.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use super::latency::Kind;
 use super::{histogram, ratio, record, udp_echo, BenchError, Progress};
-use crate::client::{Client, ClientOptions, Trust};
+use quicbus::client::{Client, ClientOptions, Trust};
 
 /// Events the publisher may be ahead of the slowest subscriber.
 pub const WINDOW: u64 = 2048;
@@ -366,7 +366,12 @@ async fn one_run(
 }
 
 /// Counts, de-duplicates and times one subscriber's events.
-async fn subscribe(mut events: crate::client::Events, index: usize, kind: Kind, tally: Arc<Tally>) {
+async fn subscribe(
+    mut events: quicbus::client::Events,
+    index: usize,
+    kind: Kind,
+    tally: Arc<Tally>,
+) {
     let mut h = histogram();
     let mut newest = 0u64;
     let mut count = 0u64;

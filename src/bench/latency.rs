@@ -26,9 +26,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{curve, histogram, ratio, record, udp_echo, BenchError, Percentiles, Progress};
-use crate::client::{Client, ClientOptions, Delivery, Events, Trust};
-use crate::netsim::{Impairment, Netsim, NetsimConfig, NetsimHandle};
-use crate::server::{Server, ServerConfig, ServerIdentity};
+use quicbus::client::{Client, ClientOptions, Delivery, Events, Trust};
+use quicbus::netsim::{Impairment, Netsim, NetsimConfig, NetsimHandle};
+use quicbus::server::{Server, ServerConfig, ServerIdentity};
 
 /// Which measurements a run makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,10 +247,10 @@ pub fn run(config: &LatencyConfig, progress: &Progress) -> Result<Vec<LatencyRow
     progress.finish(&format!("p50 {} µs", baseline.latency.p50_us));
 
     // The server on its own thread and runtime.
-    let dev = crate::certs::generate(&[]).map_err(|e| BenchError::Other(e.to_string()))?;
+    let dev = quicbus::certs::generate(&[]).map_err(|e| BenchError::Other(e.to_string()))?;
     let identity =
         ServerIdentity::from_dev_certs(&dev).map_err(|e| BenchError::Other(e.to_string()))?;
-    let runtime = crate::server::runtime(config.server_threads)
+    let runtime = quicbus::server::runtime(config.server_threads)
         .map_err(BenchError::io("starting the server runtime"))?;
     let server_config = ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -1,13 +1,15 @@
 //! Benchmarks users run: `quicbus bench latency` and `quicbus bench fanout`.
+//! Part of the binary, not of the library: a performance tool built on the
+//! library's public API, as a user's would be.
 //!
 //! Every run also measures a raw-UDP echo on loopback (the machine's floor)
 //! and reports each figure beside it, because a shared machine is noisy and
-//! only ratios taken in the same run compare across runs. Latency is taken
-//! from the *intended* send time of each message, so a stall in the sender
-//! shows in the figures instead of being hidden (no coordinated omission).
+//! only ratios taken in the same run compare across runs. Paced latency is
+//! taken from the *intended* send time of each message, so a stall shows in
+//! the figures instead of being hidden (no coordinated omission).
 //!
 //! - [`latency`]: relay and one-way round trips, reliable vs datagram, clean
-//!   and through [`crate::netsim`] with loss, delay and jitter.
+//!   and through [`quicbus::netsim`] with loss, delay and jitter.
 //! - [`fanout`]: one publisher to N subscriber connections of a `quicbus
 //!   serve` child process, with its CPU time and memory per connection.
 //! - [`plot`]: the SVG pictures of both.
@@ -41,7 +43,7 @@ pub enum BenchError {
     Client {
         what: String,
         #[source]
-        source: crate::client::ClientError,
+        source: quicbus::client::ClientError,
     },
     /// Anything else that stops a run, with what was being done.
     #[error("{0}")]
@@ -56,7 +58,7 @@ impl BenchError {
 
     pub(crate) fn client(
         what: impl Into<String>,
-    ) -> impl FnOnce(crate::client::ClientError) -> BenchError {
+    ) -> impl FnOnce(quicbus::client::ClientError) -> BenchError {
         let what = what.into();
         move |source| BenchError::Client { what, source }
     }

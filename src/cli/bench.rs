@@ -1,14 +1,14 @@
 //! `quicbus bench latency` and `quicbus bench fanout`: arguments, the
 //! terminal table, `--json` and `--plot`. The measuring is in
-//! `quicbus::bench`.
+//! `crate::bench` (beside the CLI in the binary, not in the library).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::bench::fanout::{FanoutConfig, FanoutRow};
+use crate::bench::latency::{Kind, LatencyConfig, LatencyRow, Scenario};
+use crate::bench::{machine, plot, write_json, Progress};
 use clap::{Subcommand, ValueEnum};
-use quicbus::bench::fanout::{FanoutConfig, FanoutRow};
-use quicbus::bench::latency::{Kind, LatencyConfig, LatencyRow, Scenario};
-use quicbus::bench::{machine, plot, write_json, Progress};
 
 use super::CliResult;
 
@@ -175,7 +175,7 @@ fn latency(args: LatencyArgs) -> CliResult {
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
-    let rows = quicbus::bench::latency::run(&config, &progress)?;
+    let rows = crate::bench::latency::run(&config, &progress)?;
     let mode = match args.rate {
         Some(rate) => format!("paced at {rate}/s"),
         None => "one in flight".into(),
@@ -249,7 +249,7 @@ fn fanout(args: FanoutArgs) -> CliResult {
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
-    let rows = quicbus::bench::fanout::run(&config, &progress)?;
+    let rows = crate::bench::fanout::run(&config, &progress)?;
     let title = format!(
         "quicbus fan-out: 1 publisher → N subscribers, {} B events",
         args.size
@@ -298,7 +298,7 @@ fn print_fanout(rows: &[FanoutRow]) {
 fn write_outputs<T: serde::Serialize>(
     output: &OutputArgs,
     rows: &[T],
-    draw: impl FnOnce(&std::path::Path) -> Result<(), quicbus::bench::BenchError>,
+    draw: impl FnOnce(&std::path::Path) -> Result<(), crate::bench::BenchError>,
 ) -> CliResult {
     if let Some(path) = &output.json {
         write_json(path, rows)?;
