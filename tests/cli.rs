@@ -314,6 +314,8 @@ async fn usage_errors_exit_2() {
         vec!["sub", "--room", "r", "--count", "0"],
         vec!["pub", "--room", "r", "--event", "e", "--rate", "-3", "x"],
         vec!["serve", "--listen", "nowhere"],
+        vec!["serve", "--max-publish-rooms", "0"],
+        vec!["bench", "fanout", "--delivery", "sometimes"],
         vec!["frobnicate"],
     ] {
         let (code, _, stderr) = run(quicbus().args(&args)).await;

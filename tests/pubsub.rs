@@ -442,3 +442,25 @@ async fn clients_sharing_an_endpoint_are_served_alone_and_close_alone() {
         "the closed client's events end"
     );
 }
+
+#[tokio::test]
+async fn publishing_to_more_rooms_than_the_server_allows_times_out_and_spares_the_others() {
+    let mut config = quicbus::server::ServerConfig::default();
+    config.transport.max_uni_streams = 2;
+    let server = common::start_with(config).await;
+    let mut options = server.options();
+    options.request_timeout = std::time::Duration::from_millis(500);
+    let (client, _events) = within("connect", quicbus::client::Client::connect(options))
+        .await
+        .unwrap();
+    assert_eq!(client.emit_with_ack("one", "e", "x").await.unwrap(), 1);
+    assert_eq!(client.emit_with_ack("two", "e", "x").await.unwrap(), 1);
+    // A third publish stream is not allowed: the ack times out, typed.
+    let third = within("third ack", client.emit_with_ack("three", "e", "x")).await;
+    assert!(
+        matches!(third, Err(quicbus::client::ClientError::Timeout { .. })),
+        "{third:?}"
+    );
+    // The rooms already open keep working.
+    assert_eq!(client.emit_with_ack("one", "e", "y").await.unwrap(), 2);
+}

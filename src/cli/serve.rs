@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// on small machines, see README).
     #[arg(long, default_value_t = 0)]
     worker_threads: usize,
+    /// Rooms one client may publish reliable events to at once (one QUIC
+    /// stream each). Each allowed stream costs every connection a little
+    /// memory, idle or not.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_publish_rooms: u32,
 }
 
 pub fn serve(args: ServeArgs) -> CliResult {
@@ -93,6 +98,10 @@ async fn run_server(args: ServeArgs) -> CliResult {
             ..HistoryLimits::default()
         },
         resume_window: std::time::Duration::from_secs(args.resume_window),
+        transport: quicbus::tls::TransportSettings {
+            max_uni_streams: args.max_publish_rooms,
+            ..ServerConfig::default().transport
+        },
         ..ServerConfig::default()
     };
     let server = Server::bind(config, identity)?;
