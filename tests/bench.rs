@@ -28,6 +28,18 @@ fn quicbus(args: &[&str]) -> Output {
     })
 }
 
+/// Runs `quicbus ARGS`, requires success, and returns stdout and stderr.
+fn quicbus_ok(args: &[&str]) -> (String, String) {
+    let out = quicbus(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "quicbus {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    (stdout, stderr)
+}
+
 fn rows(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     serde_json::from_str::<Vec<Value>>(&text).unwrap()
@@ -68,7 +80,7 @@ fn bench_latency_writes_every_field_with_sane_values() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("latency.json");
     let svg = dir.path().join("latency.svg");
-    let out = quicbus(&[
+    let (stdout, stderr) = quicbus_ok(&[
         "bench",
         "latency",
         "--samples",
@@ -82,9 +94,6 @@ fn bench_latency_writes_every_field_with_sane_values() {
         "--plot",
         svg.to_str().unwrap(),
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
     // Progress went to stderr, the table to stdout.
     assert!(stderr.contains("relay reliable"), "{stderr}");
     assert!(stdout.contains("p99/udp"), "{stdout}");
@@ -138,7 +147,7 @@ fn bench_latency_writes_every_field_with_sane_values() {
 fn bench_latency_paced_keeps_every_reliable_event_once_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("paced.json");
-    let out = quicbus(&[
+    quicbus_ok(&[
         "bench",
         "latency",
         "--scenario",
@@ -153,11 +162,6 @@ fn bench_latency_paced_keeps_every_reliable_event_once_and_in_order() {
         "--json",
         json.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let rows = rows(&json);
     assert_eq!(rows.len(), 4, "udp echo and three relay rows");
     for row in &rows[1..] {
@@ -175,7 +179,7 @@ fn bench_fanout_writes_every_field_with_sane_values() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("fanout.json");
     let svg = dir.path().join("fanout.svg");
-    let out = quicbus(&[
+    let (_, stderr) = quicbus_ok(&[
         "bench",
         "fanout",
         "--subscribers",
@@ -187,9 +191,6 @@ fn bench_fanout_writes_every_field_with_sane_values() {
         "--plot",
         svg.to_str().unwrap(),
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
     assert!(stderr.contains("fanout 1x3 reliable"), "{stderr}");
 
     let rows = rows(&json);

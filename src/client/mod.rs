@@ -124,6 +124,23 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// Asks the server for the id of `room` on `link`, and learns it.
+    async fn resolve_on(&self, link: &Link, room: &str) -> Result<RoomId, ClientError> {
+        let reply = self
+            .request_on(link, "resolve", |request| Frame::Resolve {
+                request,
+                room: room.to_string(),
+            })
+            .await?;
+        match reply {
+            Reply::Resolved { room_id } => {
+                lock(&self.rooms).learn(room_id, room);
+                Ok(room_id)
+            }
+            _ => Err(ClientError::Protocol("unexpected answer to Resolve".into())),
+        }
+    }
+
     fn current(&self) -> Option<Arc<Link>> {
         self.link.borrow().clone()
     }
@@ -637,19 +654,8 @@ impl Client {
             return Ok(*id);
         }
         validate_name("room", room).map_err(ClientError::InvalidName)?;
-        match self
-            .request("resolve", |request| Frame::Resolve {
-                request,
-                room: room.to_string(),
-            })
-            .await?
-        {
-            Reply::Resolved { room_id } => {
-                lock(&self.core().rooms).learn(room_id, room);
-                Ok(room_id)
-            }
-            _ => Err(ClientError::Protocol("unexpected answer to Resolve".into())),
-        }
+        let link = self.core().wait_link("resolve", self.deadline()).await?;
+        self.core().resolve_on(&link, room).await
     }
 
     /// Puts a `Publish` into the room's outbox (waiting for room until
@@ -716,10 +722,10 @@ impl Client {
         Ok(())
     }
 
-    /// Sends the `PublishCopy` datagram of publish `id`, if connected. The
-    /// first copy to a room not yet known by id resolves it (one round
-    /// trip); a copy that cannot be sent is skipped: the stream carries the
-    /// event anyway.
+    /// Sends the `PublishCopy` datagram of publish `id`, if connected and
+    /// the room's id is known (else it is looked up in the background for
+    /// the next copies). Never waits; a copy that cannot be sent is skipped:
+    /// the stream carries the event anyway.
     fn send_copy(&self, room: &str, id: u64, event: &str, payload: Bytes, ack: Option<u64>) {
         let core = self.core();
         let Some(link) = core.current() else {
@@ -732,21 +738,13 @@ impl Client {
             if lock(&core.resolving).insert(Arc::from(room)) {
                 let (core, room) = (core.clone(), room.to_string());
                 tokio::spawn(async move {
-                    let reply = core
-                        .request_on(&link, "resolve", |request| Frame::Resolve {
-                            request,
-                            room: room.clone(),
-                        })
-                        .await;
-                    if let Ok(Reply::Resolved { room_id }) = reply {
-                        lock(&core.rooms).learn(room_id, &room);
-                    }
+                    let _ = core.resolve_on(&link, &room).await;
                     lock(&core.resolving).remove(room.as_str());
                 });
             }
             return;
         };
-        let buffer = self.core().options.transport.datagram_send_buffer;
+        let buffer = core.options.transport.datagram_send_buffer;
         if !crate::copies::path_idle(&link.conn, buffer) {
             return;
         }
