@@ -42,5 +42,6 @@ mod copies;
 pub mod game;
 pub mod netsim;
 pub mod server;
+mod sync;
 pub mod tls;
 pub mod wire;

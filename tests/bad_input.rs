@@ -322,3 +322,121 @@ async fn unreachable_server_times_out_with_a_clear_error() {
     assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err:?}");
     assert!(err.to_string().contains("no answer"));
 }
+
+/// Resolves `room` on a raw peer's control stream; returns its id there.
+async fn resolve(peer: &mut RawPeer, request: u64, room: &str) -> u32 {
+    peer.send_control(&Frame::Resolve {
+        request,
+        room: room.into(),
+    })
+    .await;
+    match peer.next_control().await {
+        Frame::Resolved {
+            request: r,
+            room_id,
+        } if r == request => room_id,
+        other => panic!("expected Resolved, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn room_ids_belong_to_a_connection_and_a_guessed_one_reaches_nobody() {
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+    // A victim in 64 rooms the attacker never names.
+    let (victim, mut victim_events) = server.client().await;
+    for i in 0..64 {
+        victim.join(&format!("secret.{i}")).await.unwrap();
+    }
+    let mut attacker = server.raw_session().await;
+    let mine = resolve(&mut attacker, 1, "mine").await;
+    assert_eq!(
+        resolve(&mut attacker, 2, "mine").await,
+        mine,
+        "stable per name"
+    );
+    // Ids on another connection are its own: the same names in another
+    // order get other ids.
+    let mut other = server.raw_session().await;
+    let theirs = resolve(&mut other, 1, "elsewhere").await;
+    assert_eq!(resolve(&mut other, 2, "mine").await, theirs + 1);
+
+    // Every id but its own: datagrams and datagram copies, then a Leave.
+    let guesses: Vec<u32> = (0..=70).filter(|id| *id != mine).collect();
+    for &room_id in &guesses {
+        let datagram = wire::encode(&Frame::PublishDatagram {
+            room_id,
+            event: "pos".into(),
+            payload: Bytes::from_static(b"guess"),
+        });
+        attacker.conn.send_datagram(datagram).unwrap();
+    }
+    let copy = wire::encode(&Frame::PublishCopy {
+        room_id: mine + 1,
+        id: 1,
+        event: "e".into(),
+        payload: Bytes::from_static(b"guess"),
+        ack: Some(9),
+        pad: Bytes::new(),
+    });
+    attacker.conn.send_datagram(copy).unwrap();
+    let mut refused = 0;
+    while refused < guesses.len() + 1 {
+        match attacker.next_control().await {
+            Frame::Error {
+                request: None,
+                code: ErrorCode::UnknownRoom,
+                message,
+            } => {
+                assert!(
+                    message.contains("not given on this connection"),
+                    "{message}"
+                );
+                refused += 1;
+            }
+            other => panic!("expected an UnknownRoom error, got {other:?}"),
+        }
+    }
+    attacker
+        .send_control(&Frame::Leave {
+            request: 3,
+            room_id: mine + 1,
+        })
+        .await;
+    assert!(matches!(
+        attacker.next_control().await,
+        Frame::Error {
+            request: Some(3),
+            code: ErrorCode::UnknownRoom,
+            ..
+        }
+    ));
+    // The session goes on, and its own id works.
+    attacker
+        .send_control(&Frame::Join {
+            request: 4,
+            room: "mine".into(),
+            echo: true,
+            since: None,
+        })
+        .await;
+    assert!(matches!(
+        attacker.next_control().await,
+        Frame::Joined { request: 4, room_id, .. } if room_id == mine
+    ));
+    assert_eq!(
+        server.handle.stats().unknown_room_ids,
+        guesses.len() as u64 + 2
+    );
+    assert_eq!(server.handle.stats().datagrams_published, 0);
+    // Nothing reached the victim: a reliable event sent after every guess
+    // is the first thing it sees.
+    others
+        .publisher
+        .emit_with_ack("secret.0", "after", "x")
+        .await
+        .unwrap();
+    let first = next_event(&mut victim_events, "the event after the guesses").await;
+    assert_eq!((&*first.room, first.name.as_str()), ("secret.0", "after"));
+    others.check("after guessed ids").await;
+}

@@ -95,18 +95,30 @@ fn bench_latency_writes_every_field_with_sane_values() {
         svg.to_str().unwrap(),
     ]);
     // Progress went to stderr, the table to stdout.
-    assert!(stderr.contains("relay reliable"), "{stderr}");
-    assert!(stdout.contains("p99/udp"), "{stdout}");
+    assert!(stderr.contains("relay reliable (disk)"), "{stderr}");
+    assert!(stderr.contains("relay reliable (memory)"), "{stderr}");
+    assert!(
+        stdout.contains("p99/udp") && stdout.contains("storage"),
+        "{stdout}"
+    );
+    // Durable beside memory, for the relay only by default.
+    assert!(
+        stdout.contains("disk (fsync interval) ÷ memory"),
+        "{stdout}"
+    );
 
     let rows = rows(&json);
-    let names: Vec<(String, String)> = rows
+    let names: Vec<(&str, &str, &str)> = rows
         .iter()
-        .map(|r| (s(r, "name").to_string(), s(r, "delivery").to_string()))
+        .map(|r| (s(r, "name"), s(r, "delivery"), s(r, "storage")))
         .collect();
-    let mut expected = vec![("udp-echo".to_string(), "udp".to_string())];
+    let mut expected = vec![("udp-echo", "udp", "none")];
     for name in ["relay", "oneway", "netsim-loss0", "netsim-loss5"] {
         for delivery in ["reliable", "reliable+copies", "datagram"] {
-            expected.push((name.to_string(), delivery.to_string()));
+            expected.push((name, delivery, "disk"));
+            if name == "relay" {
+                expected.push((name, delivery, "memory"));
+            }
         }
     }
     assert_eq!(names, expected);
@@ -152,6 +164,8 @@ fn bench_latency_paced_keeps_every_reliable_event_once_and_in_order() {
         "latency",
         "--scenario",
         "relay",
+        "--storage",
+        "memory",
         "--rate",
         "2000",
         "--samples",
@@ -165,6 +179,7 @@ fn bench_latency_paced_keeps_every_reliable_event_once_and_in_order() {
     let rows = rows(&json);
     assert_eq!(rows.len(), 4, "udp echo and three relay rows");
     for row in &rows[1..] {
+        assert_eq!(s(row, "storage"), "memory", "{row}");
         assert_eq!(u(row, "sent"), 200);
         assert_eq!(u(row, "misordered"), 0, "{row}");
         if s(row, "delivery") != "datagram" {
@@ -191,7 +206,7 @@ fn bench_fanout_writes_every_field_with_sane_values() {
         "--plot",
         svg.to_str().unwrap(),
     ]);
-    assert!(stderr.contains("fanout 1x3 reliable"), "{stderr}");
+    assert!(stderr.contains("fanout 1x3 reliable (disk)"), "{stderr}");
 
     let rows = rows(&json);
     assert_eq!(rows.len(), 4, "{rows:?}");
@@ -203,6 +218,7 @@ fn bench_fanout_writes_every_field_with_sane_values() {
     ]) {
         assert_eq!(s(row, "name"), format!("fanout-1x{subs}"));
         assert_eq!(s(row, "delivery"), delivery);
+        assert_eq!(s(row, "storage"), "disk", "durable by default: {row}");
         assert_eq!(u(row, "subscribers"), subs);
         let (sent, delivered) = (u(row, "sent"), u(row, "delivered"));
         assert_eq!(sent, 300, "{row}");
@@ -228,6 +244,167 @@ fn bench_fanout_writes_every_field_with_sane_values() {
 }
 
 #[test]
+fn bench_fanout_with_memory_storage_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fanout-memory.json");
+    let (stdout, _) = quicbus_ok(&[
+        "bench",
+        "fanout",
+        "--subscribers",
+        "2",
+        "--delivery",
+        "reliable",
+        "--events",
+        "300",
+        "--memory",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("in memory"), "{stdout}");
+    let rows = rows(&json);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(s(row, "storage"), "memory", "{row}");
+    assert_eq!(u(row, "delivered"), 600, "{row}");
+    assert_eq!(u(row, "misordered"), 0, "{row}");
+}
+
+/// Checks a `bench replay` row: every event came back once, in order and
+/// intact, and every figure is there.
+fn assert_replay_row(row: &Value, size: u64) {
+    assert_eq!(s(row, "name"), "replay");
+    assert_eq!(s(row, "storage"), "disk");
+    assert_eq!(u(row, "size"), size, "{row}");
+    let sent = u(row, "sent");
+    assert!(sent >= 1, "{row}");
+    assert_eq!(
+        u(row, "delivered"),
+        sent,
+        "every stored event replayed: {row}"
+    );
+    assert_eq!(u(row, "misordered"), 0, "{row}");
+    assert_eq!(u(row, "damaged"), 0, "{row}");
+    // Each record holds its payload and at least 40 bytes more.
+    assert!(u(row, "disk_bytes") >= sent * (size + 40), "{row}");
+    for field in ["fill_s", "open_ms", "serve_ready_ms", "replay_s"] {
+        assert!(f(row, field) > 0.0, "{field}: {row}");
+    }
+    let first = f(row, "first_event_ms");
+    assert!(first > 0.0 && first <= f(row, "replay_s") * 1000.0, "{row}");
+    let rate = f(row, "events_per_sec");
+    assert!(rate > 0.0, "{row}");
+    let mb = f(row, "payload_mb_per_sec");
+    assert!(
+        (mb - rate * size as f64 / 1e6).abs() <= mb * 0.01 + 0.01,
+        "{row}"
+    );
+    let (open, after, peak) = (
+        u(row, "rss_open_bytes"),
+        u(row, "rss_after_replay_bytes"),
+        u(row, "rss_peak_bytes"),
+    );
+    assert!(open > 1_000_000 && after > 1_000_000, "{row}");
+    assert!(peak >= open && peak >= after, "{row}");
+    assert!(u(row, "udp_p50_us") >= 1, "{row}");
+}
+
+#[test]
+fn bench_replay_returns_every_stored_event_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("replay.json");
+    let (stdout, stderr) = quicbus_ok(&[
+        "bench",
+        "replay",
+        "--events",
+        "2000",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    for step in ["fill", "open", "serve", "replay"] {
+        assert!(stderr.contains(&format!("{step}:")), "{step}: {stderr}");
+    }
+    assert!(stdout.contains("2000/2000 delivered"), "{stdout}");
+    let rows = rows(&json);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(u(&rows[0], "sent"), 2000);
+    assert_replay_row(&rows[0], 64);
+}
+
+#[test]
+fn bench_replay_fills_a_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("replay-bytes.json");
+    quicbus_ok(&[
+        "bench",
+        "replay",
+        "--bytes",
+        "512K",
+        "--size",
+        "1000",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let rows = rows(&json);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_replay_row(row, 1000);
+    // About 512 KiB: the budget, plus at most one record and the files'
+    // headers.
+    let bytes = u(row, "disk_bytes");
+    assert!((512 * 1024..520 * 1024).contains(&bytes), "{row}");
+    assert!((400..=520).contains(&u(row, "sent")), "{row}");
+}
+
+#[test]
+fn bench_storage_times_appends_under_each_fsync_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("storage.json");
+    let (stdout, _) = quicbus_ok(&[
+        "bench",
+        "storage",
+        "--events",
+        "2000",
+        "--run-limit",
+        "2",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("appends/s"), "{stdout}");
+    let rows = rows(&json);
+    let policies: Vec<&str> = rows.iter().map(|r| s(r, "fsync")).collect();
+    assert_eq!(policies, ["always", "interval", "never"]);
+    for row in &rows {
+        assert_eq!(s(row, "name"), "append");
+        assert_eq!(s(row, "storage"), "disk");
+        assert_eq!(u(row, "size"), 64);
+        assert_eq!(u(row, "sent"), 2000, "{row}");
+        let appends = u(row, "appends");
+        // `always` flushes the device each time and may meet the run limit.
+        if s(row, "fsync") == "always" {
+            assert!((1..=2000).contains(&appends), "{row}");
+        } else {
+            assert_eq!(appends, 2000, "{row}");
+        }
+        let p: Vec<f64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
+            .iter()
+            .map(|k| f(row, k))
+            .collect();
+        assert!(p[0] > 0.0, "{row}");
+        assert!(
+            p.windows(2).all(|w| w[0] <= w[1]),
+            "percentiles out of order: {row}"
+        );
+        assert!(f(row, "events_per_sec") > 0.0, "{row}");
+        u(row, "maintain_runs");
+        assert!(u(row, "udp_p50_us") >= 1, "{row}");
+        assert!(f(row, "p99_vs_udp") >= f(row, "p50_vs_udp"), "{row}");
+    }
+}
+
+#[test]
 fn bench_refuses_bad_arguments_with_usage_errors() {
     for args in [
         &["bench", "latency", "--size", "4"][..],
@@ -237,6 +414,13 @@ fn bench_refuses_bad_arguments_with_usage_errors() {
         &["bench", "fanout", "--subscribers", "0"],
         &["bench", "fanout", "--subscribers", "ten"],
         &["bench", "fanout", "--size", "8"],
+        &["bench", "latency", "--storage", "tape"],
+        &["bench", "replay", "--size", "4"],
+        &["bench", "replay", "--events", "0"],
+        &["bench", "replay", "--bytes", "12Q"],
+        &["bench", "replay", "--events", "10", "--bytes", "1M"],
+        &["bench", "storage", "--fsync", "sometimes"],
+        &["bench", "storage", "--events", "0"],
     ] {
         let out = quicbus(args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -7,33 +7,18 @@ mod common;
 use std::path::Path;
 use std::process::Stdio;
 
+use common::process::{quicbus, run};
 use common::within;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-fn quicbus() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quicbus"));
-    cmd.kill_on_drop(true).stdin(Stdio::null());
-    cmd
-}
-
-/// Output of a finished command: status code, stdout, stderr.
-async fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = within("quicbus command", cmd.output())
-        .await
-        .expect("spawn");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use tokio::process::Child;
 
 /// `quicbus serve` on a free port; returns the child and its address.
 async fn serve(certs: &Path) -> (Child, String) {
     let mut child = quicbus()
         .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
         .arg(certs)
+        .arg("--data")
+        .arg(certs.with_file_name("data"))
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn serve");
@@ -315,6 +300,8 @@ async fn usage_errors_exit_2() {
         vec!["pub", "--room", "r", "--event", "e", "--rate", "-3", "x"],
         vec!["serve", "--listen", "nowhere"],
         vec!["serve", "--max-publish-rooms", "0"],
+        vec!["serve", "--fsync", "sometimes"],
+        vec!["serve", "--memory", "--data", "somewhere"],
         vec!["bench", "fanout", "--delivery", "sometimes"],
         vec!["frobnicate"],
     ] {

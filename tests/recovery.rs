@@ -7,7 +7,8 @@ mod common;
 
 use common::{next_event, within};
 use quicbus::client::{JoinOptions, Recovery, RecoveryFailure};
-use quicbus::server::{HistoryLimits, ServerConfig};
+use quicbus::server::backplane::{BoxFuture, Publisher};
+use quicbus::server::{EmbeddedBackplane, HistoryLimits, ServerConfig, SessionId};
 
 fn since(offset: u64) -> JoinOptions {
     JoinOptions {
@@ -120,57 +121,55 @@ async fn a_room_that_cannot_be_created_refuses_each_publish_with_a_typed_error()
     assert_eq!(client.emit_with_ack("another", "e", "y").await.unwrap(), 1);
 }
 
-/// A backplane that refuses events for one room, to see a refusal travel
-/// back to `emit_with_ack` as a typed `Rejected`.
-struct Refusing(quicbus::server::MemoryBackplane);
+/// A backplane whose storage fails for one room, to see the refusal travel
+/// back to `emit_with_ack` as a typed `Rejected { Unavailable }`.
+struct Refusing(EmbeddedBackplane);
+
+type Bp = quicbus::server::BackplaneError;
 
 impl quicbus::server::Backplane for Refusing {
     fn epoch(&self) -> u64 {
         self.0.epoch()
     }
-    fn resolve(&self, name: &str) -> Result<u32, quicbus::server::BackplaneError> {
-        self.0.resolve(name)
-    }
-    fn room_name(&self, room: u32) -> Option<std::sync::Arc<str>> {
-        self.0.room_name(room)
+    fn open(&self, room: &str) -> Result<(), Bp> {
+        self.0.open(room)
     }
     fn subscribe(
         &self,
-        room: u32,
+        room: &str,
         subscriber: std::sync::Arc<dyn quicbus::server::RoomSubscriber>,
         since: Option<u64>,
-    ) -> quicbus::server::backplane::BoxFuture<
-        '_,
-        Result<quicbus::server::Subscribed, quicbus::server::BackplaneError>,
-    > {
+    ) -> BoxFuture<'_, Result<quicbus::server::Subscribed, Bp>> {
         self.0.subscribe(room, subscriber, since)
     }
-    fn unsubscribe(&self, room: u32, session: u64) {
+    fn unsubscribe(&self, room: &str, session: SessionId) {
         self.0.unsubscribe(room, session)
     }
     fn publish(
         &self,
-        room: u32,
-        from: u64,
+        room: &str,
+        from: SessionId,
+        publisher: Publisher,
         event: String,
         payload: bytes::Bytes,
-    ) -> quicbus::server::backplane::BoxFuture<'_, Result<u64, quicbus::server::BackplaneError>>
-    {
-        if self.0.room_name(room).as_deref() == Some("closed") {
-            return Box::pin(std::future::ready(Err(
-                quicbus::server::BackplaneError::ShuttingDown,
-            )));
+    ) -> BoxFuture<'_, Result<u64, Bp>> {
+        if room == "broken" {
+            let failed = Bp::Unavailable("no space left on device".into());
+            return Box::pin(std::future::ready(Err(failed)));
         }
-        self.0.publish(room, from, event, payload)
+        self.0.publish(room, from, publisher, event, payload)
     }
     fn publish_datagram(
         &self,
-        room: u32,
-        from: u64,
+        room: &str,
+        from: SessionId,
         event: String,
         payload: bytes::Bytes,
-    ) -> Result<u64, quicbus::server::BackplaneError> {
+    ) -> Result<u64, Bp> {
         self.0.publish_datagram(room, from, event, payload)
+    }
+    fn publishes_of(&self, room: &str, session: u64) -> BoxFuture<'_, Result<Vec<(u64, u64)>, Bp>> {
+        self.0.publishes_of(room, session)
     }
     fn close(&self) {
         self.0.close()
@@ -180,16 +179,14 @@ impl quicbus::server::Backplane for Refusing {
 #[tokio::test]
 async fn a_refused_event_is_a_typed_rejection_of_its_ack() {
     use quicbus::client::ClientError;
-    use quicbus::server::{MemoryBackplane, Server, ServerIdentity};
+    use quicbus::server::{MemoryStore, Server, ServerIdentity};
     let certs = quicbus::certs::generate(&[]).unwrap();
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..ServerConfig::default()
     };
-    let backplane = std::sync::Arc::new(Refusing(MemoryBackplane::new(
-        100,
-        HistoryLimits::default(),
-    )));
+    let store = std::sync::Arc::new(MemoryStore::new(HistoryLimits::default()));
+    let backplane = std::sync::Arc::new(Refusing(EmbeddedBackplane::new(100, store)));
     let server = Server::with_backplane(
         config,
         ServerIdentity::from_dev_certs(&certs).unwrap(),
@@ -202,10 +199,10 @@ async fn a_refused_event_is_a_typed_rejection_of_its_ack() {
     let (client, _e) = within("connect", quicbus::client::Client::connect(options))
         .await
         .unwrap();
-    match within("ack", client.emit_with_ack("closed", "e", "x")).await {
+    match within("ack", client.emit_with_ack("broken", "e", "x")).await {
         Err(ClientError::Rejected { code, reason }) => {
-            assert_eq!(code, quicbus::wire::ErrorCode::ShuttingDown);
-            assert!(reason.contains("shutting down"), "{reason}");
+            assert_eq!(code, quicbus::wire::ErrorCode::Unavailable);
+            assert!(reason.contains("no space left on device"), "{reason}");
         }
         other => panic!("expected Rejected, got {other:?}"),
     }

@@ -4,7 +4,9 @@
 //! memory are its own: memory per connection is the growth of its resident
 //! set from idle to N idle, joined subscribers, divided by N; CPU is its
 //! user + system time while events flow. Publisher and subscribers share
-//! one runtime in this process.
+//! one runtime in this process. The server keeps history on disk, as
+//! `serve` does by default (every event is written before it is fanned
+//! out), unless the run asks for memory storage.
 //!
 //! The publisher sends as fast as the slowest subscriber takes events: it
 //! stays at most [`WINDOW`] events ahead of the slowest one, below the
@@ -12,10 +14,8 @@
 //! not disconnections. Each payload carries its sequence number and send
 //! time, so subscribers count, de-duplicate and time every event.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,8 +26,10 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::latency::Kind;
-use super::{histogram, ratio, record, udp_echo, BenchError, Progress};
-use quicbus::client::{Client, ClientOptions, Trust};
+use super::scratch::ScratchDir;
+use super::server_process::{ServeOptions, ServerProcess};
+use super::{histogram, ratio, record, udp_echo, BenchError, Progress, StorageKind};
+use quicbus::client::{Client, ClientOptions};
 
 /// Events the publisher may be ahead of the slowest subscriber.
 pub const WINDOW: u64 = 2048;
@@ -58,6 +60,9 @@ pub struct FanoutConfig {
     pub client_threads: usize,
     /// Longest a run may take before it stops and reports what it has.
     pub run_limit: Duration,
+    /// Where the server keeps history: on disk (`serve`'s default, fsync
+    /// `interval`) or in memory.
+    pub storage: StorageKind,
 }
 
 impl FanoutConfig {
@@ -72,6 +77,7 @@ impl FanoutConfig {
             server_threads: 0,
             client_threads: 0,
             run_limit: Duration::from_secs(120),
+            storage: StorageKind::Disk,
         }
     }
 
@@ -112,6 +118,8 @@ pub struct FanoutRow {
     pub name: String,
     /// `reliable` or `datagram`.
     pub delivery: String,
+    /// Where the server kept history: `disk` or `memory`.
+    pub storage: String,
     pub subscribers: usize,
     /// Events published.
     pub sent: u64,
@@ -160,10 +168,23 @@ pub fn run(config: &FanoutConfig, progress: &Progress) -> Result<Vec<FanoutRow>,
     let mut rows = Vec::new();
     for &n in &config.subscribers {
         for &kind in &config.kinds {
-            progress.step(&format!("fanout 1x{n} {}", kind.name()));
-            let server = ServerProcess::start(config)?;
+            progress.step(&format!(
+                "fanout 1x{n} {} ({})",
+                kind.name(),
+                config.storage.name()
+            ));
+            let data = ScratchDir::new("data")?;
+            let server = ServerProcess::start(&ServeOptions {
+                worker_threads: config.server_threads,
+                data: match config.storage {
+                    StorageKind::Disk => Some(data.path().join("data")),
+                    StorageKind::Memory => None,
+                },
+                ..ServeOptions::new(config.server_exe.clone())
+            })?;
             let result = runtime.block_on(one_run(config, &server, n, kind, udp_p50, progress));
             drop(server);
+            drop(data);
             let row = result?;
             progress.finish(&format!(
                 "{:.0} events/s, {}/{} delivered, p99 {} µs, server CPU {:.2} s, {} B/conn",
@@ -242,7 +263,7 @@ async fn one_run(
     for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
         let mut connecting = Vec::new();
         for &i in batch {
-            let options = server.options(kind, &endpoints[i / SUBSCRIBERS_PER_SOCKET]);
+            let options = client_options(server, kind, &endpoints[i / SUBSCRIBERS_PER_SOCKET]);
             connecting.push(tokio::spawn(async move {
                 let (client, events) = Client::connect(options)
                     .await
@@ -267,10 +288,13 @@ async fn one_run(
     let joined_rss = server.rss()?;
     let mem_per_conn = joined_rss.saturating_sub(idle_rss) / n as u64;
 
-    let (publisher, _publisher_events) =
-        Client::connect(server.options(kind, &endpoints[endpoints.len() - 1]))
-            .await
-            .map_err(BenchError::client("connecting the publisher"))?;
+    let (publisher, _publisher_events) = Client::connect(client_options(
+        server,
+        kind,
+        &endpoints[endpoints.len() - 1],
+    ))
+    .await
+    .map_err(BenchError::client("connecting the publisher"))?;
     let total = config.events_for(n);
     let cpu_before = server.cpu_seconds()?;
     let started = Instant::now();
@@ -346,6 +370,7 @@ async fn one_run(
     Ok(FanoutRow {
         name: format!("fanout-1x{n}"),
         delivery: kind.name().into(),
+        storage: config.storage.name().into(),
         subscribers: n,
         sent,
         delivered,
@@ -412,6 +437,14 @@ fn merge(tally: &Tally, h: &mut Histogram<u64>) {
     h.reset();
 }
 
+/// One client of the run, on a shared UDP socket.
+fn client_options(server: &ServerProcess, kind: Kind, endpoint: &quinn::Endpoint) -> ClientOptions {
+    let mut options = server.client_options();
+    options.endpoint = Some(endpoint.clone());
+    options.copies = kind == Kind::Copies;
+    options
+}
+
 fn payload(seq: u64, sent_at: Duration, size: usize) -> Bytes {
     let mut p = vec![0u8; size];
     p[..8].copy_from_slice(&seq.to_le_bytes());
@@ -424,142 +457,6 @@ fn parse(payload: &[u8]) -> Option<(u64, Duration)> {
     let seq = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
     let ns = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
     Some((seq, Duration::from_nanos(ns)))
-}
-
-/// A `quicbus serve` child process on a free loopback port, with its own
-/// development certificates in a temporary directory.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl ServerProcess {
-    fn start(config: &FanoutConfig) -> Result<Self, BenchError> {
-        let dir = std::env::temp_dir().join(format!(
-            "quicbus-bench-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let mut child = Command::new(&config.server_exe)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--certs")
-            .arg(&dir)
-            .args(["--worker-threads", &config.server_threads.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(BenchError::io(format!(
-                "starting {} serve",
-                config.server_exe.display()
-            )))?;
-        let addr = match listening_addr(&mut child) {
-            Ok(addr) => addr,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
-        Ok(ServerProcess { child, addr, dir })
-    }
-
-    fn options(&self, kind: Kind, endpoint: &quinn::Endpoint) -> ClientOptions {
-        let mut options = ClientOptions::new(self.addr);
-        options.endpoint = Some(endpoint.clone());
-        options.copies = kind == Kind::Copies;
-        options.trust = Trust::CaFile(self.dir.join("ca.pem"));
-        options.client_name = "quicbus-bench".into();
-        options.connect_timeout = Duration::from_secs(30);
-        options.reconnect = None;
-        options
-    }
-
-    /// Resident memory, bytes.
-    fn rss(&self) -> Result<u64, BenchError> {
-        let status = proc_file(self.child.id(), "status")?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .ok_or_else(|| BenchError::Other("no VmRSS in the server's /proc status".into()))
-    }
-
-    /// User + system CPU time so far, seconds.
-    fn cpu_seconds(&self) -> Result<f64, BenchError> {
-        let stat = proc_file(self.child.id(), "stat")?;
-        // Fields after the parenthesised command name; utime and stime are
-        // fields 14 and 15 of the whole line, in clock ticks of 1/100 s.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .ok_or_else(|| BenchError::Other("unreadable /proc stat".into()))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> Result<u64, BenchError> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse().ok())
-                .ok_or_else(|| BenchError::Other("unreadable /proc stat".into()))
-        };
-        Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn proc_file(pid: u32, name: &str) -> Result<String, BenchError> {
-    let path = Path::new("/proc").join(pid.to_string()).join(name);
-    std::fs::read_to_string(&path).map_err(BenchError::io(format!(
-        "reading {} (the server's CPU and memory are read from /proc, Linux only)",
-        path.display()
-    )))
-}
-
-/// Reads the child's stderr until its "listening on ADDR" line (10 s at most).
-fn listening_addr(child: &mut Child) -> Result<SocketAddr, BenchError> {
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| BenchError::Other("the server's stderr is not piped".into()))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    // The reader keeps draining stderr for the server's life, so it never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(sender) = tx.as_ref() {
-                if let Some(addr) = line
-                    .strip_prefix("quicbus listening on ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-                {
-                    let _ = sender.send(Ok(addr));
-                    tx = None;
-                } else if line.starts_with("error") {
-                    let _ = sender.send(Err(line));
-                }
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(Ok(addr)) => Ok(addr),
-        Ok(Err(line)) => Err(BenchError::Other(format!("the server failed: {line}"))),
-        Err(_) => Err(BenchError::Other(
-            "the server did not report its address within 10 s".into(),
-        )),
-    }
 }
 
 #[cfg(test)]

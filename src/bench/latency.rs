@@ -4,7 +4,10 @@
 //! Layout: the server runs on its own thread and runtime (current-thread by
 //! default, as `quicbus serve`); both clients and, for the netsim scenarios,
 //! the impairment proxy share one current-thread runtime on the calling
-//! thread. Every message carries its sequence number in its first 8 bytes,
+//! thread. A scenario measured on several storages (durable history on
+//! disk, as `serve` runs by default, and memory) gets a server for each,
+//! and measures each delivery on them one after the other, so the rows
+//! compared were taken moments apart. Every message carries its sequence number in its first 8 bytes,
 //! and its latency runs from the moment it is handed to the client library
 //! to its receipt:
 //!
@@ -19,16 +22,21 @@
 //!   the lateness of the benchmark's own timer (Tokio's is 1 ms coarse).
 
 use std::net::SocketAddr;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{curve, histogram, ratio, record, udp_echo, BenchError, Percentiles, Progress};
+use super::scratch::ScratchDir;
+use super::{
+    curve, histogram, ratio, record, udp_echo, BenchError, Percentiles, Progress, StorageKind,
+};
+use quicbus::certs::DevCerts;
 use quicbus::client::{Client, ClientOptions, Delivery, Events, Trust};
 use quicbus::netsim::{Impairment, Netsim, NetsimConfig, NetsimHandle};
-use quicbus::server::{Server, ServerConfig, ServerIdentity};
+use quicbus::server::{FsyncPolicy, Server, ServerConfig, ServerIdentity, Storage};
 
 /// Which measurements a run makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +105,9 @@ pub struct LatencyConfig {
     pub seed: u64,
     /// Also measure reliable events sent with datagram copies.
     pub copies: bool,
+    /// Where the server keeps history, for every scenario; `None` runs the
+    /// relay on disk and in memory and the other scenarios on disk.
+    pub storage: Option<Vec<StorageKind>>,
 }
 
 impl Default for LatencyConfig {
@@ -114,6 +125,7 @@ impl Default for LatencyConfig {
             server_threads: 0,
             seed: 1,
             copies: true,
+            storage: None,
         }
     }
 }
@@ -127,11 +139,23 @@ impl LatencyConfig {
         }
     }
 
+    /// The storages `scenario` runs on, in order.
+    pub fn storages_for(&self, scenario: Scenario) -> Vec<StorageKind> {
+        match &self.storage {
+            Some(list) => list.clone(),
+            None if scenario == Scenario::Relay => vec![StorageKind::Disk, StorageKind::Memory],
+            None => vec![StorageKind::Disk],
+        }
+    }
+
     /// Checks the settings before anything starts.
     pub fn validate(&self) -> Result<(), BenchError> {
         let fail = |m: String| Err(BenchError::Other(m));
         if self.samples == 0 {
             return fail("--samples must be at least 1".into());
+        }
+        if self.storage.as_ref().is_some_and(Vec::is_empty) {
+            return fail("no storage chosen".into());
         }
         if self.size < 8 {
             return fail(format!(
@@ -180,8 +204,11 @@ impl LatencyConfig {
 pub struct LatencyRow {
     /// `udp-echo`, `relay`, `oneway` or `netsim-loss<N>`.
     pub name: String,
-    /// `udp`, `reliable` or `datagram`.
+    /// `udp`, `reliable`, `reliable+copies` or `datagram`.
     pub delivery: String,
+    /// Where the server kept history: `disk` (fsync `interval`, `serve`'s
+    /// default) or `memory`; `none` for the UDP echo.
+    pub storage: String,
     /// Loss netsim applied per packet and direction (0 without netsim).
     pub loss_pct: f64,
     /// One-way delay netsim added per crossing, ms.
@@ -209,9 +236,10 @@ pub struct LatencyRow {
 }
 
 impl LatencyRow {
-    fn measured(name: &str, kind: Kind, m: &Measured, udp_p50: u64) -> Self {
+    fn measured(name: &str, kind: Kind, storage: StorageKind, m: &Measured, udp_p50: u64) -> Self {
         LatencyRow {
             misordered: m.misordered,
+            storage: storage.name().to_string(),
             ..LatencyRow::new(name, kind.name(), &m.histogram, m.sent, udp_p50)
         }
     }
@@ -222,6 +250,7 @@ impl LatencyRow {
         LatencyRow {
             name: name.to_string(),
             delivery: delivery.to_string(),
+            storage: "none".to_string(),
             loss_pct: 0.0,
             delay_ms: 0.0,
             jitter_ms: 0.0,
@@ -246,92 +275,155 @@ pub fn run(config: &LatencyConfig, progress: &Progress) -> Result<Vec<LatencyRow
     let baseline = LatencyRow::new("udp-echo", "udp", &udp, config.samples, udp_p50);
     progress.finish(&format!("p50 {} µs", baseline.latency.p50_us));
 
-    // The server on its own thread and runtime.
     let dev = quicbus::certs::generate(&[]).map_err(|e| BenchError::Other(e.to_string()))?;
-    let identity =
-        ServerIdentity::from_dev_certs(&dev).map_err(|e| BenchError::Other(e.to_string()))?;
-    let runtime = quicbus::server::runtime(config.server_threads)
-        .map_err(BenchError::io("starting the server runtime"))?;
-    let server_config = ServerConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..ServerConfig::default()
-    };
-    let server = runtime
-        .block_on(async { Server::bind(server_config, identity) })
-        .map_err(|e| BenchError::Other(format!("starting the server: {e}")))?;
-    let addr = server.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_thread = std::thread::spawn(move || {
-        runtime.block_on(server.run(async {
-            let _ = stop_rx.await;
-        }))
-    });
-
     let clients = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(BenchError::io("starting the client runtime"))?;
-    let result = clients.block_on(scenarios(config, addr, &dev.ca_pem, udp_p50, progress));
-    let _ = stop_tx.send(());
-    let _ = server_thread.join();
     let mut rows = vec![baseline];
-    rows.extend(result?);
+    for &scenario in &config.scenarios {
+        let mut servers = Vec::new();
+        for storage in config.storages_for(scenario) {
+            servers.push(LocalServer::start(config, storage, &dev)?);
+        }
+        let result = clients.block_on(scenario_rows(
+            config,
+            scenario,
+            &servers,
+            &dev.ca_pem,
+            udp_p50,
+            progress,
+        ));
+        drop(servers);
+        rows.extend(result?);
+    }
     Ok(rows)
 }
 
-async fn scenarios(
+/// A server on its own thread and runtime, with a scratch data directory
+/// when it keeps history on disk; stopped (and the directory removed) when
+/// dropped.
+struct LocalServer {
+    addr: SocketAddr,
+    storage: StorageKind,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// Removed after the thread has ended (fields drop after `drop`).
+    _data: Option<ScratchDir>,
+}
+
+impl LocalServer {
+    fn start(
+        config: &LatencyConfig,
+        storage: StorageKind,
+        dev: &DevCerts,
+    ) -> Result<Self, BenchError> {
+        let identity =
+            ServerIdentity::from_dev_certs(dev).map_err(|e| BenchError::Other(e.to_string()))?;
+        let (data, storage_config) = match storage {
+            StorageKind::Memory => (None, Storage::Memory),
+            StorageKind::Disk => {
+                let data = ScratchDir::new("data")?;
+                // The policy `serve` runs with by default.
+                let fsync = "interval"
+                    .parse::<FsyncPolicy>()
+                    .map_err(BenchError::Other)?;
+                let dir = data.path().join("data");
+                (Some(data), Storage::Disk { dir, fsync })
+            }
+        };
+        let runtime = quicbus::server::runtime(config.server_threads)
+            .map_err(BenchError::io("starting the server runtime"))?;
+        let server_config = ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            storage: storage_config,
+            ..ServerConfig::default()
+        };
+        let server = runtime
+            .block_on(async { Server::bind(server_config, identity) })
+            .map_err(|e| {
+                BenchError::Other(format!("starting the server ({}): {e}", storage.name()))
+            })?;
+        let addr = server.local_addr();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(server.run(async {
+                let _ = stop_rx.await;
+            }))
+        });
+        Ok(LocalServer {
+            addr,
+            storage,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _data: data,
+        })
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The rows of one scenario: per loss level (netsim) and delivery, one row
+/// per server.
+async fn scenario_rows(
     config: &LatencyConfig,
-    server: SocketAddr,
+    scenario: Scenario,
+    servers: &[LocalServer],
     ca_pem: &str,
     udp_p50: u64,
     progress: &Progress,
 ) -> Result<Vec<LatencyRow>, BenchError> {
+    let levels: Vec<(String, Option<f64>)> = match scenario {
+        Scenario::Relay => vec![("relay".into(), None)],
+        Scenario::Oneway => vec![("oneway".into(), None)],
+        Scenario::Loss => config
+            .loss_levels
+            .iter()
+            .map(|&loss| (format!("netsim-loss{loss}"), Some(loss)))
+            .collect(),
+    };
+    let relay = scenario != Scenario::Oneway;
     let mut rows = Vec::new();
-    for scenario in &config.scenarios {
-        match scenario {
-            Scenario::Relay | Scenario::Oneway => {
-                let name = if *scenario == Scenario::Relay {
-                    "relay"
-                } else {
-                    "oneway"
-                };
-                for kind in config.kinds() {
-                    progress.step(&format!("{name} {}", kind.name()));
-                    let pair = Pair::connect(server, ca_pem, kind).await?;
-                    let timeout = config.loss_timeout_for(false);
-                    let m = pair
-                        .measure(
-                            config,
-                            kind,
-                            *scenario == Scenario::Relay,
-                            timeout,
-                            progress,
-                        )
-                        .await?;
-                    let row = LatencyRow::measured(name, kind, &m, udp_p50);
-                    progress.finish(&summary(&row));
-                    rows.push(row);
-                }
-            }
-            Scenario::Loss => {
-                for &loss in &config.loss_levels {
-                    let name = format!("netsim-loss{loss}");
-                    for kind in config.kinds() {
-                        progress.step(&format!("{name} {}", kind.name()));
-                        let netsim = impaired(config, server, loss).await?;
+    for (name, loss) in levels {
+        for kind in config.kinds() {
+            for server in servers {
+                progress.step(&format!(
+                    "{name} {} ({})",
+                    kind.name(),
+                    server.storage.name()
+                ));
+                let m = match loss {
+                    None => {
+                        let pair = Pair::connect(server.addr, ca_pem, kind).await?;
+                        let timeout = config.loss_timeout_for(false);
+                        pair.measure(config, kind, relay, timeout, progress).await?
+                    }
+                    Some(loss) => {
+                        let netsim = impaired(config, server.addr, loss).await?;
                         let pair = Pair::connect(netsim.local_addr(), ca_pem, kind).await?;
                         let timeout = config.loss_timeout_for(true);
-                        let measured = pair.measure(config, kind, true, timeout, progress).await;
+                        let measured = pair.measure(config, kind, relay, timeout, progress).await;
                         netsim.shutdown().await;
-                        let m = measured?;
-                        let mut row = LatencyRow::measured(&name, kind, &m, udp_p50);
-                        row.loss_pct = loss;
-                        row.delay_ms = config.delay.as_secs_f64() * 1000.0;
-                        row.jitter_ms = config.jitter.as_secs_f64() * 1000.0;
-                        progress.finish(&summary(&row));
-                        rows.push(row);
+                        measured?
                     }
+                };
+                let mut row = LatencyRow::measured(&name, kind, server.storage, &m, udp_p50);
+                if let Some(loss) = loss {
+                    row.loss_pct = loss;
+                    row.delay_ms = config.delay.as_secs_f64() * 1000.0;
+                    row.jitter_ms = config.jitter.as_secs_f64() * 1000.0;
                 }
+                progress.finish(&summary(&row));
+                rows.push(row);
             }
         }
     }
@@ -684,10 +776,35 @@ mod tests {
                 scenarios: vec![],
                 ..LatencyConfig::default()
             },
+            LatencyConfig {
+                storage: Some(vec![]),
+                ..LatencyConfig::default()
+            },
         ];
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");
         }
+    }
+
+    #[test]
+    fn the_relay_runs_on_disk_and_memory_unless_told() {
+        let c = LatencyConfig::default();
+        let both = vec![StorageKind::Disk, StorageKind::Memory];
+        assert_eq!(c.storages_for(Scenario::Relay), both);
+        assert_eq!(c.storages_for(Scenario::Oneway), vec![StorageKind::Disk]);
+        assert_eq!(c.storages_for(Scenario::Loss), vec![StorageKind::Disk]);
+        let memory = LatencyConfig {
+            storage: Some(vec![StorageKind::Memory]),
+            ..LatencyConfig::default()
+        };
+        assert_eq!(
+            memory.storages_for(Scenario::Relay),
+            vec![StorageKind::Memory]
+        );
+        assert_eq!(
+            memory.storages_for(Scenario::Loss),
+            vec![StorageKind::Memory]
+        );
     }
 
     #[test]

@@ -12,12 +12,23 @@
 //!   and through [`quicbus::netsim`] with loss, delay and jitter.
 //! - [`fanout`]: one publisher to N subscriber connections of a `quicbus
 //!   serve` child process, with its CPU time and memory per connection.
-//! - [`plot`]: the SVG pictures of both.
+//! - [`replay`]: a late joiner reading a million stored events from a
+//!   durable server, and what opening a large data directory costs.
+//! - [`storage`]: the cost of one append to the disk store under each
+//!   fsync policy.
+//! - [`plot`]: the SVG pictures of latency and fan-out.
+//!
+//! Durable history (`serve`'s default) is measured against memory storage
+//! where it matters: the latency relay runs on both, fan-out on either.
 
 pub mod fanout;
 pub mod latency;
 pub mod plot;
 mod progress;
+pub mod replay;
+mod scratch;
+mod server_process;
+pub mod storage;
 mod udp;
 
 use std::time::Duration;
@@ -45,6 +56,13 @@ pub enum BenchError {
         #[source]
         source: quicbus::client::ClientError,
     },
+    /// The history store failed (open, append).
+    #[error("{what}: {source}")]
+    History {
+        what: String,
+        #[source]
+        source: quicbus::server::HistoryError,
+    },
     /// Anything else that stops a run, with what was being done.
     #[error("{0}")]
     Other(String),
@@ -61,6 +79,33 @@ impl BenchError {
     ) -> impl FnOnce(quicbus::client::ClientError) -> BenchError {
         let what = what.into();
         move |source| BenchError::Client { what, source }
+    }
+
+    pub(crate) fn history(
+        what: impl Into<String>,
+    ) -> impl FnOnce(quicbus::server::HistoryError) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::History { what, source }
+    }
+}
+
+/// Where a measured server keeps room history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// In a data directory, fsync `interval`: what `quicbus serve` does by
+    /// default.
+    Disk,
+    /// In memory (`serve --memory`).
+    Memory,
+}
+
+impl StorageKind {
+    /// `disk` or `memory`, as in the JSON and the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageKind::Disk => "disk",
+            StorageKind::Memory => "memory",
+        }
     }
 }
 

@@ -2,11 +2,13 @@
 //!
 //! - latency: one panel per scenario, latency against percentile (log
 //!   scales), reliable vs datagram with the raw-UDP echo for reference, so
-//!   the reliable tail under loss stands out against the datagram one;
+//!   the reliable tail under loss stands out against the datagram one; a
+//!   scenario run on both storages draws its memory-storage curves dashed;
 //! - fan-out: delivered events per second and p99 against subscribers.
 
 use std::path::Path;
 
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 use super::fanout::FanoutRow;
@@ -103,26 +105,47 @@ pub fn latency_svg(path: &Path, rows: &[LatencyRow], title: &str) -> Result<(), 
         if let Some(udp) = udp {
             series.push((udp, color(&udp.delivery)));
         }
+        let mut storages: Vec<&str> = Vec::new();
+        for (row, _) in &series {
+            if row.delivery != "udp" && !storages.contains(&row.storage.as_str()) {
+                storages.push(&row.storage);
+            }
+        }
         for (row, color) in series {
-            let points = row
+            let points: Vec<(f64, f64)> = row
                 .curve
                 .iter()
-                .map(|&(q, us)| (nines(q), us.max(1) as f64));
+                .map(|&(q, us)| (nines(q), us.max(1) as f64))
+                .collect();
             let label = if row.delivery == "udp" {
                 "raw UDP echo".to_string()
+            } else if storages.len() > 1 {
+                format!(
+                    "{}, {} ({}/{} delivered)",
+                    row.delivery, row.storage, row.delivered, row.sent
+                )
             } else {
                 format!(
                     "{} ({}/{} delivered)",
                     row.delivery, row.delivered, row.sent
                 )
             };
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                });
+            let style = color.stroke_width(2);
+            if row.storage == "memory" && storages.len() > 1 {
+                chart
+                    .draw_series(DashedLineSeries::new(points, 6, 4, style))
+                    .map_err(plot_error)?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        DashedPathElement::new(vec![(x, y), (x + 16, y)], 4, 3, style)
+                    });
+            } else {
+                chart
+                    .draw_series(LineSeries::new(points, style))
+                    .map_err(plot_error)?
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+            }
         }
         chart
             .configure_series_labels()

@@ -1,5 +1,5 @@
-//! `quicbus bench latency` and `quicbus bench fanout`: arguments, the
-//! terminal table, `--json` and `--plot`. The measuring is in
+//! `quicbus bench latency`, `fanout`, `replay` and `storage`: arguments,
+//! the terminal table, `--json` and `--plot`. The measuring is in
 //! `crate::bench` (beside the CLI in the binary, not in the library).
 
 use std::path::PathBuf;
@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use crate::bench::fanout::{FanoutConfig, FanoutRow};
 use crate::bench::latency::{Kind, LatencyConfig, LatencyRow, Scenario};
-use crate::bench::{machine, plot, write_json, Progress};
+use crate::bench::replay::{Fill, ReplayConfig, ReplayRow};
+use crate::bench::storage::{StorageConfig, StorageRow};
+use crate::bench::{machine, plot, write_json, Progress, StorageKind};
 use clap::{Subcommand, ValueEnum};
+use quicbus::server::history::FsyncPolicy;
 
 use super::CliResult;
 
@@ -18,6 +21,11 @@ pub enum BenchCommand {
     Latency(LatencyArgs),
     /// One publisher to N subscribers: events/s, loss, p99, server CPU and memory.
     Fanout(FanoutArgs),
+    /// A late joiner replaying a room's stored history from a durable
+    /// server; the time to open a data directory and the server's memory.
+    Replay(ReplayArgs),
+    /// The time of one append to the disk store under each fsync policy.
+    Storage(StorageArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -26,6 +34,40 @@ enum ScenarioArg {
     Oneway,
     Loss,
     All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StorageArg {
+    /// History on disk, fsync `interval` (`serve`'s default).
+    Disk,
+    /// History in memory (`serve --memory`).
+    Memory,
+}
+
+impl From<StorageArg> for StorageKind {
+    fn from(arg: StorageArg) -> Self {
+        match arg {
+            StorageArg::Disk => StorageKind::Disk,
+            StorageArg::Memory => StorageKind::Memory,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FsyncArg {
+    Always,
+    Interval,
+    Never,
+}
+
+impl From<FsyncArg> for FsyncPolicy {
+    fn from(arg: FsyncArg) -> Self {
+        match arg {
+            FsyncArg::Always => FsyncPolicy::Always,
+            FsyncArg::Interval => FsyncPolicy::default(),
+            FsyncArg::Never => FsyncPolicy::Never,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -91,6 +133,12 @@ pub struct LatencyArgs {
     /// Skip the runs of reliable events with datagram copies.
     #[arg(long)]
     no_copies: bool,
+    /// Where the server keeps history; a comma-separated list. Default:
+    /// disk,memory for the relay (durable beside in-memory, taken moments
+    /// apart), disk for oneway and loss. A list given applies to every
+    /// scenario.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    storage: Option<Vec<StorageArg>>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -118,8 +166,94 @@ pub struct FanoutArgs {
     /// Longest one run may take, seconds.
     #[arg(long, default_value_t = 120.0, value_parser = super::positive_secs)]
     run_limit: f64,
+    /// Serve with history in memory (`serve --memory`) instead of on disk.
+    #[arg(long)]
+    memory: bool,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Events stored and replayed.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    events: u64,
+    /// Store events until the data directory holds this much instead of
+    /// --events: a number of bytes with an optional K, M or G (powers of
+    /// 1024), e.g. 1G.
+    #[arg(long, value_parser = byte_size, conflicts_with = "events")]
+    bytes: Option<u64>,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=65_536))]
+    size: u64,
+    /// `serve --worker-threads` of the measured server.
+    #[arg(long, default_value_t = 0)]
+    server_threads: usize,
+    /// Longest the replay may take, seconds.
+    #[arg(long, default_value_t = 300.0, value_parser = super::positive_secs)]
+    run_limit: f64,
+    /// Write the results as a JSON array (one object).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// No progress on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StorageArgs {
+    /// Appends per fsync policy (enough for `interval` to sync a few times:
+    /// the store syncs once a second).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    events: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=65_536))]
+    size: u64,
+    /// The fsync policies measured; a comma-separated list.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "always,interval,never"
+    )]
+    fsync: Vec<FsyncArg>,
+    /// Longest one policy may append, seconds; it then reports the appends
+    /// made (`always` may need it on a slow disk).
+    #[arg(long, default_value_t = 10.0, value_parser = super::positive_secs)]
+    run_limit: f64,
+    /// Write the results as a JSON array, one object per policy.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// No progress on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `1234`, `64K`, `512M`, `1G` (powers of 1024) as bytes.
+fn byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "'{s}' is not a size: expected e.g. 1048576, 512M or 1G"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: expected e.g. 1048576, 512M or 1G"))?;
+    match n.checked_mul(scale) {
+        Some(bytes) if (1..=1 << 40).contains(&bytes) => Ok(bytes),
+        _ => Err(format!("'{s}' must be from 1 byte to 1T")),
+    }
 }
 
 fn non_negative_ms(s: &str) -> Result<f64, String> {
@@ -139,6 +273,8 @@ pub fn bench(command: BenchCommand) -> CliResult {
     match command {
         BenchCommand::Latency(a) => latency(a),
         BenchCommand::Fanout(a) => fanout(a),
+        BenchCommand::Replay(a) => replay(a),
+        BenchCommand::Storage(a) => storage(a),
     }
 }
 
@@ -172,6 +308,10 @@ fn latency(args: LatencyArgs) -> CliResult {
         server_threads: args.server_threads,
         seed: args.seed,
         copies: !args.no_copies,
+        storage: args
+            .storage
+            .as_ref()
+            .map(|list| list.iter().map(|&s| StorageKind::from(s)).collect()),
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
@@ -193,9 +333,10 @@ fn latency(args: LatencyArgs) -> CliResult {
 
 fn print_latency(rows: &[LatencyRow]) {
     println!(
-        "{:<16} {:<15} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
+        "{:<16} {:<15} {:<7} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
         "scenario",
         "delivery",
+        "storage",
         "loss%",
         "delivered/sent",
         "p50µs",
@@ -208,9 +349,10 @@ fn print_latency(rows: &[LatencyRow]) {
     );
     for r in rows {
         println!(
-            "{:<16} {:<15} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
+            "{:<16} {:<15} {:<7} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
             r.name,
             r.delivery,
+            r.storage,
             r.loss_pct,
             format!("{}/{}", r.delivered, r.sent),
             r.latency.p50_us,
@@ -222,11 +364,49 @@ fn print_latency(rows: &[LatencyRow]) {
             r.p99_vs_udp,
         );
     }
+    print_storage_comparison(rows);
+}
+
+/// Durable against memory storage, wherever a run has both.
+fn print_storage_comparison(rows: &[LatencyRow]) {
+    let mut pairs = Vec::new();
+    for disk in rows.iter().filter(|r| r.storage == "disk") {
+        let twin = rows
+            .iter()
+            .find(|r| r.storage == "memory" && r.name == disk.name && r.delivery == disk.delivery);
+        if let Some(memory) = twin {
+            pairs.push((disk, memory));
+        }
+    }
+    if pairs.is_empty() {
+        return;
+    }
+    println!("\ndisk (fsync interval) ÷ memory, same run:");
+    for (disk, memory) in pairs {
+        println!(
+            "  {:<16} {:<15} p50 {} / {} µs = {:.2}x   p99 {} / {} µs = {:.2}x",
+            disk.name,
+            disk.delivery,
+            disk.latency.p50_us,
+            memory.latency.p50_us,
+            ratio2(disk.latency.p50_us, memory.latency.p50_us),
+            disk.latency.p99_us,
+            memory.latency.p99_us,
+            ratio2(disk.latency.p99_us, memory.latency.p99_us),
+        );
+    }
+}
+
+/// `value / base` to two decimals; 0 without a base.
+fn ratio2(value: u64, base: u64) -> f64 {
+    if base == 0 {
+        return 0.0;
+    }
+    (value as f64 / base as f64 * 100.0).round() / 100.0
 }
 
 fn fanout(args: FanoutArgs) -> CliResult {
-    let server_exe = std::env::current_exe()
-        .map_err(|e| format!("cannot find the quicbus executable to run the server: {e}"))?;
+    let server_exe = server_exe()?;
     let kinds = match args.delivery {
         DeliveryArg::Reliable => vec![Kind::Reliable],
         DeliveryArg::Datagram => vec![Kind::Datagram],
@@ -245,14 +425,23 @@ fn fanout(args: FanoutArgs) -> CliResult {
         server_threads: args.server_threads,
         client_threads: args.client_threads,
         run_limit: Duration::from_secs_f64(args.run_limit),
+        storage: if args.memory {
+            StorageKind::Memory
+        } else {
+            StorageKind::Disk
+        },
         ..FanoutConfig::new(server_exe)
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
     let rows = crate::bench::fanout::run(&config, &progress)?;
     let title = format!(
-        "quicbus fan-out: 1 publisher → N subscribers, {} B events",
-        args.size
+        "quicbus fan-out: 1 publisher → N subscribers, {} B events, history {}",
+        args.size,
+        match config.storage {
+            StorageKind::Disk => "on disk (fsync interval)",
+            StorageKind::Memory => "in memory",
+        }
     );
     println!("{title}\nmachine: {}\n", machine());
     print_fanout(&rows);
@@ -263,8 +452,9 @@ fn fanout(args: FanoutArgs) -> CliResult {
 
 fn print_fanout(rows: &[FanoutRow]) {
     println!(
-        "{:<15} {:>6} {:>9} {:>12} {:>7} {:>12} {:>7} {:>8} {:>8} {:>11}",
+        "{:<15} {:<7} {:>6} {:>9} {:>12} {:>7} {:>12} {:>7} {:>8} {:>8} {:>11}",
         "delivery",
+        "storage",
         "subs",
         "sent",
         "delivered",
@@ -277,8 +467,9 @@ fn print_fanout(rows: &[FanoutRow]) {
     );
     for r in rows {
         println!(
-            "{:<15} {:>6} {:>9} {:>12} {:>7.2} {:>12.0} {:>7} {:>8} {:>8.2} {:>11}",
+            "{:<15} {:<7} {:>6} {:>9} {:>12} {:>7.2} {:>12.0} {:>7} {:>8} {:>8.2} {:>11}",
             r.delivery,
+            r.storage,
             r.subscribers,
             r.sent,
             r.delivered,
@@ -288,6 +479,133 @@ fn print_fanout(rows: &[FanoutRow]) {
             r.p99_us,
             r.server_cpu_s,
             r.mem_per_conn_bytes,
+        );
+    }
+    if let Some(r) = rows.first() {
+        println!("\nraw UDP echo p50 in the same run: {} µs", r.udp_p50_us);
+    }
+}
+
+fn server_exe() -> Result<PathBuf, String> {
+    std::env::current_exe()
+        .map_err(|e| format!("cannot find the quicbus executable to run the server: {e}"))
+}
+
+fn replay(args: ReplayArgs) -> CliResult {
+    let config = ReplayConfig {
+        fill: match args.bytes {
+            Some(bytes) => Fill::Bytes(bytes),
+            None => Fill::Events(args.events),
+        },
+        size: usize::try_from(args.size)?,
+        server_threads: args.server_threads,
+        run_limit: Duration::from_secs_f64(args.run_limit),
+        ..ReplayConfig::new(server_exe()?)
+    };
+    config.validate()?;
+    let progress = Progress::new(!args.quiet);
+    let rows = crate::bench::replay::run(&config, &progress)?;
+    println!(
+        "quicbus replay: one room's stored history to a late joiner (since 0), {} B events\nmachine: {}\n",
+        args.size,
+        machine()
+    );
+    for r in &rows {
+        print_replay(r);
+    }
+    let output = OutputArgs {
+        json: args.json,
+        plot: None,
+        quiet: args.quiet,
+    };
+    write_outputs(&output, &rows, |_| Ok(()))
+}
+
+fn print_replay(r: &ReplayRow) {
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "stored      {} events, {:.1} MB data directory (filled in {:.1} s)",
+        r.sent,
+        mb(r.disk_bytes),
+        r.fill_s
+    );
+    println!(
+        "open        DiskStore::open {:.1} ms (warm cache); serve start to listening {:.1} ms",
+        r.open_ms, r.serve_ready_ms
+    );
+    println!(
+        "replay      {}/{} delivered, {} misordered, {} damaged",
+        r.delivered, r.sent, r.misordered, r.damaged
+    );
+    println!(
+        "            {:.0} events/s, {:.1} MB/s of payload, first event after {:.1} ms, {:.2} s in all",
+        r.events_per_sec, r.payload_mb_per_sec, r.first_event_ms, r.replay_s
+    );
+    println!(
+        "server RSS  {:.1} MB after opening, {:.1} MB after the replay, {:.1} MB at its peak",
+        mb(r.rss_open_bytes),
+        mb(r.rss_after_replay_bytes),
+        mb(r.rss_peak_bytes)
+    );
+    println!("\nraw UDP echo p50 in the same run: {} µs", r.udp_p50_us);
+}
+
+fn storage(args: StorageArgs) -> CliResult {
+    let mut policies: Vec<FsyncPolicy> = Vec::new();
+    for &arg in &args.fsync {
+        let policy = FsyncPolicy::from(arg);
+        if !policies.contains(&policy) {
+            policies.push(policy);
+        }
+    }
+    let config = StorageConfig {
+        events: args.events,
+        size: usize::try_from(args.size)?,
+        policies,
+        run_limit: Duration::from_secs_f64(args.run_limit),
+    };
+    config.validate()?;
+    let progress = Progress::new(!args.quiet);
+    let rows = crate::bench::storage::run(&config, &progress)?;
+    println!(
+        "quicbus storage: appends of {} B events to one room of the disk store, one after the other\nmachine: {}\n",
+        args.size,
+        machine()
+    );
+    print_storage(&rows);
+    let output = OutputArgs {
+        json: args.json,
+        plot: None,
+        quiet: args.quiet,
+    };
+    write_outputs(&output, &rows, |_| Ok(()))
+}
+
+fn print_storage(rows: &[StorageRow]) {
+    println!(
+        "{:<9} {:>17} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12} {:>10}",
+        "fsync",
+        "appends/sent",
+        "p50µs",
+        "p90µs",
+        "p99µs",
+        "p99.9µs",
+        "maxµs",
+        "appends/s",
+        "maintains"
+    );
+    for r in rows {
+        println!(
+            "{:<9} {:>17} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>12.0} {:>10}",
+            r.fsync,
+            format!("{}/{}", r.appends, r.sent),
+            r.p50_us,
+            r.p90_us,
+            r.p99_us,
+            r.p999_us,
+            r.max_us,
+            r.events_per_sec,
+            r.maintain_runs,
         );
     }
     if let Some(r) = rows.first() {
@@ -309,4 +627,21 @@ fn write_outputs<T: serde::Serialize>(
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_read_with_binary_units() {
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        assert_eq!(byte_size("512K"), Ok(512 << 10));
+        assert_eq!(byte_size("3m"), Ok(3 << 20));
+        assert_eq!(byte_size("1G"), Ok(1 << 30));
+        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+        for bad in ["", "G", "12Q", "-1", "0", "1.5G", "2048G"] {
+            assert!(byte_size(bad).is_err(), "{bad}");
+        }
+    }
 }

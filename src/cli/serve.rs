@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use quicbus::certs::{self, CertPaths};
-use quicbus::server::{HistoryLimits, Server, ServerConfig, ServerIdentity};
+use quicbus::server::{FsyncPolicy, HistoryLimits, Server, ServerConfig, ServerIdentity, Storage};
 
 use super::CliResult;
 
@@ -46,6 +46,26 @@ pub struct ServeArgs {
     /// Seconds each room keeps events for recovery.
     #[arg(long, default_value_t = 120)]
     history_seconds: u64,
+    /// Bytes (of encoded events) each room keeps for recovery.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    history_bytes: usize,
+    /// Data directory: room history, the epoch and resumable sessions live
+    /// here, so a restart (or a crash) on the same directory loses nothing
+    /// that was acknowledged. Created on first run.
+    #[arg(long, default_value = "data", conflicts_with = "memory")]
+    data: PathBuf,
+    /// Keep history and sessions in memory only: a restart loses them
+    /// (clients are told `EpochChanged`).
+    #[arg(long)]
+    memory: bool,
+    /// When stored events are forced to the disk: `always` (after every
+    /// event; survives power loss, costs a disk flush per event),
+    /// `interval` (once a second; a power loss may cost the last second)
+    /// or `never` (the OS decides). A crash of the process alone loses
+    /// nothing in any mode: every event is handed to the OS before it is
+    /// acknowledged.
+    #[arg(long, default_value = "interval")]
+    fsync: FsyncPolicy,
     /// Seconds a session whose connection dropped can be resumed.
     #[arg(long, default_value_t = 120)]
     resume_window: u64,
@@ -95,7 +115,15 @@ async fn run_server(args: ServeArgs) -> CliResult {
         history: HistoryLimits {
             max_events: args.history_events,
             max_age: std::time::Duration::from_secs(args.history_seconds),
-            ..HistoryLimits::default()
+            max_bytes: args.history_bytes,
+        },
+        storage: if args.memory {
+            Storage::Memory
+        } else {
+            Storage::Disk {
+                dir: args.data.clone(),
+                fsync: args.fsync,
+            }
         },
         resume_window: std::time::Duration::from_secs(args.resume_window),
         transport: quicbus::tls::TransportSettings {
@@ -104,7 +132,19 @@ async fn run_server(args: ServeArgs) -> CliResult {
         },
         ..ServerConfig::default()
     };
+    let fresh = !args.memory && !args.data.join("epoch").exists();
     let server = Server::bind(config, identity)?;
+    if !args.memory {
+        let what = if fresh {
+            "created data directory"
+        } else {
+            "data directory"
+        };
+        eprintln!(
+            "{what} {} (history, epoch and sessions survive restarts)",
+            args.data.display()
+        );
+    }
     let stats = server.stats();
     // Installed before saying we listen, so an early SIGTERM is graceful too.
     let stop = super::stop_signal()?;

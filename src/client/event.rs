@@ -127,11 +127,7 @@ impl Events {
     }
 
     fn is_joined(&self, event: &Event) -> bool {
-        self.rooms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .joined
-            .contains(&event.room)
+        crate::sync::lock(&self.rooms).joined.contains(&event.room)
     }
 }
 

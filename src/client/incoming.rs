@@ -1,18 +1,22 @@
 //! The client's reading side: control replies, room streams and datagrams.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use quinn::Connection;
 use tokio::sync::mpsc;
 
-use super::{lock, Core, DatagramOrder, Delivery, Event, Incoming, Reply, Verdict};
-use crate::wire::{self, close_code, ErrorCode, Frame, FrameReader, ReadFrameError};
+use super::rooms::{LinkRooms, RoomRef};
+use super::{lock, Core, Delivery, Event, Incoming, Reply, Verdict};
+use crate::wire::{self, close_code, Frame, FrameReader, ReadFrameError, RoomId};
 
 /// The reading tasks of one connection.
 struct Tasks {
     core: Arc<Core>,
+    /// The connection's `Link::id`.
+    link: u64,
+    /// The room ids the server gave this connection.
+    rooms: Arc<std::sync::Mutex<LinkRooms>>,
     conn: Connection,
     events: mpsc::Sender<Incoming>,
     max_frame: usize,
@@ -21,8 +25,11 @@ struct Tasks {
 
 /// Starts the control reader, the room-stream acceptor and the datagram
 /// reader of a connection; they end with it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     core: Arc<Core>,
+    link: u64,
+    rooms: Arc<std::sync::Mutex<LinkRooms>>,
     conn: Connection,
     control: FrameReader,
     events: mpsc::Sender<Incoming>,
@@ -31,6 +38,8 @@ pub(crate) fn spawn(
 ) {
     let this = Arc::new(Tasks {
         core,
+        link,
+        rooms,
         conn,
         events,
         max_frame,
@@ -102,9 +111,6 @@ impl Tasks {
                         .server_errors
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("server error ({code}): {message}");
-                    if code == ErrorCode::UnknownRoom {
-                        lock(&self.core.rooms).forget_unjoined();
-                    }
                     continue;
                 }
                 other => {
@@ -131,9 +137,10 @@ impl Tasks {
     }
 
     async fn read_room_stream(self: Arc<Self>, mut reader: FrameReader) {
-        let (room_id, room) = match reader.next().await {
+        let (at, room) = match reader.next().await {
             Ok(Some(Frame::EventStream { room_id, room })) => {
-                (room_id, lock(&self.core.rooms).learn(room_id, &room))
+                let room = lock(&self.rooms).learn(room_id, &room);
+                (self.at(room_id), room)
             }
             Ok(Some(other)) => {
                 return self.violation(format!(
@@ -175,7 +182,7 @@ impl Tasks {
                 let mut rooms = lock(&self.core.rooms);
                 // After `leave`, whatever was already in flight is dropped;
                 // so is an event its datagram copy already delivered.
-                if !rooms.accept_reliable(&room, room_id, offset) {
+                if !rooms.accept_reliable(&room, at, offset) {
                     continue;
                 }
                 slot.send(Incoming::Event(Event {
@@ -190,6 +197,22 @@ impl Tasks {
                 .reliable_received
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn at(&self, room_id: RoomId) -> RoomRef {
+        RoomRef {
+            link: self.link,
+            room_id,
+        }
+    }
+
+    /// The joined room an id names on this connection.
+    fn joined_room(&self, room_id: RoomId) -> Option<Arc<str>> {
+        let name = lock(&self.rooms).name(room_id).cloned()?;
+        lock(&self.core.rooms)
+            .joined
+            .contains(&name)
+            .then_some(name)
     }
 
     /// Delivers the `EventCopy` of a reliable event if it is the next one
@@ -210,11 +233,11 @@ impl Tasks {
         let Ok(slot) = self.events.try_reserve() else {
             return;
         };
-        let mut rooms = lock(&self.core.rooms);
-        let Some(room) = rooms.joined_name(room_id) else {
+        let Some(room) = lock(&self.rooms).name(room_id).cloned() else {
             return;
         };
-        if !rooms.accept_copy(&room, room_id, previous, offset) {
+        let mut rooms = lock(&self.core.rooms);
+        if !rooms.accept_copy(&room, self.at(room_id), previous, offset) {
             return;
         }
         slot.send(Incoming::Event(Event {
@@ -230,7 +253,6 @@ impl Tasks {
     }
 
     async fn read_datagrams(self: Arc<Self>) {
-        let mut order: HashMap<u32, DatagramOrder> = HashMap::new();
         while let Ok(bytes) = self.conn.read_datagram().await {
             let (room_id, seq, name, payload) = match wire::decode(&bytes) {
                 Ok(Frame::Datagram {
@@ -255,11 +277,12 @@ impl Tasks {
                 }
                 Err(e) => return self.violation(format!("malformed datagram: {e}")),
             };
-            let Some(room) = lock(&self.core.rooms).joined_name(room_id) else {
+            let Some(room) = self.joined_room(room_id) else {
                 continue;
             };
             let c = &self.core.counters;
-            match order.entry(room_id).or_default().observe(seq) {
+            let verdict = lock(&self.rooms).datagram_order(room_id).observe(seq);
+            match verdict {
                 Verdict::Stale => {
                     c.datagrams_stale.fetch_add(1, Ordering::Relaxed);
                     continue;

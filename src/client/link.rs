@@ -8,7 +8,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::handshake::{self, Established};
+use super::rooms::{LinkRooms, RoomRef};
 use super::{incoming, lock, ClientError, Core, Incoming};
+use crate::wire::RoomId;
 use crate::wire::{self, Frame, Resume, ResumeOutcome};
 
 const WRITE_BATCH: usize = 64;
@@ -25,6 +27,10 @@ pub(crate) struct Welcomed {
 
 /// A live connection and its writers.
 pub(crate) struct Link {
+    /// Tells this connection from the client's others.
+    pub id: u64,
+    /// The room ids the server gave this connection.
+    pub rooms: Arc<Mutex<LinkRooms>>,
     pub conn: quinn::Connection,
     pub endpoint: quinn::Endpoint,
     pub welcome: Welcomed,
@@ -60,8 +66,14 @@ impl Link {
         // The server refuses events over its own limit, so accept up to it.
         let read_limit = core.options.max_frame.max(max_frame);
         let (ready, ready_rx) = tokio::sync::watch::channel(false);
+        let id = core
+            .next_link
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let rooms = Arc::new(Mutex::new(LinkRooms::default()));
         incoming::spawn(
             core.clone(),
+            id,
+            rooms.clone(),
             conn.clone(),
             control,
             events,
@@ -69,6 +81,8 @@ impl Link {
             ready_rx,
         );
         Ok(Arc::new(Link {
+            id,
+            rooms,
             conn,
             endpoint,
             welcome: Welcomed {
@@ -82,6 +96,21 @@ impl Link {
             writers: Mutex::new(HashSet::new()),
             ready,
         }))
+    }
+
+    /// Records the id the server gave `name` on this connection, and says
+    /// how delivery positions refer to it.
+    pub fn learn(&self, room_id: RoomId, name: &str) -> RoomRef {
+        lock(&self.rooms).learn(room_id, name);
+        RoomRef {
+            link: self.id,
+            room_id,
+        }
+    }
+
+    /// This connection's id for room `name`, if the server gave it one.
+    pub fn room_id(&self, name: &str) -> Option<RoomId> {
+        lock(&self.rooms).id(name)
     }
 
     /// Lets room streams deliver their events.

@@ -57,6 +57,7 @@ use options::Counters;
 use outbox::Outbox;
 use rooms::RoomTable;
 
+use crate::sync::lock;
 use crate::wire::{self, validate_name, ErrorCode, Frame, RoomId};
 
 /// Answers to requests, by request id.
@@ -88,10 +89,6 @@ pub(crate) struct Waiter {
     survives_reconnect: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The session as of the newest `Welcome`.
 pub(crate) struct Session {
     session_id: u64,
@@ -121,11 +118,16 @@ pub(crate) struct Core {
     last_emit: Mutex<HashMap<Arc<str>, Option<std::time::Instant>>>,
     /// Rooms whose id is being resolved for datagram copies.
     resolving: Mutex<HashSet<Arc<str>>>,
+    /// The next `Link::id`.
+    next_link: AtomicU64,
 }
 
 impl Core {
-    /// Asks the server for the id of `room` on `link`, and learns it.
+    /// This connection's id for `room`: known, or asked of the server.
     async fn resolve_on(&self, link: &Link, room: &str) -> Result<RoomId, ClientError> {
+        if let Some(id) = link.room_id(room) {
+            return Ok(id);
+        }
         let reply = self
             .request_on(link, "resolve", |request| Frame::Resolve {
                 request,
@@ -134,7 +136,7 @@ impl Core {
             .await?;
         match reply {
             Reply::Resolved { room_id } => {
-                lock(&self.rooms).learn(room_id, room);
+                link.learn(room_id, room);
                 Ok(room_id)
             }
             _ => Err(ClientError::Protocol("unexpected answer to Resolve".into())),
@@ -332,6 +334,7 @@ impl Client {
             counters: Counters::default(),
             last_emit: Mutex::new(HashMap::new()),
             resolving: Mutex::new(HashSet::new()),
+            next_link: AtomicU64::new(1),
         });
         let link = Link::open(&core, None, events_tx.clone()).await?;
         core.adopt(&link);
@@ -386,26 +389,32 @@ impl Client {
         let core = self.core();
         let name: Arc<str> = Arc::from(room);
         let already = lock(&core.rooms).start_joining(&name, options.echo);
-        let reply = self
-            .request("join", |request| Frame::Join {
-                request,
-                room: room.to_string(),
-                echo: options.echo,
-                since: options.since,
-            })
-            .await;
+        let reply = match core.wait_link("join", self.deadline()).await {
+            Ok(link) => core
+                .request_on(&link, "join", |request| Frame::Join {
+                    request,
+                    room: room.to_string(),
+                    echo: options.echo,
+                    since: options.since,
+                })
+                .await
+                .map(|reply| (link, reply)),
+            Err(e) => Err(e),
+        };
         match reply {
-            Ok(Reply::Joined {
-                room_id,
-                offset,
-                recovery,
-            }) => {
-                let mut rooms = lock(&core.rooms);
-                if already {
-                    // A room joined again keeps its stream, and its position.
-                    rooms.learn(room_id, room);
-                } else {
-                    rooms.settle(&name, room_id, offset, options.since, recovery);
+            Ok((
+                link,
+                Reply::Joined {
+                    room_id,
+                    offset,
+                    recovery,
+                },
+            )) => {
+                let at = link.learn(room_id, room);
+                // A room joined again keeps its stream, and its position.
+                if !already {
+                    lock(&link.rooms).reset_datagrams(room_id);
+                    lock(&core.rooms).settle(&name, at, offset, options.since, recovery);
                 }
                 Ok(JoinOutcome { offset, recovery })
             }
@@ -424,21 +433,18 @@ impl Client {
     /// Leaves a room; no event of it is delivered after this returns.
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
         let core = self.core();
-        let room_id = {
-            let mut rooms = lock(&core.rooms);
-            let id = rooms.ids.get(room).copied();
-            match id {
-                Some(room_id) if rooms.joined.remove(room) => room_id,
-                _ => {
-                    return Err(ClientError::Rejected {
-                        code: ErrorCode::NotJoined,
-                        reason: format!("room {room} is not joined"),
-                    })
-                }
-            }
-        };
-        match self
-            .request("leave", |request| Frame::Leave { request, room_id })
+        if !lock(&core.rooms).joined.remove(room) {
+            return Err(ClientError::Rejected {
+                code: ErrorCode::NotJoined,
+                reason: format!("room {room} is not joined"),
+            });
+        }
+        // Nothing of the room reaches the application from here on; the
+        // server is told on the current connection, by that connection's id.
+        let link = core.wait_link("leave", self.deadline()).await?;
+        let room_id = core.resolve_on(&link, room).await?;
+        match core
+            .request_on(&link, "leave", |request| Frame::Leave { request, room_id })
             .await
         {
             Ok(Reply::Left) => Ok(()),
@@ -534,8 +540,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let payload = payload.into();
         validate_name("event", event).map_err(ClientError::InvalidName)?;
-        let room_id = self.room_id(room).await?;
-        let link = self.core().current().ok_or_else(|| self.core().gone())?;
+        let (link, room_id) = self.room_id(room).await?;
         let limit = datagram_limit(&link, room_id, event)?;
         if payload.len() > limit {
             return Err(ClientError::DatagramTooLarge {
@@ -574,8 +579,7 @@ impl Client {
         room: &str,
         event: &str,
     ) -> Result<usize, ClientError> {
-        let room_id = self.room_id(room).await?;
-        let link = self.core().current().ok_or_else(|| self.core().gone())?;
+        let (link, room_id) = self.room_id(room).await?;
         datagram_limit(&link, room_id, event)
     }
 
@@ -649,13 +653,14 @@ impl Client {
         }
     }
 
-    async fn room_id(&self, room: &str) -> Result<RoomId, ClientError> {
-        if let Some(id) = lock(&self.core().rooms).ids.get(room) {
-            return Ok(*id);
-        }
+    /// The current connection and its id for `room` (ids belong to a
+    /// connection: whatever uses the id must go out on that one). Fails at
+    /// once while disconnected.
+    async fn room_id(&self, room: &str) -> Result<(Arc<Link>, RoomId), ClientError> {
         validate_name("room", room).map_err(ClientError::InvalidName)?;
-        let link = self.core().wait_link("resolve", self.deadline()).await?;
-        self.core().resolve_on(&link, room).await
+        let link = self.core().current().ok_or_else(|| self.core().gone())?;
+        let id = self.core().resolve_on(&link, room).await?;
+        Ok((link, id))
     }
 
     /// Puts a `Publish` into the room's outbox (waiting for room until
@@ -731,8 +736,7 @@ impl Client {
         let Some(link) = core.current() else {
             return;
         };
-        let known = lock(&core.rooms).ids.get(room).copied();
-        let Some(room_id) = known else {
+        let Some(room_id) = link.room_id(room) else {
             // Never wait here: the event is queued already. Learn the id in
             // the background for the next copies; this one goes uncopied.
             if lock(&core.resolving).insert(Arc::from(room)) {

@@ -209,7 +209,8 @@ async fn rejoin(
                 offset,
                 recovery,
             }) => {
-                lock(&core.rooms).settle(&room, room_id, offset, since, recovery);
+                let at = link.learn(room_id, &room);
+                lock(&core.rooms).settle(&room, at, offset, since, recovery);
                 if epoch_changed {
                     Recovery::NotRecovered {
                         reason: RecoveryFailure::EpochChanged,

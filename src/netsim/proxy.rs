@@ -7,13 +7,15 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use crate::sync::lock;
 
 use super::impair::{Direction, Impairment};
 use super::lane::{Admission, Lane, Queued};
@@ -123,10 +125,6 @@ pub(crate) struct Shared {
     /// One receive buffer shared by every mapping's reader (each copies
     /// out before its next `.await`), instead of 64 KiB per mapping.
     down_buf: Mutex<Box<[u8]>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A proxy whose tasks are running.

@@ -7,22 +7,15 @@ use bytes::Bytes;
 use quinn::{Connection, RecvStream};
 use tokio::sync::watch;
 
-use super::backplane::SessionId;
-use super::resume::{Outcome, Seen, SessionState};
-use super::session::{error_frame, read_failure, stopping, Closing, Control, SessionContext};
+use super::backplane::{Publisher, SessionId};
+use super::context::{
+    error_frame, read_failure, stopping, unknown_id, Closing, Control, SessionContext,
+};
+use super::resume::{Outcome, PublishLog, Seen, SessionState};
+use super::room_ids::RoomIds;
 use super::stats::ServerStats;
-use crate::wire::{self, close_code, validate_name, ErrorCode, Frame, FrameReader, RoomId};
-
-/// Validates a room name and finds (or creates) the room.
-pub(crate) fn resolve_room(
-    ctx: &SessionContext,
-    room: &str,
-) -> Result<RoomId, (ErrorCode, String)> {
-    validate_name("room", room).map_err(|m| (ErrorCode::InvalidName, m))?;
-    ctx.backplane
-        .resolve(room)
-        .map_err(|e| (e.code(), e.to_string()))
-}
+use crate::sync::lock;
+use crate::wire::{self, close_code, validate_name, ErrorCode, Frame, FrameReader};
 
 /// Decodes and publishes one client datagram.
 pub(crate) fn handle_datagram(
@@ -31,6 +24,7 @@ pub(crate) fn handle_datagram(
     ctx: &SessionContext,
     control: &Control,
     session_state: &SessionState,
+    ids: &RoomIds,
 ) -> Result<(), Closing> {
     let frame = wire::decode(bytes).map_err(|e| Closing {
         code: e.close_code(),
@@ -50,8 +44,12 @@ pub(crate) fn handle_datagram(
             ack,
             pad: _,
         } => {
+            let Some(room) = ids.name(room_id) else {
+                control.send(unknown_id(&ctx.stats, None, room_id));
+                return Ok(());
+            };
             publish_copy(
-                room_id,
+                room,
                 id,
                 event,
                 payload,
@@ -70,11 +68,15 @@ pub(crate) fn handle_datagram(
             )))
         }
     };
+    let Some(room) = ids.name(room_id) else {
+        control.send(unknown_id(&ctx.stats, None, room_id));
+        return Ok(());
+    };
     let result = validate_name("event", &event)
         .map_err(|m| (ErrorCode::InvalidName, m))
         .and_then(|()| {
             ctx.backplane
-                .publish_datagram(room_id, session, event, payload)
+                .publish_datagram(room, session, event, payload)
                 .map_err(|e| (e.code(), format!("datagram dropped: {e}")))
         });
     match result {
@@ -96,7 +98,7 @@ pub(crate) fn handle_datagram(
 /// copy is an optimisation, the stream frame is the authority.
 #[allow(clippy::too_many_arguments)]
 fn publish_copy(
-    room_id: RoomId,
+    room: &str,
     id: u64,
     event: String,
     payload: Bytes,
@@ -112,18 +114,21 @@ fn publish_copy(
     {
         return;
     }
-    let Some(room) = ctx.backplane.room_name(room_id) else {
-        return;
-    };
-    let log = session_state.log(&room);
+    let log = session_state.log(room);
     let mut log = lock(&log);
     if !log.copy_may_publish(id) {
         return;
     }
     // Under the log's lock, so the stream frame of the same id waits and
-    // then finds it handled. A refusal is left to the stream frame, which
-    // can retry naming the room.
-    let Some(Ok(offset)) = ctx.backplane.publish_now(room_id, session, event, payload) else {
+    // then finds it handled. A refusal is left to the stream frame.
+    let publisher = Publisher {
+        session: session_state.key(),
+        id,
+    };
+    let Some(Ok(offset)) = ctx
+        .backplane
+        .publish_now(room, session, publisher, event, payload)
+    else {
         return;
     };
     log.record(id, Ok(offset));
@@ -183,11 +188,11 @@ pub(crate) async fn read_publish_stream(
         reader.stop(close_code::PROTOCOL_VIOLATION);
         return;
     }
-    // A room that cannot be created now (the room table is full of rooms in
-    // use) is tried again for each publish, and each is refused on its own,
-    // so that acks and progress still answer every publish.
-    let mut room_id = resolve_room(&ctx, &room).ok();
     let log = session_state.log(&room);
+    if let Err(closing) = restore_log(&ctx, &room, &session_state, &log).await {
+        closing.apply(&conn, &ctx.stats);
+        return;
+    }
     let mut reported = 0;
     loop {
         let frame = tokio::select! {
@@ -220,8 +225,12 @@ pub(crate) async fn read_publish_stream(
         };
         let (outcome, message) = match seen {
             Seen::New => {
+                let publisher = Publisher {
+                    session: session_state.key(),
+                    id,
+                };
                 let (outcome, message) =
-                    publish(&ctx, session, &room, &mut room_id, event, payload).await;
+                    publish(&ctx, session, &room, publisher, event, payload).await;
                 if id != 0 {
                     lock(&log).record(id, outcome);
                 }
@@ -258,8 +267,31 @@ pub(crate) async fn read_publish_stream(
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// A session resumed after a restart does not know yet which publishes it
+/// made to `room` before: learn them from the room's stored events, once
+/// per room, before the first publish of the stream is handled, so that a
+/// publish whose ack died with the old process is answered, not repeated.
+async fn restore_log(
+    ctx: &SessionContext,
+    room: &str,
+    session_state: &SessionState,
+    log: &std::sync::Mutex<PublishLog>,
+) -> Result<(), Closing> {
+    if !lock(log).needs_restore() {
+        return Ok(());
+    }
+    match ctx.backplane.publishes_of(room, session_state.key()).await {
+        Ok(publishes) => {
+            lock(log).restore(&publishes);
+            Ok(())
+        }
+        // Publishing without knowing could publish an event twice: refuse
+        // the stream instead; the client reconnects and tries again.
+        Err(e) => Err(Closing {
+            code: close_code::STORAGE_UNAVAILABLE,
+            reason: format!("cannot read the publish log of room {room}: {e}"),
+        }),
+    }
 }
 
 /// Publishes one reliable event: its offset, or why it was refused (with a
@@ -268,7 +300,7 @@ async fn publish(
     ctx: &SessionContext,
     session: SessionId,
     room: &str,
-    room_id: &mut Option<RoomId>,
+    publisher: Publisher,
     event: String,
     payload: Bytes,
 ) -> (Outcome, Option<String>) {
@@ -283,19 +315,11 @@ async fn publish(
         );
         return (Err(ErrorCode::TooLarge), Some(message));
     }
-    let live = room_id.filter(|id| ctx.backplane.room_name(*id).is_some());
-    let id = match live {
-        Some(id) => id,
-        // Not created yet, or evicted while nobody was subscribed: name it
-        // again. (Should that race with another eviction, the publish below
-        // fails with a typed `UnknownRoom`.)
-        None => match resolve_room(ctx, room) {
-            Ok(id) => id,
-            Err((code, message)) => return (Err(code), Some(message)),
-        },
-    };
-    *room_id = Some(id);
-    match ctx.backplane.publish(id, session, event, payload).await {
+    match ctx
+        .backplane
+        .publish(room, session, publisher, event, payload)
+        .await
+    {
         Ok(offset) => {
             ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
             (Ok(offset), None)

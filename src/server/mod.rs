@@ -11,16 +11,19 @@
 //! drain, and a drop-guard channel closes when the last one has finished.
 
 pub mod backplane;
-mod history;
+mod context;
+pub mod history;
 mod ingest;
 mod outbound;
 mod resume;
+mod room_ids;
 mod session;
+mod session_journal;
 mod stats;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,16 +33,17 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use backplane::{
-    Backplane, BackplaneError, MemoryBackplane, RoomSubscriber, SessionId, Subscribed,
+    Backplane, BackplaneError, EmbeddedBackplane, RoomSubscriber, SessionId, Subscribed,
 };
-pub use history::HistoryLimits;
+pub use history::{DiskOptions, DiskStore, FsyncPolicy, HistoryError, HistoryLimits, MemoryStore};
 pub use outbound::DatagramRing;
+pub use session_journal::{FileJournal, SessionJournal, StoredSession};
 pub use stats::{ServerStats, StatsSnapshot};
 
 use crate::certs::DevCerts;
 use crate::tls::{self, TlsError, TransportSettings};
 use crate::wire::{close_code, DEFAULT_MAX_FRAME};
-use session::SessionContext;
+use context::SessionContext;
 
 /// Publish outcomes each session remembers per room, for answering retried
 /// publishes; at least the reference client's outbox bound.
@@ -93,6 +97,8 @@ pub struct ServerConfig {
     pub history: HistoryLimits,
     /// How long a session whose connection dropped can be resumed.
     pub resume_window: Duration,
+    /// Where history and sessions are kept.
+    pub storage: Storage,
     /// QUIC transport settings.
     pub transport: TransportSettings,
 }
@@ -112,6 +118,7 @@ impl Default for ServerConfig {
             token: None,
             history: HistoryLimits::default(),
             resume_window: Duration::from_secs(120),
+            storage: Storage::Memory,
             transport: TransportSettings {
                 // Clients' publish streams, one per room a client publishes
                 // to. quinn keeps an entry per stream it allows, so this
@@ -121,6 +128,18 @@ impl Default for ServerConfig {
             },
         }
     }
+}
+
+/// Where a server keeps room history and resumable sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: lost with the process (a new epoch on every start). The
+    /// library's default, for tests and embedding.
+    Memory,
+    /// In a data directory (created if needed): a restart on the same
+    /// directory keeps history, offsets, the epoch and sessions. The
+    /// default of `quicbus serve`.
+    Disk { dir: PathBuf, fsync: FsyncPolicy },
 }
 
 /// The server's certificate chain and private key.
@@ -159,6 +178,9 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The data directory cannot be used.
+    #[error("data directory: {0}")]
+    Storage(#[from] HistoryError),
 }
 
 /// A bound server, ready to [`run`](Server::run) or [`spawn`](Server::spawn).
@@ -168,17 +190,56 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the UDP socket with the in-memory backplane. Call inside a Tokio runtime.
+    /// Opens the storage `config.storage` names and binds the UDP socket
+    /// with the embedded backplane. Call inside a Tokio runtime.
     pub fn bind(config: ServerConfig, identity: ServerIdentity) -> Result<Self, ServerError> {
-        let backplane = Arc::new(MemoryBackplane::new(config.max_rooms, config.history));
-        Self::with_backplane(config, identity, backplane)
+        match &config.storage {
+            Storage::Memory => {
+                let store = Arc::new(MemoryStore::new(config.history));
+                let backplane = Arc::new(EmbeddedBackplane::new(config.max_rooms, store));
+                Self::with_backplane(config, identity, backplane)
+            }
+            Storage::Disk { dir, fsync } => {
+                let options = DiskOptions {
+                    fsync: *fsync,
+                    ..DiskOptions::default()
+                };
+                let store = Arc::new(DiskStore::open(dir, config.history, options)?);
+                let backplane = Arc::new(EmbeddedBackplane::new(config.max_rooms, store));
+                let (journal, stored) = FileJournal::open(dir)?;
+                let sessions = resume::SessionStore::durable(
+                    config.resume_window,
+                    config.max_connections.saturating_mul(4),
+                    PUBLISH_LOG,
+                    Box::new(journal),
+                    stored,
+                    std::time::Instant::now(),
+                );
+                Self::with_parts(config, identity, backplane, sessions)
+            }
+        }
     }
 
-    /// Binds the UDP socket with the given backplane.
+    /// Binds the UDP socket with the given backplane; sessions are kept in
+    /// memory only.
     pub fn with_backplane(
         config: ServerConfig,
         identity: ServerIdentity,
         backplane: Arc<dyn Backplane>,
+    ) -> Result<Self, ServerError> {
+        let sessions = resume::SessionStore::new(
+            config.resume_window,
+            config.max_connections.saturating_mul(4),
+            PUBLISH_LOG,
+        );
+        Self::with_parts(config, identity, backplane, sessions)
+    }
+
+    fn with_parts(
+        config: ServerConfig,
+        identity: ServerIdentity,
+        backplane: Arc<dyn Backplane>,
+        sessions: resume::SessionStore,
     ) -> Result<Self, ServerError> {
         let quic = tls::server_config(identity.chain, identity.key, &config.transport)?;
         let endpoint =
@@ -190,11 +251,7 @@ impl Server {
             endpoint,
             ctx: Arc::new(SessionContext {
                 backplane,
-                sessions: resume::SessionStore::new(
-                    config.resume_window,
-                    config.max_connections.saturating_mul(4),
-                    PUBLISH_LOG,
-                ),
+                sessions,
                 config: Arc::new(config),
                 stats: Arc::new(ServerStats::default()),
             }),
@@ -222,7 +279,10 @@ impl Server {
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
         let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+        // Names this server process in session ids (echo suppression).
+        let node = rand::random::<u64>();
         let mut next_session: u64 = 1;
+        let maintenance = tokio::spawn(maintain(ctx.backplane.clone()));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -252,7 +312,10 @@ impl Server {
                 });
                 continue;
             };
-            let session = next_session;
+            let session = SessionId {
+                node,
+                connection: next_session,
+            };
             next_session += 1;
             let (ctx, stop_rx, done) = (ctx.clone(), stop_rx.clone(), done_tx.clone());
             tokio::spawn(async move {
@@ -288,6 +351,10 @@ impl Server {
             b"server shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        maintenance.abort();
+        // Whatever the fsync policy, a graceful stop leaves everything synced.
+        let backplane = ctx.backplane.clone();
+        let _ = tokio::task::spawn_blocking(move || backplane.sync()).await;
     }
 
     /// Runs the server in a background task.
@@ -304,6 +371,18 @@ impl Server {
             trigger,
             task,
         }
+    }
+}
+
+/// Applies the history bounds and the fsync policy once a second, off the
+/// async threads (it may delete files and sync them).
+async fn maintain(backplane: Arc<dyn Backplane>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let backplane = backplane.clone();
+        let _ = tokio::task::spawn_blocking(move || backplane.maintain()).await;
     }
 }
 

@@ -19,11 +19,15 @@ use quinn::{Connection, SendStream};
 use tokio::sync::{mpsc, Notify};
 
 use super::backplane::{EventCopy, RoomSubscriber, SessionId};
+use super::history::Replay;
 use super::stats::ServerStats;
-use crate::wire::{self, close_code, Frame, RoomId};
+use crate::sync::lock;
+use crate::wire::{self, close_code, DatagramTemplate, Frame, RoomId};
 
 /// Most frames gathered into one stream write.
 const WRITE_BATCH: usize = 64;
+/// Bytes of history read from storage per replay batch.
+const REPLAY_BATCH_BYTES: usize = 256 * 1024;
 
 /// A bounded ring of datagram frames: pushing onto a full ring drops the oldest.
 pub struct DatagramRing {
@@ -48,7 +52,7 @@ impl DatagramRing {
     /// Adds a datagram; returns `true` if an older one was dropped for it.
     pub fn push(&self, frame: Bytes) -> bool {
         let dropped = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = lock(&self.queue);
             let dropped = if q.len() >= self.capacity {
                 q.pop_front();
                 true
@@ -67,10 +71,7 @@ impl DatagramRing {
 
     /// Takes the oldest queued datagram.
     pub fn pop(&self) -> Option<Bytes> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+        lock(&self.queue).pop_front()
     }
 
     /// Waits until something may have been pushed since the last wait.
@@ -80,10 +81,7 @@ impl DatagramRing {
 
     /// Whether no datagram is waiting.
     pub fn is_empty(&self) -> bool {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        lock(&self.queue).is_empty()
     }
 
     /// How many datagrams were dropped because the ring was full.
@@ -154,6 +152,8 @@ pub(crate) struct RoomQueueRx {
 /// One session's subscription to one room, as the backplane sees it.
 pub(crate) struct SessionSubscriber {
     pub session: SessionId,
+    /// This connection's id for the room.
+    pub room_id: RoomId,
     pub echo: bool,
     pub copies: bool,
     /// The connection's datagram send buffer, in bytes (all free = idle).
@@ -188,14 +188,14 @@ impl RoomSubscriber for SessionSubscriber {
                 "slow consumer: reliable queue of room {} over its bound of {limit}",
                 self.room
             );
-            tracing::warn!(session = self.session, "{reason}");
+            tracing::warn!(session = %self.session, "{reason}");
             self.conn
                 .close(close_code::SLOW_CONSUMER.into(), reason.as_bytes());
         }
     }
 
-    fn deliver_datagram(&self, frame: &Bytes) {
-        if self.datagrams.push(frame.clone()) {
+    fn deliver_datagram(&self, datagram: &DatagramTemplate) {
+        if self.datagrams.push(datagram.for_room(self.room_id)) {
             self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -206,7 +206,7 @@ impl RoomSubscriber for SessionSubscriber {
 
     fn deliver_copy(&self, copy: &EventCopy) {
         let alone = crate::copies::spaced(
-            &mut self.last_event.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut lock(&self.last_event),
             std::time::Instant::now(),
             self.conn.rtt(),
         );
@@ -220,7 +220,7 @@ impl RoomSubscriber for SessionSubscriber {
             return;
         };
         let frame = wire::encode_padded(target, |pad| Frame::EventCopy {
-            room_id: copy.room_id,
+            room_id: self.room_id,
             previous: copy.previous,
             offset: copy.offset,
             event: copy.event.clone(),
@@ -233,15 +233,15 @@ impl RoomSubscriber for SessionSubscriber {
 }
 
 /// Writes one joined room's events to its own stream: the header, the
-/// replayed history, then live events, batching what is queued, until the
-/// queue closes (leave or shutdown); then finishes the
-/// stream and waits until the client has received everything (the caller
-/// bounds that wait).
+/// replayed history (read from storage batch by batch), then live events,
+/// batching what is queued, until the queue closes (leave or shutdown);
+/// then finishes the stream and waits until the client has received
+/// everything (the caller bounds that wait).
 pub(crate) async fn write_room_stream(
     conn: Connection,
     room_id: RoomId,
     room: Arc<str>,
-    replay: Vec<Bytes>,
+    replay: Option<Replay>,
     mut queue: RoomQueueRx,
 ) {
     let Ok(mut send) = conn.open_uni().await else {
@@ -251,11 +251,17 @@ pub(crate) async fn write_room_stream(
         room_id,
         room: room.to_string(),
     });
-    let mut first = Vec::with_capacity(1 + replay.len());
-    first.push(header);
-    first.extend(replay);
-    if send.write_all_chunks(&mut first).await.is_err() {
+    if send.write_chunk(header).await.is_err() {
         return;
+    }
+    if let Some(replay) = replay {
+        if let Err(reason) = write_replay(&mut send, replay).await {
+            // The client was told these events would come: it must not
+            // carry on as if it had them. It reconnects and recovers.
+            tracing::error!(room = %room, "replay failed: {reason}");
+            conn.close(close_code::STORAGE_UNAVAILABLE.into(), reason.as_bytes());
+            return;
+        }
     }
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while queue.rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
@@ -269,6 +275,39 @@ pub(crate) async fn write_room_stream(
     }
     if send.finish().is_ok() {
         let _ = send.stopped().await;
+    }
+}
+
+/// Sends a replay, reading it from storage off the async threads. Exactly
+/// `replay.count` frames must come, or it failed.
+async fn write_replay(send: &mut SendStream, replay: Replay) -> Result<(), String> {
+    let mut source = replay.source;
+    let mut sent = 0u64;
+    loop {
+        let (back, batch) = tokio::task::spawn_blocking(move || {
+            let batch = source.next_batch(REPLAY_BATCH_BYTES);
+            (source, batch)
+        })
+        .await
+        .map_err(|e| format!("replay reader failed: {e}"))?;
+        source = back;
+        let mut batch = batch.map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            break;
+        }
+        sent += batch.len() as u64;
+        if send.write_all_chunks(&mut batch).await.is_err() {
+            // The connection is gone: nothing to report to anyone.
+            return Ok(());
+        }
+    }
+    if sent == replay.count {
+        Ok(())
+    } else {
+        Err(format!(
+            "history held {sent} of the {} events announced",
+            replay.count
+        ))
     }
 }
 

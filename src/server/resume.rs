@@ -7,11 +7,20 @@
 //! log: per room, the ids of the publishes it has handled and their
 //! outcome, so that a publish the client retries after a reconnect (because
 //! it never learned the outcome) is published once and answered as before.
+//!
+//! With a [`SessionJournal`] (durable storage), sessions also outlive the
+//! process: a restart loads them, parked for the resume window. Their
+//! publish logs are not journaled: every stored event carries its
+//! publisher (session key and publish id), so a restored session learns
+//! them from the room's history the first time it publishes there again
+//! ([`PublishLog::restore`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use super::session_journal::{SessionJournal, StoredSession};
+use crate::sync::lock;
 use crate::wire::{ErrorCode, RecoveryFailure, Resume, ResumeOutcome};
 
 /// How a publish was handled: its offset, or why it was refused.
@@ -35,6 +44,9 @@ pub struct PublishLog {
     /// An id the publish stream is publishing right now (between `claim`
     /// and `record`): its datagram copy must not publish it too.
     in_flight: Option<u64>,
+    /// The session was restored after a restart and this log not yet
+    /// learned from the room's history: nothing may be published until then.
+    needs_restore: bool,
 }
 
 impl PublishLog {
@@ -45,6 +57,27 @@ impl PublishLog {
             recent: VecDeque::new(),
             capacity: capacity.max(1),
             in_flight: None,
+            needs_restore: false,
+        }
+    }
+
+    /// Whether the log must first learn, with [`PublishLog::restore`], the
+    /// publishes its session made before a restart.
+    pub fn needs_restore(&self) -> bool {
+        self.needs_restore
+    }
+
+    /// Learns the publishes (`(id, offset)`, any order) found on record for
+    /// this session and room.
+    pub fn restore(&mut self, publishes: &[(u64, u64)]) {
+        if !self.needs_restore {
+            return;
+        }
+        self.needs_restore = false;
+        let mut found = publishes.to_vec();
+        found.sort_unstable();
+        for (id, offset) in found {
+            self.record(id, Ok(offset));
         }
     }
 
@@ -75,7 +108,7 @@ impl PublishLog {
     /// the very next id (so order is kept) and its stream frame is not
     /// being published at this moment.
     pub fn copy_may_publish(&self, id: u64) -> bool {
-        self.through.checked_add(1) == Some(id) && self.in_flight.is_none()
+        !self.needs_restore && self.through.checked_add(1) == Some(id) && self.in_flight.is_none()
     }
 
     /// Records the outcome of a new id.
@@ -102,6 +135,11 @@ impl PublishLog {
 /// One session, as long as it can be resumed.
 pub struct SessionState {
     token: String,
+    /// Names the session in stored events; never sent to anyone.
+    key: u64,
+    /// Loaded from the journal after a restart: its publish logs must be
+    /// learned from history.
+    restored: bool,
     logs: Mutex<HashMap<String, Arc<Mutex<PublishLog>>>>,
     log_capacity: usize,
     attachment: Mutex<Attachment>,
@@ -122,12 +160,36 @@ impl SessionState {
         &self.token
     }
 
+    /// The key that names this session in stored events.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
     /// The publish log of one room.
     pub fn log(&self, room: &str) -> Arc<Mutex<PublishLog>> {
         lock(&self.logs)
             .entry(room.to_string())
-            .or_insert_with(|| Arc::new(Mutex::new(PublishLog::new(self.log_capacity))))
+            .or_insert_with(|| {
+                let mut log = PublishLog::new(self.log_capacity);
+                log.needs_restore = self.restored;
+                Arc::new(Mutex::new(log))
+            })
             .clone()
+    }
+
+    fn new(token: String, key: u64, restored: bool, log_capacity: usize) -> Self {
+        SessionState {
+            token,
+            key,
+            restored,
+            logs: Mutex::new(HashMap::new()),
+            log_capacity,
+            attachment: Mutex::new(Attachment {
+                generation: 0,
+                live: None,
+                parked_until: None,
+            }),
+        }
     }
 }
 
@@ -137,6 +199,7 @@ pub struct SessionStore {
     window: Duration,
     max_sessions: usize,
     log_capacity: usize,
+    journal: Option<Box<dyn SessionJournal>>,
 }
 
 /// A session attached to a connection; hand it back with
@@ -156,6 +219,41 @@ impl SessionStore {
             window,
             max_sessions: max_sessions.max(1),
             log_capacity,
+            journal: None,
+        }
+    }
+
+    /// A store whose sessions outlive the process in `journal`: the ones it
+    /// holds now are parked, resumable for the window from `now`.
+    pub fn durable(
+        window: Duration,
+        max_sessions: usize,
+        log_capacity: usize,
+        journal: Box<dyn SessionJournal>,
+        stored: Vec<StoredSession>,
+        now: Instant,
+    ) -> Self {
+        let mut store = SessionStore::new(window, max_sessions, log_capacity);
+        {
+            let sessions = store.sessions.get_mut().unwrap_or_else(|e| e.into_inner());
+            for s in stored {
+                let state = SessionState::new(s.token.clone(), s.key, true, log_capacity);
+                lock(&state.attachment).parked_until = Some(now + window);
+                sessions.insert(s.token, Arc::new(state));
+            }
+        }
+        store.journal = Some(journal);
+        store
+    }
+
+    /// Whether sessions outlive the process.
+    pub fn is_durable(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    fn forget(&self, state: &SessionState) {
+        if let Some(journal) = &self.journal {
+            journal.ended(state.key);
         }
     }
 
@@ -191,16 +289,24 @@ impl SessionStore {
             },
         };
         let state = state.unwrap_or_else(|| {
-            let state = Arc::new(SessionState {
-                token: new_token(),
-                logs: Mutex::new(HashMap::new()),
-                log_capacity: self.log_capacity,
-                attachment: Mutex::new(Attachment {
-                    generation: 0,
-                    live: None,
-                    parked_until: None,
-                }),
-            });
+            let key = rand::random::<u64>().max(1);
+            let state = Arc::new(SessionState::new(
+                new_token(),
+                key,
+                false,
+                self.log_capacity,
+            ));
+            if let Some(journal) = &self.journal {
+                let stored = StoredSession {
+                    key,
+                    token: state.token.clone(),
+                };
+                // Without the record the session only cannot outlive a
+                // restart; it works meanwhile.
+                if let Err(e) = journal.created(&stored) {
+                    tracing::error!("cannot store a session: {e}");
+                }
+            }
             sessions.insert(state.token.clone(), state.clone());
             state
         });
@@ -233,7 +339,9 @@ impl SessionStore {
         a.live = None;
         if clean {
             drop(a);
-            sessions.remove(&attached.state.token);
+            if let Some(state) = sessions.remove(&attached.state.token) {
+                self.forget(&state);
+            }
         } else {
             a.parked_until = Some(now + self.window);
         }
@@ -254,7 +362,11 @@ impl SessionStore {
     fn sweep(&self, sessions: &mut HashMap<String, Arc<SessionState>>, now: Instant) {
         sessions.retain(|_, s| {
             let a = lock(&s.attachment);
-            a.live.is_some() || a.parked_until.is_some_and(|until| until > now)
+            let keep = a.live.is_some() || a.parked_until.is_some_and(|until| until > now);
+            if !keep {
+                self.forget(s);
+            }
+            keep
         });
         // Over the bound: the sessions parked longest go first.
         if sessions.len() >= self.max_sessions {
@@ -265,7 +377,9 @@ impl SessionStore {
             parked.sort();
             let excess = sessions.len() + 1 - self.max_sessions;
             for (_, token) in parked.into_iter().take(excess) {
-                sessions.remove(&token);
+                if let Some(state) = sessions.remove(&token) {
+                    self.forget(&state);
+                }
             }
         }
     }
@@ -274,10 +388,6 @@ impl SessionStore {
 fn new_token() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -3,13 +3,12 @@
 //!
 //! Tasks of one session:
 //! - the session task itself ([`run`]): control requests, datagrams,
-//!   accepting publish streams;
+//!   accepting publish streams; it owns the connection's room ids;
 //! - one reader per client publish stream (`ingest.rs`);
 //! - one writer per joined room, fed by that room's bounded queue, one
 //!   control writer and one datagram writer (`outbound.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,111 +17,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::backplane::{Backplane, BackplaneError, SessionId};
-use super::ingest::{handle_datagram, read_publish_stream, resolve_room};
+use super::backplane::{BackplaneError, SessionId};
+use super::context::{
+    error_frame, read_failure, stopping, unknown_id, Closing, Control, Ending, SessionContext,
+    CONTROL_QUEUE,
+};
+use super::ingest::{handle_datagram, read_publish_stream};
 use super::outbound::{
     write_control, write_datagrams, write_room_stream, DatagramRing, RoomQueue, SessionSubscriber,
 };
-use super::resume::{Attached, SessionStore};
-use super::stats::ServerStats;
-use super::ServerConfig;
+use super::resume::Attached;
+use super::room_ids::{RoomIds, MAX_ROOM_IDS};
 use crate::wire::{
-    self, close_code, ErrorCode, Frame, FrameReader, ReadFrameError, Recovery, RoomId,
+    self, close_code, validate_name, ErrorCode, Frame, FrameReader, Recovery, RoomId,
     PROTOCOL_VERSION,
 };
-
-/// Control replies queued for a client before it counts as a slow consumer.
-const CONTROL_QUEUE: usize = 1024;
-
-/// What every session of a server shares.
-pub(crate) struct SessionContext {
-    pub backplane: Arc<dyn Backplane>,
-    pub sessions: SessionStore,
-    pub config: Arc<ServerConfig>,
-    pub stats: Arc<ServerStats>,
-}
-
-/// A reason to close the connection: an application close code and a phrase.
-pub(crate) struct Closing {
-    pub code: u32,
-    pub reason: String,
-}
-
-impl Closing {
-    pub fn violation(reason: impl Into<String>) -> Self {
-        Closing {
-            code: close_code::PROTOCOL_VIOLATION,
-            reason: reason.into(),
-        }
-    }
-
-    pub fn apply(self, conn: &Connection, stats: &ServerStats) {
-        if matches!(
-            self.code,
-            close_code::PROTOCOL_VIOLATION | close_code::FRAME_TOO_LARGE
-        ) {
-            stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        tracing::debug!(code = self.code, reason = %self.reason, "closing connection");
-        conn.close(self.code.into(), self.reason.as_bytes());
-    }
-}
-
-/// Maps a failed read to a close, or to `None` when the connection or
-/// stream is already gone (nothing left to tell the peer).
-pub(crate) fn read_failure(what: &str, err: ReadFrameError) -> Option<Closing> {
-    match err {
-        ReadFrameError::Wire(e) => Some(Closing {
-            code: e.close_code(),
-            reason: format!("{what}: {e}"),
-        }),
-        ReadFrameError::Read(_) => None,
-    }
-}
-
-pub(crate) fn error_frame(request: Option<u64>, code: ErrorCode, message: String) -> Bytes {
-    wire::encode_framed(&Frame::Error {
-        request,
-        code,
-        message,
-    })
-}
-
-/// Completes once the server has asked sessions to stop.
-pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    // A dropped sender also means stop.
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// The queue of control replies to one client. Queuing never waits: a
-/// client that leaves [`CONTROL_QUEUE`] replies unread is closed as a slow
-/// consumer, so no task of the session ever blocks on a client.
-#[derive(Clone)]
-pub(crate) struct Control {
-    tx: mpsc::Sender<Bytes>,
-    conn: Connection,
-    stats: Arc<ServerStats>,
-}
-
-impl Control {
-    /// Queues a reply; `false` when the connection is closing.
-    pub fn send(&self, frame: Bytes) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.conn.close_reason().is_none() {
-                    self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    let reason =
-                        format!("slow consumer: more than {CONTROL_QUEUE} control replies unread");
-                    self.conn
-                        .close(close_code::SLOW_CONSUMER.into(), reason.as_bytes());
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-}
 
 /// Runs one session until the connection ends or the server shuts down.
 pub(crate) async fn run(
@@ -134,16 +43,12 @@ pub(crate) async fn run(
     let (control_send, mut control_reader, attached, copies) =
         match handshake(&conn, session, &ctx).await {
             Ok(streams) => streams,
-            Err(Some(closing)) => return closing.apply(&conn, &ctx.stats),
-            Err(None) => return,
+            Err(Ending::Close(closing)) => return closing.apply(&conn, &ctx.stats),
+            Err(Ending::Gone) => return,
         };
 
     let (control_tx, control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
-    let control = Control {
-        tx: control_tx,
-        conn: conn.clone(),
-        stats: ctx.stats.clone(),
-    };
+    let control = Control::new(control_tx, conn.clone(), ctx.stats.clone());
     let control_writer = tokio::spawn(write_control(control_send, control_rx));
     let datagrams = Arc::new(DatagramRing::new(ctx.config.datagram_queue));
     let datagram_writer = tokio::spawn(write_datagrams(
@@ -152,14 +57,13 @@ pub(crate) async fn run(
         ctx.stats.clone(),
     ));
     let mut readers = JoinSet::new();
-    let mut writers = JoinSet::new();
-    let mut joined = HashMap::new();
     let mut rooms = Rooms {
         conn: &conn,
         session,
         ctx: &ctx,
-        joined: &mut joined,
-        writers: &mut writers,
+        ids: RoomIds::default(),
+        joined: HashMap::new(),
+        writers: JoinSet::new(),
         datagrams: &datagrams,
         copies,
     };
@@ -173,11 +77,11 @@ pub(crate) async fn run(
             frame = control_reader.next() => {
                 let outcome = match frame {
                     Ok(Some(frame)) => rooms.handle_control(frame, &control).await,
-                    Ok(None) => Err(Some(Closing { code: close_code::NORMAL, reason: "control stream finished".into() })),
-                    Err(e) => Err(read_failure("control stream", e)),
+                    Ok(None) => Err(Ending::Close(Closing { code: close_code::NORMAL, reason: "control stream finished".into() })),
+                    Err(e) => Err(read_failure("control stream", e).map_or(Ending::Gone, Ending::Close)),
                 };
-                if let Err(closing) = outcome {
-                    if let Some(closing) = closing { closing.apply(&conn, &ctx.stats); }
+                if let Err(ending) = outcome {
+                    if let Ending::Close(closing) = ending { closing.apply(&conn, &ctx.stats); }
                     break false;
                 }
             }
@@ -189,7 +93,7 @@ pub(crate) async fn run(
             },
             datagram = conn.read_datagram() => match datagram {
                 Ok(bytes) => {
-                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &control, &attached.state) {
+                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &control, &attached.state, &rooms.ids) {
                         closing.apply(&conn, &ctx.stats);
                         break false;
                     }
@@ -199,12 +103,17 @@ pub(crate) async fn run(
         }
     };
     datagram_writer.abort();
+    let Rooms {
+        joined,
+        mut writers,
+        ..
+    } = rooms;
     if !draining {
         // The connection is gone or being closed: nothing more to deliver.
         readers.abort_all();
         control_writer.abort();
         for room in joined.keys() {
-            ctx.backplane.unsubscribe(*room, session);
+            ctx.backplane.unsubscribe(room, session);
         }
         // Only a clean close by the client ends the session; after anything
         // else the client may come back and resume it.
@@ -217,18 +126,23 @@ pub(crate) async fn run(
             .detach(&attached, clean, std::time::Instant::now());
         return;
     }
-    // The server is going away, and its history with it: nothing to resume.
-    ctx.sessions
-        .detach(&attached, true, std::time::Instant::now());
+    // The server is going away. With durable storage the client may resume
+    // the session on the next start; with memory there is nothing to resume.
+    ctx.sessions.detach(
+        &attached,
+        !ctx.sessions.is_durable(),
+        std::time::Instant::now(),
+    );
 
     // Shutdown: publish readers stop between frames (so every accepted
     // event's ack is queued), then every room writer delivers what was
     // accepted, then the control writer flushes, then the close.
     let deadline = Instant::now() + ctx.config.shutdown_grace;
+    let mut joined = joined;
     let drained = timeout_at(deadline, async {
         while readers.join_next().await.is_some() {}
         for room in joined.keys() {
-            ctx.backplane.unsubscribe(*room, session);
+            ctx.backplane.unsubscribe(room, session);
         }
         // With the backplane's copies gone, dropping ours closes every room queue.
         joined.clear();
@@ -239,11 +153,11 @@ pub(crate) async fn run(
     .await;
     if drained.is_err() {
         tracing::warn!(
-            session,
+            %session,
             "shutdown grace expired before the client received everything"
         );
         for room in joined.keys() {
-            ctx.backplane.unsubscribe(*room, session);
+            ctx.backplane.unsubscribe(room, session);
         }
     }
     conn.close(
@@ -257,9 +171,9 @@ async fn handshake(
     conn: &Connection,
     session: SessionId,
     ctx: &SessionContext,
-) -> Result<(SendStream, FrameReader, Attached, bool), Option<Closing>> {
+) -> Result<(SendStream, FrameReader, Attached, bool), Ending> {
     let hello = async {
-        let (send, recv) = conn.accept_bi().await.map_err(|_| None)?;
+        let (send, recv) = conn.accept_bi().await.map_err(|_| Ending::Gone)?;
         let mut reader = FrameReader::new(recv, ctx.config.max_frame);
         match reader.next().await {
             Ok(Some(Frame::Hello {
@@ -269,21 +183,21 @@ async fn handshake(
                 resume,
                 copies,
             })) => Ok((send, reader, version, token, client_name, resume, copies)),
-            Ok(Some(other)) => Err(Some(Closing::violation(format!(
+            Ok(Some(other)) => Err(Ending::Close(Closing::violation(format!(
                 "expected Hello as the first control frame, got {}",
                 other.name()
             )))),
-            Ok(None) => Err(Some(Closing::violation(
+            Ok(None) => Err(Ending::Close(Closing::violation(
                 "control stream ended before Hello",
             ))),
-            Err(e) => Err(read_failure("handshake", e)),
+            Err(e) => Err(read_failure("handshake", e).map_or(Ending::Gone, Ending::Close)),
         }
     };
     let (mut send, reader, version, token, client_name, resume, copies) =
         match timeout(ctx.config.handshake_timeout, hello).await {
             Ok(result) => result?,
             Err(_) => {
-                return Err(Some(Closing {
+                return Err(Ending::Close(Closing {
                     code: close_code::HANDSHAKE_TIMEOUT,
                     reason: format!(
                         "no Hello within {:?} of connecting",
@@ -319,7 +233,7 @@ async fn handshake(
         if send.write_all(&reject).await.is_ok() && send.finish().is_ok() {
             let _ = timeout(ctx.config.handshake_timeout, send.stopped()).await;
         }
-        return Err(Some(Closing {
+        return Err(Ending::Close(Closing {
             code: close,
             reason,
         }));
@@ -339,7 +253,7 @@ async fn handshake(
     );
     let max_datagram_payload = conn.max_datagram_size().unwrap_or(0) as u32;
     let welcome = wire::encode_framed(&Frame::Welcome {
-        session_id: session,
+        session_id: session.connection,
         max_datagram_payload,
         max_frame: ctx.config.max_frame as u32,
         epoch: ctx.backplane.epoch(),
@@ -349,31 +263,29 @@ async fn handshake(
     if send.write_all(&welcome).await.is_err() {
         ctx.sessions
             .detach(&attached, false, std::time::Instant::now());
-        return Err(None);
+        return Err(Ending::Gone);
     }
-    tracing::debug!(session, client = %client_name, addr = %conn.remote_address(), resumed = ?attached.outcome, "session started");
+    tracing::debug!(%session, client = %client_name, addr = %conn.remote_address(), resumed = ?attached.outcome, "session started");
     Ok((send, reader, attached, copies))
 }
 
-/// The rooms a session has joined, and what it needs to join more.
+/// The rooms a session has named and joined, and what it needs to join more.
 struct Rooms<'a> {
     conn: &'a Connection,
     session: SessionId,
     ctx: &'a SessionContext,
-    /// Each joined room's queue; the backplane's subscriber holds a clone.
-    joined: &'a mut HashMap<RoomId, RoomQueue>,
-    writers: &'a mut JoinSet<()>,
+    /// The room ids handed out on this connection.
+    ids: RoomIds,
+    /// Each joined room's queue, by name; the backplane's subscriber holds a clone.
+    joined: HashMap<Arc<str>, RoomQueue>,
+    writers: JoinSet<()>,
     datagrams: &'a Arc<DatagramRing>,
     /// The client asked for `EventCopy` datagrams (`Hello.copies`).
     copies: bool,
 }
 
 impl Rooms<'_> {
-    async fn handle_control(
-        &mut self,
-        frame: Frame,
-        control: &Control,
-    ) -> Result<(), Option<Closing>> {
+    async fn handle_control(&mut self, frame: Frame, control: &Control) -> Result<(), Ending> {
         let reply = match frame {
             Frame::Join {
                 request,
@@ -381,25 +293,14 @@ impl Rooms<'_> {
                 echo,
                 since,
             } => self.join(request, &room, echo, since).await,
-            Frame::Leave { request, room_id } => {
-                if self.joined.remove(&room_id).is_some() {
-                    self.ctx.backplane.unsubscribe(room_id, self.session);
-                    wire::encode_framed(&Frame::Left { request, room_id })
-                } else {
-                    error_frame(
-                        Some(request),
-                        ErrorCode::NotJoined,
-                        format!("room id {room_id} is not joined"),
-                    )
-                }
-            }
+            Frame::Leave { request, room_id } => self.leave(request, room_id),
             Frame::Ping { request } => wire::encode_framed(&Frame::Pong { request }),
-            Frame::Resolve { request, room } => match resolve_room(self.ctx, &room) {
-                Ok(room_id) => wire::encode_framed(&Frame::Resolved { request, room_id }),
+            Frame::Resolve { request, room } => match self.name(&room) {
+                Ok((room_id, _)) => wire::encode_framed(&Frame::Resolved { request, room_id }),
                 Err((code, message)) => error_frame(Some(request), code, message),
             },
             other => {
-                return Err(Some(Closing::violation(format!(
+                return Err(Ending::Close(Closing::violation(format!(
                     "{} is not a client control frame",
                     other.name()
                 ))))
@@ -408,30 +309,55 @@ impl Rooms<'_> {
         if control.send(reply) {
             Ok(())
         } else {
-            Err(None)
+            Err(Ending::Gone)
+        }
+    }
+
+    /// Validates a room name, makes sure the room exists, and hands out
+    /// this connection's id for it.
+    fn name(&mut self, room: &str) -> Result<(RoomId, Arc<str>), (ErrorCode, String)> {
+        validate_name("room", room).map_err(|m| (ErrorCode::InvalidName, m))?;
+        self.ctx
+            .backplane
+            .open(room)
+            .map_err(|e| (e.code(), e.to_string()))?;
+        self.ids.id_for(room).map_err(|_| {
+            (
+                ErrorCode::TooManyRooms,
+                format!("this connection already names its maximum of {MAX_ROOM_IDS} rooms"),
+            )
+        })
+    }
+
+    fn leave(&mut self, request: u64, room_id: RoomId) -> Bytes {
+        let Some(room) = self.ids.name(room_id).cloned() else {
+            return unknown_id(&self.ctx.stats, Some(request), room_id);
+        };
+        if self.joined.remove(&room).is_some() {
+            self.ctx.backplane.unsubscribe(&room, self.session);
+            wire::encode_framed(&Frame::Left { request, room_id })
+        } else {
+            error_frame(
+                Some(request),
+                ErrorCode::NotJoined,
+                format!("room {room} is not joined"),
+            )
         }
     }
 
     async fn join(&mut self, request: u64, room: &str, echo: bool, since: Option<u64>) -> Bytes {
-        // A room evicted between resolving and subscribing is resolved again, once.
-        let mut retried = false;
-        loop {
-            let room_id = match resolve_room(self.ctx, room) {
-                Ok(id) => id,
-                Err((code, message)) => return error_frame(Some(request), code, message),
-            };
-            match self.subscribe(room_id, room, echo, since).await {
-                Ok((offset, recovery)) => {
-                    return wire::encode_framed(&Frame::Joined {
-                        request,
-                        room_id,
-                        offset,
-                        recovery,
-                    })
-                }
-                Err(BackplaneError::UnknownRoom(_)) if !retried => retried = true,
-                Err(e) => return error_frame(Some(request), e.code(), e.to_string()),
-            }
+        let (room_id, name) = match self.name(room) {
+            Ok(named) => named,
+            Err((code, message)) => return error_frame(Some(request), code, message),
+        };
+        match self.subscribe(room_id, name, echo, since).await {
+            Ok((offset, recovery)) => wire::encode_framed(&Frame::Joined {
+                request,
+                room_id,
+                offset,
+                recovery,
+            }),
+            Err(e) => error_frame(Some(request), e.code(), e.to_string()),
         }
     }
 
@@ -440,15 +366,14 @@ impl Rooms<'_> {
     async fn subscribe(
         &mut self,
         room_id: RoomId,
-        room: &str,
+        name: Arc<str>,
         echo: bool,
         since: Option<u64>,
     ) -> Result<(u64, Recovery), BackplaneError> {
         // Joining a room already joined (say, to change echo) keeps its
         // stream and queue: the new subscriber replaces the old one in one
         // step, so no event is lost or reordered between them.
-        let name: Arc<str> = Arc::from(room);
-        let (queue, new_writer) = match self.joined.get(&room_id) {
+        let (queue, new_writer) = match self.joined.get(&name) {
             Some(queue) => (queue.clone(), None),
             None => {
                 let config = &self.ctx.config;
@@ -462,6 +387,7 @@ impl Rooms<'_> {
         };
         let subscriber = Arc::new(SessionSubscriber {
             session: self.session,
+            room_id,
             echo,
             copies: self.copies,
             datagram_buffer: self.ctx.config.transport.datagram_send_buffer,
@@ -477,7 +403,7 @@ impl Rooms<'_> {
         let subscribed = self
             .ctx
             .backplane
-            .subscribe(room_id, subscriber, since)
+            .subscribe(&name, subscriber, since)
             .await?;
         if let Some(queue_rx) = new_writer {
             // Events queued since `subscribe` wait in the queue, behind the
@@ -485,12 +411,12 @@ impl Rooms<'_> {
             self.writers.spawn(write_room_stream(
                 self.conn.clone(),
                 room_id,
-                name,
+                name.clone(),
                 subscribed.replay,
                 queue_rx,
             ));
         }
-        self.joined.insert(room_id, queue);
+        self.joined.insert(name, queue);
         Ok((subscribed.offset, subscribed.recovery))
     }
 }

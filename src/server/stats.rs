@@ -14,6 +14,7 @@ pub struct ServerStats {
     pub datagrams_dropped: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub protocol_errors: AtomicU64,
+    pub unknown_room_ids: AtomicU64,
 }
 
 /// A copy of [`ServerStats`] at one moment.
@@ -38,6 +39,9 @@ pub struct StatsSnapshot {
     pub slow_consumers: u64,
     /// Connections closed for a protocol violation.
     pub protocol_errors: u64,
+    /// Frames dropped because they used a room id their connection was
+    /// never given (answered with an `UnknownRoom` error).
+    pub unknown_room_ids: u64,
 }
 
 impl ServerStats {
@@ -54,6 +58,7 @@ impl ServerStats {
             datagrams_dropped: get(&self.datagrams_dropped),
             slow_consumers: get(&self.slow_consumers),
             protocol_errors: get(&self.protocol_errors),
+            unknown_room_ids: get(&self.unknown_room_ids),
         }
     }
 }

@@ -84,6 +84,43 @@ pub fn encode_padded(target: usize, make: impl Fn(Bytes) -> Frame) -> Bytes {
     encode(&make(Bytes::from(vec![0u8; pad])))
 }
 
+/// The tag of `Frame::Datagram` on the wire.
+const DATAGRAM_TAG: u8 = 16;
+
+/// A `Datagram` frame encoded once for every subscriber of a room: the
+/// frame with room id 0, to be given each connection's own room id by
+/// [`DatagramTemplate::for_room`] (room ids belong to a connection).
+#[derive(Debug, Clone)]
+pub struct DatagramTemplate {
+    /// `encode(Datagram { room_id: 0, .. })`: the tag byte, the one-byte
+    /// varint 0, then the fields after the room id.
+    encoded: Bytes,
+}
+
+impl DatagramTemplate {
+    /// Encodes the parts every subscriber shares.
+    pub fn new(seq: u64, event: String, payload: Bytes) -> Self {
+        DatagramTemplate {
+            encoded: encode(&Frame::Datagram {
+                room_id: 0,
+                seq,
+                event,
+                payload,
+            }),
+        }
+    }
+
+    /// The datagram as one connection receives it, with its id for the room.
+    pub fn for_room(&self, room_id: super::RoomId) -> Bytes {
+        let rest = self.encoded.get(2..).unwrap_or_default();
+        let mut out = BytesMut::with_capacity(1 + MAX_VARINT_LEN + rest.len());
+        out.put_u8(DATAGRAM_TAG);
+        write_varint(&mut out, u64::from(room_id));
+        out.extend_from_slice(rest);
+        out.freeze()
+    }
+}
+
 /// Encodes one frame with its length prefix (what a stream carries).
 pub fn encode_framed(frame: &Frame) -> Bytes {
     let body_len = encoded_len(frame);
@@ -581,6 +618,20 @@ mod tests {
         fn event_frame_len_bounds_the_real_size(event in ".{0,300}", payload_len in 0usize..70_000) {
             let frame = Frame::Event { offset: u64::MAX, event: event.clone(), payload: Bytes::from(vec![1u8; payload_len]) };
             prop_assert_eq!(encoded_len(&frame), event_frame_len(event.len(), payload_len));
+        }
+    }
+
+    #[test]
+    fn a_datagram_template_gives_each_connection_its_own_room_id() {
+        let template = DatagramTemplate::new(300, "pos".into(), Bytes::from_static(b"xy"));
+        for room_id in [0, 1, 127, 128, 70_000, u32::MAX] {
+            let direct = encode(&Frame::Datagram {
+                room_id,
+                seq: 300,
+                event: "pos".into(),
+                payload: Bytes::from_static(b"xy"),
+            });
+            assert_eq!(template.for_room(room_id), direct, "room id {room_id}");
         }
     }
 }

@@ -14,7 +14,7 @@ mod stream;
 
 pub use codec::{
     decode, encode, encode_framed, encode_padded, encoded_len, event_frame_len, read_varint,
-    varint_len, write_varint, FrameDecoder, MAX_VARINT_LEN,
+    varint_len, write_varint, DatagramTemplate, FrameDecoder, MAX_VARINT_LEN,
 };
 pub use stream::{FrameReader, ReadFrameError};
 
@@ -34,8 +34,10 @@ pub const MAX_COPY_BYTES: usize = 512;
 /// Longest room or event name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// A server-wide room identifier, assigned by the server the first time a
-/// room name is used and stable for the life of the server process.
+/// A room's identifier on one connection: the server hands one out for
+/// each room name the connection names (`Join`, `Resolve`), keeps it for
+/// the life of that connection, and accepts only ids it handed out there.
+/// Ids mean nothing on another connection, or after a reconnect.
 pub type RoomId = u32;
 
 /// One protocol message. The variant order is the wire tag: never reorder.
@@ -375,6 +377,9 @@ pub enum ErrorCode {
     /// A retried publish whose outcome is too old to remember; it was
     /// handled once already.
     Duplicate,
+    /// The server could not store the event (a storage failure); it was
+    /// not published and may be sent again.
+    Unavailable,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -389,6 +394,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::TooLarge => "too large",
             ErrorCode::ShuttingDown => "server shutting down",
             ErrorCode::Duplicate => "duplicate publish",
+            ErrorCode::Unavailable => "storage unavailable",
         };
         f.write_str(text)
     }
@@ -418,6 +424,10 @@ pub mod close_code {
     /// Another connection resumed this session (the client reconnected
     /// before the server noticed this connection was gone).
     pub const SESSION_RESUMED: u32 = 9;
+    /// The server could not read what it needs from its storage to serve
+    /// the connection safely (it would risk publishing an event twice);
+    /// reconnect later.
+    pub const STORAGE_UNAVAILABLE: u32 = 10;
 
     /// A short name for a close code, for messages.
     pub fn describe(code: u64) -> &'static str {
@@ -432,6 +442,7 @@ pub mod close_code {
             7 => "server busy",
             8 => "unauthorized",
             9 => "session resumed on another connection",
+            10 => "storage unavailable",
             _ => "unknown close code",
         }
     }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
+pub mod process;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -1,0 +1,312 @@
+//! Room history on disk: a segmented append-only log per room.
+//!
+//! Events survive a restart of the server (and a `kill -9`: a record's
+//! write has returned before `append` does); what survives a power loss is
+//! the [`FsyncPolicy`]'s choice. No events are kept in RAM: per room only
+//! each segment's metadata and a sparse index.
+//!
+//! # Layout
+//!
+//! ```text
+//! DIR/epoch                   the epoch, in decimal, and a newline
+//! DIR/rooms/<room dir>/name   the room's name (UTF-8, exactly its bytes)
+//! DIR/rooms/<room dir>/00000000000000000001.log   a segment, named by the
+//!                             offset of its first record, zero-padded to 20
+//!                             digits (or of the append that started it, if
+//!                             that one failed)
+//! ```
+//!
+//! The epoch is chosen at random (non-zero) when a directory without one is
+//! opened, and read on every later open: a restart keeps it, a new or wiped
+//! directory gets a new one. A room's directory is the hex FNV-1a 128 hash
+//! of its name; if that directory holds another name (a collision), `-1`,
+//! `-2`, … are appended.
+//!
+//! # Segment format
+//!
+//! All integers little-endian.
+//!
+//! ```text
+//! header:  "QBUSLOG" ‖ u8 version (1) ‖ u64 prev
+//! record:  u32 body_len ‖ u32 crc32(body) ‖ body
+//! body:    u64 offset ‖ u64 at_ms ‖ u64 publisher.session ‖ u64 publisher.id ‖ frame
+//! ```
+//!
+//! `prev` is the room's newest offset when the segment was started: once
+//! older segments are deleted, it tells which positions are still covered
+//! without any arithmetic on offsets. Offsets increase strictly within a
+//! room, and `at_ms` never decreases (a clock stepping back is clamped).
+//! A new segment is started when a record would take the active one past
+//! `segment_bytes`.
+//!
+//! # Damage
+//!
+//! Opening a store verifies every record. A bad record at the very end of a
+//! room's last segment is a torn write: it is cut off. A bad record followed
+//! by good ones ends the readable history there: the events before it count
+//! as dropped (a replay from before it is [`Gap::TooShort`]), the events
+//! after it stay readable, and the server starts. Each case is logged with
+//! the room, the file and the byte position, and concerns that room alone.
+//!
+//! [`Gap::TooShort`]: super::Gap::TooShort
+
+mod files;
+mod format;
+mod load;
+mod replay;
+mod room;
+mod segment;
+mod window;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::{HistoryError, HistoryLimits, HistoryStore, RoomHistory};
+use files::{FileCache, Unsynced};
+use format::room_dir_name;
+use load::{load_or_create_epoch, load_rooms};
+use room::{DiskRoom, RoomLog, RoomShared};
+
+/// Bytes read at a time when verifying segments on open.
+const OPEN_CHUNK: usize = 1024 * 1024;
+
+/// Most bytes `publishes_of` reads, from the newest segment back.
+const PUBLISHES_SCAN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// When written events are forced to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// After every append: nothing acknowledged is lost to a power cut, at
+    /// the price of a device flush per event.
+    Always,
+    /// By `maintain`, once the oldest unsynced write is this old: a power
+    /// cut loses at most about that much.
+    Interval(Duration),
+    /// Left to the OS: a crash of the process loses nothing, a power cut
+    /// may lose what the OS had not written yet.
+    Never,
+}
+
+impl Default for FsyncPolicy {
+    fn default() -> Self {
+        FsyncPolicy::Interval(Duration::from_secs(1))
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Interval(_) => "interval",
+            FsyncPolicy::Never => "never",
+        })
+    }
+}
+
+/// `always`, `interval` (every second) or `never`.
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::default()),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => Err(format!(
+                "unknown fsync policy {s:?}: expected always, interval or never"
+            )),
+        }
+    }
+}
+
+/// How a [`DiskStore`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskOptions {
+    pub fsync: FsyncPolicy,
+    /// A segment is not made longer than this (unless by a single record).
+    pub segment_bytes: u64,
+    /// Most files kept open for appending, over all rooms.
+    pub max_open_files: usize,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions {
+            fsync: FsyncPolicy::default(),
+            segment_bytes: 16 * 1024 * 1024,
+            max_open_files: 1024,
+        }
+    }
+}
+
+/// Every room's history under one data directory.
+pub struct DiskStore {
+    epoch: u64,
+    shared: Arc<Shared>,
+    rooms: Mutex<Rooms>,
+}
+
+/// What the store and its room handles share.
+struct Shared {
+    limits: HistoryLimits,
+    options: DiskOptions,
+    files: FileCache,
+    unsynced: Unsynced,
+}
+
+struct Rooms {
+    dir: PathBuf,
+    by_name: HashMap<String, Arc<RoomShared>>,
+    /// Directory names in use, also by directories that could not be read.
+    dir_names: HashSet<String>,
+    next_id: u64,
+}
+
+impl DiskStore {
+    /// Opens (creating if need be) the history under `dir`, verifying every
+    /// record of every room. A directory that cannot be created, read or
+    /// written is [`HistoryError::Io`], with its path.
+    pub fn open(
+        dir: &Path,
+        limits: HistoryLimits,
+        options: DiskOptions,
+    ) -> Result<DiskStore, HistoryError> {
+        let rooms_dir = dir.join("rooms");
+        fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
+        fs::create_dir_all(&rooms_dir).map_err(io_error("creating", &rooms_dir))?;
+        let probe = rooms_dir.join(".write-test");
+        fs::write(&probe, b"").map_err(io_error("writing in", dir))?;
+        fs::remove_file(&probe).map_err(io_error("writing in", dir))?;
+        let epoch = load_or_create_epoch(dir)?;
+
+        let mut dir_names = Vec::new();
+        for entry in fs::read_dir(&rooms_dir).map_err(io_error("reading", &rooms_dir))? {
+            let entry = entry.map_err(io_error("reading", &rooms_dir))?;
+            if entry.path().is_dir() {
+                if let Ok(name) = entry.file_name().into_string() {
+                    dir_names.push(name);
+                }
+            }
+        }
+        let loaded = load_rooms(&rooms_dir, &dir_names)?;
+
+        let mut rooms = Rooms {
+            dir: rooms_dir.clone(),
+            by_name: HashMap::new(),
+            dir_names: dir_names.iter().cloned().collect(),
+            next_id: 0,
+        };
+        for (dir_name, name, log) in loaded {
+            rooms.add(name, rooms_dir.join(dir_name), log);
+        }
+        Ok(DiskStore {
+            epoch,
+            shared: Arc::new(Shared {
+                limits,
+                options,
+                files: FileCache::new(options.max_open_files),
+                unsynced: Unsynced::default(),
+            }),
+            rooms: Mutex::new(rooms),
+        })
+    }
+}
+
+impl Rooms {
+    fn add(&mut self, name: String, dir: PathBuf, log: RoomLog) -> Arc<RoomShared> {
+        self.next_id += 1;
+        let room = Arc::new(RoomShared {
+            id: self.next_id,
+            name: name.clone(),
+            dir,
+            handles: AtomicUsize::new(0),
+            log: Mutex::new(log),
+        });
+        self.by_name.insert(name, room.clone());
+        room
+    }
+
+    /// The directory for a room not on disk yet: the first free one of its
+    /// name's candidates.
+    fn new_dir(&mut self, name: &str) -> PathBuf {
+        let mut attempt = 0;
+        loop {
+            let dir_name = room_dir_name(name, attempt);
+            if !self.dir_names.contains(&dir_name) {
+                let dir = self.dir.join(&dir_name);
+                self.dir_names.insert(dir_name);
+                return dir;
+            }
+            attempt += 1;
+        }
+    }
+}
+
+impl HistoryStore for DiskStore {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn open_room(&self, name: &str) -> Result<Box<dyn RoomHistory>, HistoryError> {
+        let room = {
+            let mut rooms = lock(&self.rooms);
+            match rooms.by_name.get(name) {
+                Some(room) => room.clone(),
+                None => {
+                    // Created on disk by its first append.
+                    let dir = rooms.new_dir(name);
+                    rooms.add(name.to_owned(), dir, RoomLog::default())
+                }
+            }
+        };
+        Ok(Box::new(DiskRoom::new(room, self.shared.clone())))
+    }
+
+    fn maintain(&self, now_ms: u64) {
+        let rooms: Vec<_> = lock(&self.rooms).by_name.values().cloned().collect();
+        for room in rooms {
+            if room.handles.load(Ordering::Relaxed) == 0 {
+                room.trim(&self.shared.limits, now_ms);
+            }
+        }
+        if let FsyncPolicy::Interval(interval) = self.shared.options.fsync {
+            let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+            self.shared.unsynced.sync_if_due(now_ms, interval_ms);
+        }
+    }
+}
+
+/// With [`FsyncPolicy::Interval`], what was written since the last sync is
+/// synced now: a store closed at shutdown leaves nothing to the OS.
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        if let FsyncPolicy::Interval(_) = self.shared.options.fsync {
+            self.shared.unsynced.sync_if_due(u64::MAX, 0);
+        }
+    }
+}
+
+/// Turns an I/O error on `path` into a [`HistoryError::Io`].
+fn io_error<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> HistoryError + 'p {
+    move |source| HistoryError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Locks `mutex`, also after a panic elsewhere while it was held: every
+/// update under these locks leaves the state consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

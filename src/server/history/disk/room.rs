@@ -1,0 +1,512 @@
+//! One room: its segments' metadata, the bounds applied to it, and the
+//! [`RoomHistory`] handle that appends to and replays it.
+//!
+//! Which events a replay may return is computed exactly, as the memory
+//! store would have it: from the segments' counts, bytes and times, plus a
+//! scan of at most one index stride of the segment where the answer lies.
+//! Deleting files is coarser: a segment goes when every event in it is
+//! outside the bounds, and the newest one always stays, so the room's last
+//! offset is never lost.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::super::{Gap, HistoryError, HistoryLimits, HistoryStats, Record, Replay, RoomHistory};
+use super::format::{
+    encode_header, encode_record, segment_path, RecordHead, HEADER_LEN, MAX_FRAME,
+};
+use super::replay::{DiskReplay, Part};
+use super::segment::{for_each_record, Segment, INDEX_STRIDE};
+use super::{files, io_error, lock, FsyncPolicy, Shared, OPEN_CHUNK, PUBLISHES_SCAN_BYTES};
+
+/// Bytes read at a time when scanning part of a segment.
+const SCAN_CHUNK: usize = INDEX_STRIDE as usize + 4096;
+
+/// What a room keeps in RAM: no events, only where they are.
+#[derive(Debug, Default)]
+pub struct RoomLog {
+    /// Oldest first.
+    pub segments: Vec<Segment>,
+    /// The newest offset ever appended (or found on disk).
+    pub last_offset: u64,
+    /// The newest event's time; times are kept non-decreasing.
+    pub last_at_ms: u64,
+    /// The newest offset that is gone (deleted or damaged): a position
+    /// before it is not covered.
+    pub floor: u64,
+    /// Whether the room's directory and name file exist.
+    pub dir_created: bool,
+    /// A failed write may have left bytes behind in the active segment:
+    /// the next append starts a new one.
+    pub roll_next: bool,
+}
+
+/// The events after a position, found by [`RoomLog::locate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct After {
+    /// The segment holding the first of them, and where in it.
+    pub segment: usize,
+    pub pos: u64,
+    pub count: u64,
+    pub bytes: u64,
+    pub first_at_ms: u64,
+}
+
+/// Whether the `count` newest events (of `bytes` frame bytes, the oldest
+/// published at `oldest_ms`) are all within the bounds at `now_ms`. A bound
+/// that holds for a run of newest events holds for every shorter run, so
+/// this one test decides both coverage and trimming.
+pub fn within(limits: &HistoryLimits, count: u64, bytes: u64, oldest_ms: u64, now_ms: u64) -> bool {
+    count == 0
+        || (count <= limits.max_events as u64
+            && (bytes <= limits.max_bytes as u64 || count == 1)
+            && Duration::from_millis(now_ms.saturating_sub(oldest_ms)) <= limits.max_age)
+}
+
+impl RoomLog {
+    /// How many of the oldest segments hold only events outside the bounds
+    /// at `now_ms` (or none readable). Never the newest one.
+    pub fn outdated(&self, limits: &HistoryLimits, now_ms: u64) -> usize {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for (i, seg) in self.segments.iter().enumerate().rev() {
+            if i + 1 < self.segments.len()
+                && (seg.count == 0
+                    || seg.last_offset <= self.floor
+                    || !within(
+                        limits,
+                        count + 1,
+                        bytes + seg.last_frame_len,
+                        seg.last_at_ms,
+                        now_ms,
+                    ))
+            {
+                return i + 1;
+            }
+            count += seg.count;
+            bytes += seg.bytes;
+        }
+        0
+    }
+
+    /// Forgets the `n` oldest segments, whose files are gone.
+    pub fn forget_oldest(&mut self, n: usize) {
+        for seg in self.segments.drain(..n) {
+            if seg.count > 0 {
+                self.floor = self.floor.max(seg.last_offset);
+            }
+        }
+        if let Some(next) = self.segments.first() {
+            self.floor = self.floor.max(next.prev);
+        }
+    }
+
+    /// The readable events after `since`, if there are any: found from the
+    /// metadata and a scan of at most an index stride of one segment.
+    pub fn locate(&self, dir: &Path, since: u64) -> Result<Option<After>, HistoryError> {
+        let Some(k) = self
+            .segments
+            .iter()
+            .position(|s| s.count > 0 && s.last_offset > since)
+        else {
+            return Ok(None);
+        };
+        let (later_count, later_bytes) = self.segments[k + 1..]
+            .iter()
+            .fold((0, 0), |(c, b), s| (c + s.count, b + s.bytes));
+        let seg = &self.segments[k];
+        let mut point = seg.scan_start(since);
+        let mut first_at_ms = seg.first_at_ms;
+        if point.offset <= since {
+            // Step over the records up to `since`, from the index point.
+            let path = segment_path(dir, seg.base);
+            let file = File::open(&path).map_err(io_error("opening", &path))?;
+            let mut found = false;
+            for_each_record(&file, point.pos, seg.len, SCAN_CHUNK, |pos, head| {
+                if head.offset > since {
+                    point.pos = pos;
+                    first_at_ms = head.at_ms;
+                    found = true;
+                    return false;
+                }
+                point.before_count += 1;
+                point.before_bytes += head.frame_len;
+                true
+            })
+            .map_err(io_error("reading", &path))?;
+            if !found {
+                return Err(HistoryError::Format {
+                    path,
+                    reason: format!("no record after offset {since}, though its index says so"),
+                });
+            }
+        }
+        Ok(Some(After {
+            segment: k,
+            pos: point.pos,
+            count: later_count + seg.count - point.before_count,
+            bytes: later_bytes + seg.bytes - point.before_bytes,
+            first_at_ms,
+        }))
+    }
+
+    /// What a replay from before every event could return at `now_ms`: the
+    /// longest run of newest events within the bounds.
+    pub fn retained(
+        &self,
+        dir: &Path,
+        limits: &HistoryLimits,
+        now_ms: u64,
+    ) -> Result<HistoryStats, HistoryError> {
+        let mut stats = HistoryStats::default();
+        for seg in self.segments.iter().rev().filter(|s| s.count > 0) {
+            let (count, bytes) = (stats.events + seg.count, stats.bytes + seg.bytes);
+            if within(limits, count, bytes, seg.first_at_ms, now_ms) {
+                stats = HistoryStats {
+                    events: count,
+                    bytes,
+                    oldest_ms: Some(seg.first_at_ms),
+                };
+                continue;
+            }
+            // The bound falls inside this segment: find the first record
+            // from which on everything is within it, between two points of
+            // the index (the first point, the whole segment, is outside).
+            let newer = stats;
+            let suffix = |before_count: u64, before_bytes: u64| {
+                (
+                    newer.events + seg.count - before_count,
+                    newer.bytes + seg.bytes - before_bytes,
+                )
+            };
+            let first_within = seg.index.partition_point(|p| {
+                let (count, bytes) = suffix(p.before_count, p.before_bytes);
+                !within(limits, count, bytes, p.at_ms, now_ms)
+            });
+            let Some(&from) = first_within.checked_sub(1).and_then(|i| seg.index.get(i)) else {
+                break;
+            };
+            let path = segment_path(dir, seg.base);
+            let file = File::open(&path).map_err(io_error("opening", &path))?;
+            let (mut before_count, mut before_bytes) = (from.before_count, from.before_bytes);
+            for_each_record(&file, from.pos, seg.len, SCAN_CHUNK, |_, head| {
+                let (count, bytes) = suffix(before_count, before_bytes);
+                if within(limits, count, bytes, head.at_ms, now_ms) {
+                    stats = HistoryStats {
+                        events: count,
+                        bytes,
+                        oldest_ms: Some(head.at_ms),
+                    };
+                    return false;
+                }
+                before_count += 1;
+                before_bytes += head.frame_len;
+                true
+            })
+            .map_err(io_error("reading", &path))?;
+            break;
+        }
+        Ok(stats)
+    }
+}
+
+/// One room, known to the store whether a handle is open or not.
+pub struct RoomShared {
+    /// Its key in the file cache.
+    pub id: u64,
+    pub name: String,
+    pub dir: PathBuf,
+    /// Open [`RoomHistory`] handles: `maintain` trims only rooms with none.
+    pub handles: AtomicUsize,
+    pub log: Mutex<RoomLog>,
+}
+
+impl RoomShared {
+    /// Deletes the segments that hold only events outside the bounds.
+    pub fn trim(&self, limits: &HistoryLimits, now_ms: u64) {
+        let mut log = lock(&self.log);
+        let outdated = log.outdated(limits, now_ms);
+        let mut deleted = 0;
+        for seg in &log.segments[..outdated] {
+            let path = segment_path(&self.dir, seg.base);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(room = self.name, file = %path.display(), error = %e, "could not delete an outdated segment");
+                    break;
+                }
+                _ => deleted += 1,
+            }
+        }
+        log.forget_oldest(deleted);
+    }
+}
+
+/// A handle on one room's log.
+pub struct DiskRoom {
+    room: Arc<RoomShared>,
+    shared: Arc<Shared>,
+    /// Where records are encoded, reused.
+    buf: Vec<u8>,
+}
+
+impl DiskRoom {
+    pub fn new(room: Arc<RoomShared>, shared: Arc<Shared>) -> Self {
+        room.handles.fetch_add(1, Ordering::Relaxed);
+        DiskRoom {
+            room,
+            shared,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Drop for DiskRoom {
+    fn drop(&mut self) {
+        self.room.handles.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl DiskRoom {
+    /// Creates the room's directory and name file.
+    fn create_dir(&self, at_ms: u64) -> Result<(), HistoryError> {
+        let dir = &self.room.dir;
+        fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
+        let tmp = dir.join("name.tmp");
+        fs::write(&tmp, self.room.name.as_bytes()).map_err(io_error("writing", &tmp))?;
+        let name = dir.join("name");
+        fs::rename(&tmp, &name).map_err(io_error("writing", &name))?;
+        self.made(&name, false, at_ms)?;
+        self.made(dir, true, at_ms)?;
+        if let Some(rooms_dir) = dir.parent() {
+            self.made(rooms_dir, true, at_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record (of time `at_ms`) has
+    /// offset `base`.
+    fn start_segment(&self, log: &mut RoomLog, base: u64, at_ms: u64) -> Result<(), HistoryError> {
+        let path = segment_path(&self.room.dir, base);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_error("creating", &path))?;
+        let started = file
+            .write_all(&encode_header(log.last_offset))
+            .map_err(io_error("writing", &path))
+            .and_then(|()| self.made(&path, false, at_ms))
+            .and_then(|()| self.made(&self.room.dir, true, at_ms));
+        if let Err(e) = started {
+            // Not a segment yet: the next attempt creates it anew.
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        log.segments
+            .push(Segment::new(base, log.last_offset, HEADER_LEN));
+        log.roll_next = false;
+        self.shared.files.insert(self.room.id, &path, file);
+        Ok(())
+    }
+
+    /// Makes a new file or directory entry (made at `at_ms`) durable as the
+    /// policy says.
+    fn made(&self, path: &Path, is_dir: bool, at_ms: u64) -> Result<(), HistoryError> {
+        match self.shared.options.fsync {
+            FsyncPolicy::Always => files::sync(path, is_dir).map_err(io_error("syncing", path)),
+            FsyncPolicy::Interval(_) => {
+                self.shared.unsynced.add(path, is_dir, at_ms);
+                Ok(())
+            }
+            FsyncPolicy::Never => Ok(()),
+        }
+    }
+}
+
+impl RoomHistory for DiskRoom {
+    fn last_offset(&self) -> u64 {
+        lock(&self.room.log).last_offset
+    }
+
+    fn append(&mut self, record: Record) -> Result<(), HistoryError> {
+        let dir = &self.room.dir;
+        let mut log = lock(&self.room.log);
+        if record.frame.len() > MAX_FRAME || record.offset <= log.last_offset {
+            return Err(HistoryError::Io {
+                what: "appending to",
+                path: dir.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "offset {} (last {}) or frame of {} bytes out of range",
+                        record.offset,
+                        log.last_offset,
+                        record.frame.len()
+                    ),
+                ),
+            });
+        }
+        let at_ms = record.at_ms.max(log.last_at_ms);
+        self.buf.clear();
+        encode_record(&mut self.buf, &record, at_ms);
+        let len = self.buf.len() as u64;
+
+        if !log.dir_created {
+            self.create_dir(at_ms)?;
+            log.dir_created = true;
+        }
+        let roll = match log.segments.last() {
+            None => true,
+            Some(seg) => {
+                log.roll_next
+                    || !seg.header_ok
+                    || (seg.count > 0 && seg.len + len > self.shared.options.segment_bytes)
+            }
+        };
+        if roll {
+            self.start_segment(&mut log, record.offset, at_ms)?;
+        }
+        let Some(seg) = log.segments.last_mut() else {
+            return Err(HistoryError::Format {
+                path: dir.clone(),
+                reason: "no segment to append to".into(),
+            });
+        };
+        let path = segment_path(dir, seg.base);
+        let file = self.shared.files.get(self.room.id, &path)?;
+        let pos = seg.len;
+        let written =
+            (&*file)
+                .write_all(&self.buf)
+                .and_then(|()| match self.shared.options.fsync {
+                    FsyncPolicy::Always => file.sync_data(),
+                    FsyncPolicy::Interval(_) => {
+                        self.shared.unsynced.add(&path, false, at_ms);
+                        Ok(())
+                    }
+                    FsyncPolicy::Never => Ok(()),
+                });
+        if let Err(e) = written {
+            // Leave no partial record behind for the next append to follow.
+            if file.set_len(pos).is_err() {
+                log.roll_next = true;
+            }
+            return Err(io_error("writing", &path)(e));
+        }
+        seg.push(
+            &RecordHead {
+                offset: record.offset,
+                at_ms,
+                publisher: record.publisher,
+                frame_len: record.frame.len() as u64,
+                record_len: len,
+            },
+            pos,
+        );
+        log.last_offset = record.offset;
+        log.last_at_ms = at_ms;
+        if roll && log.segments.len() > 1 {
+            drop(log);
+            self.room.trim(&self.shared.limits, at_ms);
+        }
+        Ok(())
+    }
+
+    fn replay(&mut self, since: u64, now_ms: u64) -> Result<Result<Replay, Gap>, HistoryError> {
+        let dir = &self.room.dir;
+        let log = lock(&self.room.log);
+        if since > log.last_offset {
+            return Ok(Err(Gap::UnknownPosition));
+        }
+        if since < log.floor {
+            return Ok(Err(Gap::TooShort));
+        }
+        let Some(after) = log.locate(dir, since)? else {
+            return Ok(Ok(Replay {
+                count: 0,
+                source: Box::new(DiskReplay::new(VecDeque::new(), 0)),
+            }));
+        };
+        if !within(
+            &self.shared.limits,
+            after.count,
+            after.bytes,
+            after.first_at_ms,
+            now_ms,
+        ) {
+            return Ok(Err(Gap::TooShort));
+        }
+        let mut parts = VecDeque::new();
+        for (i, seg) in log.segments.iter().enumerate().skip(after.segment) {
+            if seg.count == 0 {
+                continue;
+            }
+            let path = segment_path(dir, seg.base);
+            let file = File::open(&path).map_err(io_error("opening", &path))?;
+            let pos = if i == after.segment {
+                after.pos
+            } else {
+                seg.start
+            };
+            parts.push_back(Part {
+                file,
+                path,
+                pos,
+                end: seg.len,
+            });
+        }
+        Ok(Ok(Replay {
+            count: after.count,
+            source: Box::new(DiskReplay::new(parts, after.count)),
+        }))
+    }
+
+    fn trim(&mut self, now_ms: u64) {
+        self.room.trim(&self.shared.limits, now_ms);
+    }
+
+    fn stats(&mut self, now_ms: u64) -> HistoryStats {
+        self.room.trim(&self.shared.limits, now_ms);
+        let log = lock(&self.room.log);
+        match log.retained(&self.room.dir, &self.shared.limits, now_ms) {
+            Ok(stats) => stats,
+            Err(e) => {
+                tracing::warn!(room = self.room.name, error = %e, "could not read history for its stats");
+                HistoryStats::default()
+            }
+        }
+    }
+
+    fn publishes_of(&mut self, session: u64) -> Result<Vec<(u64, u64)>, HistoryError> {
+        // Open the newest segments under the lock; read them without it.
+        let mut parts = Vec::new();
+        {
+            let log = lock(&self.room.log);
+            let mut budget = PUBLISHES_SCAN_BYTES;
+            for seg in log.segments.iter().rev().filter(|s| s.count > 0) {
+                if !parts.is_empty() && budget < seg.len - seg.start {
+                    break;
+                }
+                budget = budget.saturating_sub(seg.len - seg.start);
+                let path = segment_path(&self.room.dir, seg.base);
+                let file = File::open(&path).map_err(io_error("opening", &path))?;
+                parts.push((file, path, seg.start, seg.len));
+            }
+        }
+        let mut found = Vec::new();
+        for (file, path, start, end) in parts.iter().rev() {
+            for_each_record(file, *start, *end, OPEN_CHUNK, |_, head| {
+                if head.publisher.session == session {
+                    found.push((head.publisher.id, head.offset));
+                }
+                true
+            })
+            .map_err(io_error("reading", path))?;
+        }
+        Ok(found)
+    }
+}

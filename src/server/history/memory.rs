@@ -1,0 +1,231 @@
+//! Room history in RAM: gone with the process.
+//!
+//! Each room keeps a bounded window of its newest reliable events (by count,
+//! age and bytes) as the already-encoded `Event` frames that fan-out sends,
+//! so replaying costs no encoding. A room opened again starts over, and every
+//! start of a [`MemoryStore`] has a new epoch, so no client mistakes the new
+//! history for the old one.
+//!
+//! Offsets are opaque and may be sparse, so coverage is never computed as
+//! "offset + 1": the history remembers the newest offset it has dropped
+//! (`dropped_through`), and a position `since` is covered exactly when
+//! nothing after it has been dropped.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    Gap, HistoryError, HistoryLimits, HistoryStats, HistoryStore, Publisher, Record, Replay,
+    ReplaySource, RoomHistory,
+};
+
+/// Every room's history in RAM, bounded by the same [`HistoryLimits`].
+#[derive(Debug)]
+pub struct MemoryStore {
+    epoch: u64,
+    limits: HistoryLimits,
+}
+
+impl MemoryStore {
+    /// A store with a new random epoch: nothing from an earlier process is
+    /// here, and no client's position from one can be taken for ours.
+    pub fn new(limits: HistoryLimits) -> Self {
+        MemoryStore {
+            epoch: new_epoch(),
+            limits,
+        }
+    }
+}
+
+/// A random non-zero epoch.
+pub(super) fn new_epoch() -> u64 {
+    loop {
+        let epoch = rand::random::<u64>();
+        if epoch != 0 {
+            return epoch;
+        }
+    }
+}
+
+impl HistoryStore for MemoryStore {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn open_room(&self, _name: &str) -> Result<Box<dyn RoomHistory>, HistoryError> {
+        Ok(Box::new(MemoryHistory::new(self.limits)))
+    }
+
+    /// Nothing to do: a memory room's history lives in its handle, which the
+    /// owner trims, and there is nothing to make durable.
+    fn maintain(&self, _now_ms: u64) {}
+}
+
+struct Entry {
+    offset: u64,
+    at_ms: u64,
+    publisher: Publisher,
+    frame: Bytes,
+}
+
+/// The retained events of one room.
+struct MemoryHistory {
+    limits: HistoryLimits,
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// The newest offset no longer held (0: nothing dropped yet).
+    dropped_through: u64,
+    last_offset: u64,
+    /// The newest `at_ms` seen: times are kept non-decreasing, so that a
+    /// clock stepping back cannot hide old events behind a young one.
+    last_at_ms: u64,
+}
+
+impl MemoryHistory {
+    fn new(limits: HistoryLimits) -> Self {
+        MemoryHistory {
+            limits,
+            entries: VecDeque::new(),
+            bytes: 0,
+            dropped_through: 0,
+            last_offset: 0,
+            last_at_ms: 0,
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(entry) = self.entries.pop_front() {
+            self.bytes -= entry.frame.len();
+            self.dropped_through = entry.offset;
+        }
+    }
+}
+
+impl RoomHistory for MemoryHistory {
+    fn last_offset(&self) -> u64 {
+        self.last_offset
+    }
+
+    fn append(&mut self, record: Record) -> Result<(), HistoryError> {
+        debug_assert!(record.offset > self.last_offset, "offsets must increase");
+        let at_ms = record.at_ms.max(self.last_at_ms);
+        self.last_offset = record.offset;
+        self.last_at_ms = at_ms;
+        if self.limits.max_events == 0 {
+            self.dropped_through = record.offset;
+            return Ok(());
+        }
+        self.bytes += record.frame.len();
+        self.entries.push_back(Entry {
+            offset: record.offset,
+            at_ms,
+            publisher: record.publisher,
+            frame: record.frame,
+        });
+        while self.entries.len() > self.limits.max_events
+            || (self.bytes > self.limits.max_bytes && self.entries.len() > 1)
+        {
+            self.drop_oldest();
+        }
+        self.trim(at_ms);
+        Ok(())
+    }
+
+    fn replay(&mut self, since: u64, now_ms: u64) -> Result<Result<Replay, Gap>, HistoryError> {
+        self.trim(now_ms);
+        if since > self.last_offset {
+            return Ok(Err(Gap::UnknownPosition));
+        }
+        if since < self.dropped_through {
+            return Ok(Err(Gap::TooShort));
+        }
+        let start = self.entries.partition_point(|e| e.offset <= since);
+        // Cheap refcount clones: later trims cannot shorten this replay.
+        let frames: VecDeque<Bytes> = self
+            .entries
+            .range(start..)
+            .map(|e| e.frame.clone())
+            .collect();
+        Ok(Ok(Replay {
+            count: frames.len() as u64,
+            source: Box::new(MemoryReplay { frames }),
+        }))
+    }
+
+    /// Drops events older than the age limit (the count and byte limits
+    /// are applied on every append).
+    fn trim(&mut self, now_ms: u64) {
+        while let Some(oldest) = self.entries.front() {
+            let age = Duration::from_millis(now_ms.saturating_sub(oldest.at_ms));
+            if age <= self.limits.max_age {
+                break;
+            }
+            self.drop_oldest();
+        }
+    }
+
+    fn stats(&mut self, now_ms: u64) -> HistoryStats {
+        self.trim(now_ms);
+        HistoryStats {
+            events: self.entries.len() as u64,
+            bytes: self.bytes as u64,
+            oldest_ms: self.entries.front().map(|e| e.at_ms),
+        }
+    }
+
+    fn publishes_of(&mut self, session: u64) -> Result<Vec<(u64, u64)>, HistoryError> {
+        Ok(self
+            .entries
+            .iter()
+            .filter(|e| e.publisher.session == session)
+            .map(|e| (e.publisher.id, e.offset))
+            .collect())
+    }
+}
+
+/// The frames of a replay, taken when it was asked for.
+struct MemoryReplay {
+    frames: VecDeque<Bytes>,
+}
+
+impl ReplaySource for MemoryReplay {
+    fn next_batch(&mut self, max_bytes: usize) -> Result<Vec<Bytes>, HistoryError> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(frame) = self.frames.front() {
+            if !batch.is_empty() && bytes + frame.len() > max_bytes {
+                break;
+            }
+            bytes += frame.len();
+            batch.extend(self.frames.pop_front());
+        }
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{append_all, limits, replayed, T0};
+    use super::*;
+
+    #[test]
+    fn a_room_opened_again_starts_over() {
+        let store = MemoryStore::new(limits(100, 60, 1 << 20));
+        let mut room = store.open_room("r").unwrap();
+        append_all(&mut *room, 1..=3, T0);
+        drop(room);
+        let mut again = store.open_room("r").unwrap();
+        assert_eq!(again.last_offset(), 0);
+        assert_eq!(replayed(&mut *again, 3, T0), Err(Gap::UnknownPosition));
+    }
+
+    #[test]
+    fn every_store_has_its_own_nonzero_epoch() {
+        let a = MemoryStore::new(HistoryLimits::default());
+        let b = MemoryStore::new(HistoryLimits::default());
+        assert_ne!(a.epoch(), 0);
+        assert_ne!(a.epoch(), b.epoch());
+    }
+}

@@ -1,0 +1,615 @@
+//! Room history: the bounded, replayable record of a room's reliable events.
+//!
+//! Two small traits make the seam. A [`HistoryStore`] holds the history of
+//! every room of a server (and the epoch that names it); a [`RoomHistory`]
+//! is one room's log: append, replay from a position, trim to the bounds,
+//! stats. Two implementations sit behind them:
+//!
+//! - `memory` — the events in RAM; gone with the process (a new epoch on
+//!   every start).
+//! - `disk` — a segmented append-only log per room under a data directory,
+//!   with a checksum per record; the epoch is stored with the data, so a
+//!   restart on the same directory keeps every room's history and offsets.
+//!
+//! Both are run through one shared test suite (`tests` below). Time is an
+//! argument (milliseconds since the Unix epoch), so the logic is tested
+//! without clocks.
+//!
+//! Offsets are opaque and may be sparse: coverage is never computed as
+//! "offset + 1". A position `since` is covered exactly when no event after
+//! it has been dropped, by the bounds or by damage.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+mod disk;
+mod memory;
+
+pub use disk::{DiskOptions, DiskStore, FsyncPolicy};
+pub use memory::MemoryStore;
+
+/// How much history each room keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Most events kept per room (0: none, only the newest offset).
+    pub max_events: usize,
+    /// Events older than this are dropped.
+    pub max_age: Duration,
+    /// Most bytes (of encoded frames) kept per room; the newest event is
+    /// always kept, whatever its size.
+    pub max_bytes: usize,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_events: 10_000,
+            max_age: Duration::from_secs(120),
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Who published an event: the session's key and the publish id the client
+/// gave it (`Publish.id`). Stored with the event, so that after a restart a
+/// resumed session's retried publish is found and answered, not published
+/// twice. `session == 0` means unknown (a datagram copy, a test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Publisher {
+    pub session: u64,
+    pub id: u64,
+}
+
+/// One reliable event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The room's offset of this event; greater than every earlier one.
+    pub offset: u64,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub publisher: Publisher,
+    /// The length-prefixed `Event` frame that fan-out sends.
+    pub frame: Bytes,
+}
+
+/// Why a position cannot be replayed from history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// Events after the position have been dropped (bounds, or damage found
+    /// on disk).
+    TooShort,
+    /// The position is beyond the room's newest offset: it belongs to an
+    /// earlier life of the room (evicted from a memory store and named
+    /// again, or another data directory).
+    UnknownPosition,
+}
+
+/// A storage failure. The event concerned was not stored (and must not be
+/// acknowledged or delivered).
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Reading or writing the data directory failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data directory holds something this version cannot read.
+    #[error("{path}: {reason}")]
+    Format {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// What a room's history holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryStats {
+    /// Events that a replay could still return.
+    pub events: u64,
+    /// Their bytes (encoded frames).
+    pub bytes: u64,
+    /// When the oldest of them was published (ms since the Unix epoch).
+    pub oldest_ms: Option<u64>,
+}
+
+/// The events after a position, read in batches (from disk, a few hundred
+/// KiB at a time), so a replay of a million events never sits in memory.
+pub trait ReplaySource: Send {
+    /// The next frames, oldest first, at most about `max_bytes` of them (at
+    /// least one frame if any is left); empty once the replay is complete.
+    fn next_batch(&mut self, max_bytes: usize) -> Result<Vec<Bytes>, HistoryError>;
+}
+
+/// A replay: how many events it holds, and where to read them.
+pub struct Replay {
+    /// Exactly how many frames `source` yields.
+    pub count: u64,
+    pub source: Box<dyn ReplaySource>,
+}
+
+/// One room's history.
+pub trait RoomHistory: Send {
+    /// The newest offset ever appended (0 if none); survives trimming, and
+    /// for a durable store, restarts.
+    fn last_offset(&self) -> u64;
+    /// Appends the room's newest event (its offset is above every earlier
+    /// one). For a durable store, the record has been handed to the OS
+    /// (the write returned) when this returns: a crash of the process does
+    /// not lose it.
+    fn append(&mut self, record: Record) -> Result<(), HistoryError>;
+    /// Every event after `since`, at `now_ms`: its count and a source that
+    /// reads them. Events appended after this call are not part of it (they
+    /// reach a subscriber live), and trimming after it does not shorten it.
+    fn replay(&mut self, since: u64, now_ms: u64) -> Result<Result<Replay, Gap>, HistoryError>;
+    /// Applies the bounds at `now_ms` (called by the background trimmer and
+    /// on appends).
+    fn trim(&mut self, now_ms: u64);
+    /// What is held now (after trimming at `now_ms`).
+    fn stats(&mut self, now_ms: u64) -> HistoryStats;
+    /// The publishes of session `session` still on record, as
+    /// `(publish id, offset)`, oldest first: what a session resumed after a
+    /// restart had published, for answering its retried publishes.
+    fn publishes_of(&mut self, session: u64) -> Result<Vec<(u64, u64)>, HistoryError>;
+}
+
+/// The history of every room of a server.
+pub trait HistoryStore: Send + Sync {
+    /// Names this history: a client's offsets are meaningful only within
+    /// one epoch. A memory store gets a new one on every start; a disk
+    /// store keeps it with its data.
+    fn epoch(&self) -> u64;
+    /// Opens the history of room `name`, creating it if there is none. A
+    /// room opened again after its handle was dropped continues where it
+    /// was in a durable store, and starts over in a memory store.
+    fn open_room(&self, name: &str) -> Result<Box<dyn RoomHistory>, HistoryError>;
+    /// Applies the bounds at `now_ms` to rooms that are not open (a durable
+    /// store's rooms nobody has named since the start), and makes what was
+    /// written durable if the fsync policy says so. Called periodically.
+    fn maintain(&self, now_ms: u64);
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The behaviour both stores must share, run against each of them.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store under test, and the directory it needs kept alive.
+    pub struct TestStore {
+        pub store: Box<dyn HistoryStore>,
+        pub _dir: Option<tempfile::TempDir>,
+    }
+
+    pub type MakeStore = dyn Fn(HistoryLimits) -> TestStore;
+
+    fn memory(limits: HistoryLimits) -> TestStore {
+        TestStore {
+            store: Box::new(MemoryStore::new(limits)),
+            _dir: None,
+        }
+    }
+
+    fn disk(limits: HistoryLimits) -> TestStore {
+        disk_with(limits, DiskOptions::default())
+    }
+
+    /// Segments of a few records each, so bounds fall inside and across them.
+    fn disk_small_segments(limits: HistoryLimits) -> TestStore {
+        let options = DiskOptions {
+            segment_bytes: 200,
+            max_open_files: 2,
+            fsync: FsyncPolicy::Never,
+        };
+        disk_with(limits, options)
+    }
+
+    fn disk_with(limits: HistoryLimits, options: DiskOptions) -> TestStore {
+        let dir = tempfile::tempdir().unwrap();
+        TestStore {
+            store: Box::new(DiskStore::open(dir.path(), limits, options).unwrap()),
+            _dir: Some(dir),
+        }
+    }
+
+    /// A plausible wall-clock time, in ms.
+    pub const T0: u64 = 1_700_000_000_000;
+
+    pub fn limits(max_events: usize, max_age_s: u64, max_bytes: usize) -> HistoryLimits {
+        HistoryLimits {
+            max_events,
+            max_age: Duration::from_secs(max_age_s),
+            max_bytes,
+        }
+    }
+
+    /// A frame of `len` bytes (at least 8) that starts with its offset.
+    pub fn frame_of(offset: u64, len: usize) -> Bytes {
+        let mut frame = offset.to_be_bytes().to_vec();
+        frame.resize(len.max(8), offset as u8);
+        Bytes::from(frame)
+    }
+
+    pub fn record(offset: u64, at_ms: u64) -> Record {
+        Record {
+            offset,
+            at_ms,
+            publisher: Publisher::default(),
+            frame: frame_of(offset, 8),
+        }
+    }
+
+    pub fn offset_of(frame: &Bytes) -> u64 {
+        u64::from_be_bytes(frame[..8].try_into().unwrap())
+    }
+
+    /// Every frame of a replay, checking that its count is right.
+    pub fn drain(mut replay: Replay) -> Vec<Bytes> {
+        let mut frames = Vec::new();
+        loop {
+            let batch = replay.source.next_batch(64 * 1024).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            frames.extend(batch);
+        }
+        assert_eq!(frames.len() as u64, replay.count, "replay count");
+        frames
+    }
+
+    /// The offsets a replay from `since` returns at `now`, or its gap.
+    pub fn replayed(room: &mut dyn RoomHistory, since: u64, now: u64) -> Result<Vec<u64>, Gap> {
+        let replay = room.replay(since, now).unwrap()?;
+        Ok(drain(replay).iter().map(offset_of).collect())
+    }
+
+    pub fn append_all(room: &mut dyn RoomHistory, offsets: impl IntoIterator<Item = u64>, at: u64) {
+        for o in offsets {
+            room.append(record(o, at)).unwrap();
+        }
+    }
+
+    fn replays_exactly_what_follows_a_position(make: &MakeStore) {
+        let t = make(limits(100, 60, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        assert_eq!(room.last_offset(), 0);
+        assert_eq!(replayed(&mut *room, 0, T0), Ok(vec![]), "empty room");
+        append_all(&mut *room, 1..=10, T0);
+        assert_eq!(room.last_offset(), 10);
+        assert_eq!(replayed(&mut *room, 7, T0), Ok(vec![8, 9, 10]));
+        assert_eq!(replayed(&mut *room, 0, T0), Ok((1..=10).collect()));
+        assert_eq!(replayed(&mut *room, 10, T0), Ok(vec![]), "up to date");
+        assert_eq!(replayed(&mut *room, 11, T0), Err(Gap::UnknownPosition));
+    }
+
+    fn count_bound_drops_the_oldest_and_reports_gaps(make: &MakeStore) {
+        let t = make(limits(3, 60, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        append_all(&mut *room, 1..=5, T0);
+        assert_eq!(replayed(&mut *room, 2, T0), Ok(vec![3, 4, 5]));
+        assert_eq!(replayed(&mut *room, 1, T0), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *room, 0, T0), Err(Gap::TooShort));
+    }
+
+    fn age_bound_drops_old_events_at_read_time(make: &MakeStore) {
+        let t = make(limits(100, 10, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        room.append(record(1, T0)).unwrap();
+        room.append(record(2, T0 + 5_000)).unwrap();
+        assert_eq!(
+            replayed(&mut *room, 0, T0 + 10_000),
+            Ok(vec![1, 2]),
+            "exactly max_age old is kept"
+        );
+        assert_eq!(replayed(&mut *room, 0, T0 + 12_000), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *room, 1, T0 + 12_000), Ok(vec![2]));
+        room.trim(T0 + 30_000);
+        assert_eq!(room.stats(T0 + 30_000), HistoryStats::default());
+        assert_eq!(replayed(&mut *room, 2, T0 + 30_000), Ok(vec![]));
+        assert_eq!(replayed(&mut *room, 1, T0 + 30_000), Err(Gap::TooShort));
+        assert_eq!(room.last_offset(), 2, "trimming keeps the last offset");
+    }
+
+    fn byte_bound_keeps_at_least_the_newest_event(make: &MakeStore) {
+        let t = make(limits(100, 60, 20));
+        let mut room = t.store.open_room("r").unwrap();
+        append_all(&mut *room, 1..=4, T0); // 8 bytes each
+        assert_eq!(replayed(&mut *room, 2, T0), Ok(vec![3, 4]));
+        assert_eq!(replayed(&mut *room, 1, T0), Err(Gap::TooShort));
+        let big = Record {
+            frame: frame_of(5, 100),
+            ..record(5, T0)
+        };
+        room.append(big.clone()).unwrap();
+        assert_eq!(replayed(&mut *room, 3, T0), Err(Gap::TooShort));
+        let replay = room.replay(4, T0).unwrap().unwrap();
+        assert_eq!(drain(replay), vec![big.frame]);
+        let stats = room.stats(T0);
+        assert_eq!((stats.events, stats.bytes), (1, 100));
+    }
+
+    fn sparse_offsets_are_handled_without_arithmetic(make: &MakeStore) {
+        let t = make(limits(2, 60, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        append_all(&mut *room, [10, 20, 30, 40], T0);
+        // 20 was dropped: a client at 20 has it already and misses nothing.
+        assert_eq!(replayed(&mut *room, 20, T0), Ok(vec![30, 40]));
+        assert_eq!(replayed(&mut *room, 25, T0), Ok(vec![30, 40]));
+        assert_eq!(replayed(&mut *room, 35, T0), Ok(vec![40]));
+        assert_eq!(replayed(&mut *room, 15, T0), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *room, 41, T0), Err(Gap::UnknownPosition));
+    }
+
+    fn zero_history_keeps_nothing_but_knows_the_position(make: &MakeStore) {
+        let t = make(limits(0, 60, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        room.append(record(1, T0)).unwrap();
+        assert_eq!(replayed(&mut *room, 1, T0), Ok(vec![]));
+        assert_eq!(replayed(&mut *room, 0, T0), Err(Gap::TooShort));
+        room.append(record(2, T0)).unwrap();
+        assert_eq!(room.last_offset(), 2);
+        assert_eq!(replayed(&mut *room, 1, T0), Err(Gap::TooShort));
+        assert_eq!(room.stats(T0), HistoryStats::default());
+    }
+
+    fn trim_during_a_replay_does_not_shorten_it(make: &MakeStore) {
+        let t = make(limits(100, 10, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        for o in 1..=50 {
+            let frame = frame_of(o, 40);
+            room.append(Record {
+                frame,
+                ..record(o, T0)
+            })
+            .unwrap();
+        }
+        let mut replay = room.replay(0, T0).unwrap().unwrap();
+        assert_eq!(replay.count, 50);
+        let first = replay.source.next_batch(1).unwrap();
+        assert_eq!(first.iter().map(offset_of).collect::<Vec<_>>(), vec![1]);
+        let later = T0 + 60_000;
+        room.trim(later);
+        t.store.maintain(later);
+        assert_eq!(room.stats(later).events, 0);
+        assert_eq!(replayed(&mut *room, 0, later), Err(Gap::TooShort));
+        let rest = drain(Replay {
+            count: 49,
+            ..replay
+        });
+        assert_eq!(
+            rest.iter().map(offset_of).collect::<Vec<_>>(),
+            (2..=50).collect::<Vec<_>>()
+        );
+    }
+
+    fn events_appended_after_replay_are_not_in_it(make: &MakeStore) {
+        let t = make(limits(100, 60, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        append_all(&mut *room, 1..=5, T0);
+        let replay = room.replay(2, T0).unwrap().unwrap();
+        append_all(&mut *room, 6..=7, T0);
+        assert_eq!(
+            drain(replay).iter().map(offset_of).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(replayed(&mut *room, 2, T0), Ok((3..=7).collect()));
+    }
+
+    fn batches_hold_about_max_bytes_and_at_least_one_frame(make: &MakeStore) {
+        let t = make(limits(100, 60, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        append_all(&mut *room, 1..=10, T0); // 8 bytes each
+        let mut replay = room.replay(0, T0).unwrap().unwrap();
+        let mut sizes = Vec::new();
+        for max_bytes in [20, 0, 1000, 1000] {
+            sizes.push(replay.source.next_batch(max_bytes).unwrap().len());
+        }
+        assert_eq!(sizes, vec![2, 1, 7, 0]);
+    }
+
+    fn publishes_of_returns_a_sessions_publishes_oldest_first(make: &MakeStore) {
+        let t = make(limits(100, 60, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        for o in 1..=6 {
+            let publisher = Publisher {
+                session: if o % 2 == 0 { 7 } else { 8 },
+                id: 100 + o,
+            };
+            room.append(Record {
+                publisher,
+                ..record(o, T0)
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            room.publishes_of(7).unwrap(),
+            vec![(102, 2), (104, 4), (106, 6)]
+        );
+        assert_eq!(
+            room.publishes_of(8).unwrap(),
+            vec![(101, 1), (103, 3), (105, 5)]
+        );
+        assert_eq!(room.publishes_of(9).unwrap(), vec![]);
+    }
+
+    fn stats_count_what_a_replay_could_return(make: &MakeStore) {
+        let t = make(limits(3, 60, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        for o in 0..5 {
+            room.append(record(o + 1, T0 + o * 1_000)).unwrap();
+        }
+        let at = |s: u64| T0 + s * 1_000;
+        assert_eq!(
+            room.stats(at(4)),
+            HistoryStats {
+                events: 3,
+                bytes: 24,
+                oldest_ms: Some(at(2)),
+            }
+        );
+        assert_eq!(
+            room.stats(at(63)),
+            HistoryStats {
+                events: 2,
+                bytes: 16,
+                oldest_ms: Some(at(3)),
+            }
+        );
+    }
+
+    fn rooms_are_independent(make: &MakeStore) {
+        let t = make(limits(100, 60, 1 << 20));
+        let long = "é".repeat(127); // 254 bytes
+        let names = ["a", "b", long.as_str()];
+        let mut rooms: Vec<_> = names
+            .iter()
+            .map(|n| t.store.open_room(n).unwrap())
+            .collect();
+        let frame = |room: usize, o: u64| Bytes::from(format!("{}:{o}", names[room]));
+        for o in 1..=5u64 {
+            for (i, room) in rooms.iter_mut().enumerate() {
+                let offset = o * (i as u64 + 1);
+                room.append(Record {
+                    frame: frame(i, offset),
+                    ..record(offset, T0)
+                })
+                .unwrap();
+            }
+        }
+        for (i, room) in rooms.iter_mut().enumerate() {
+            let step = i as u64 + 1;
+            assert_eq!(room.last_offset(), 5 * step);
+            let replay = room.replay(0, T0).unwrap().unwrap();
+            let expected: Vec<_> = (1..=5).map(|o| frame(i, o * step)).collect();
+            assert_eq!(drain(replay), expected, "room {}", names[i]);
+        }
+    }
+
+    fn times_going_back_do_not_hide_old_events(make: &MakeStore) {
+        let t = make(limits(100, 10, 1 << 20));
+        let mut room = t.store.open_room("r").unwrap();
+        room.append(record(1, T0 + 10_000)).unwrap();
+        room.append(record(2, T0)).unwrap(); // the clock stepped back
+        assert_eq!(room.stats(T0 + 15_000).oldest_ms, Some(T0 + 10_000));
+        assert_eq!(replayed(&mut *room, 1, T0 + 21_000), Err(Gap::TooShort));
+    }
+
+    /// Random appends, trims and replays give the same answers from every
+    /// store as from the memory store.
+    fn answers_match_the_memory_store(make: &MakeStore) {
+        for seed in 1..=4 {
+            compare_with_memory(make, seed, 300, 40, 20, 3_000);
+        }
+    }
+
+    /// The same with bounds that fall far inside long segments (between
+    /// the points of a disk segment's sparse index).
+    fn answers_match_the_memory_store_in_long_histories(make: &MakeStore) {
+        for seed in 5..=7 {
+            compare_with_memory(make, seed, 1_000, 1_000, 1_000, 30);
+        }
+    }
+
+    /// Runs `steps` random steps on a store made by `make` and on a memory
+    /// store, with frames up to `frame` bytes, up to `events` events kept
+    /// and up to `pause` ms between a query and the next step, and checks
+    /// that every replay and stats agree.
+    fn compare_with_memory(
+        make: &MakeStore,
+        seed: u64,
+        steps: usize,
+        frame: u64,
+        events: u64,
+        pause: u64,
+    ) {
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let max_bytes = (events * frame / 2 + next(events * frame)) as usize;
+        let bounds = limits(1 + next(events) as usize, 5 + next(20), max_bytes);
+        let (t, reference) = (make(bounds), memory(bounds));
+        let mut room = t.store.open_room("r").unwrap();
+        let mut model = reference.store.open_room("r").unwrap();
+        let (mut offset, mut now) = (0, T0);
+        for step in 0..steps {
+            match next(20) {
+                0..=15 => {
+                    offset += 1 + next(3);
+                    now += next(30);
+                    let r = Record {
+                        frame: frame_of(offset, 8 + next(frame) as usize),
+                        ..record(offset, now)
+                    };
+                    room.append(r.clone()).unwrap();
+                    model.append(r).unwrap();
+                }
+                16 => {
+                    room.trim(now);
+                    model.trim(now);
+                    t.store.maintain(now);
+                }
+                _ => {
+                    let since = next(offset + 3);
+                    let at = now + next(pause);
+                    let context = format!("seed {seed} step {step} since {since} {bounds:?}");
+                    let want = replayed(&mut *model, since, at);
+                    assert_eq!(replayed(&mut *room, since, at), want, "{context}");
+                    assert_eq!(room.stats(at), model.stats(at), "{context}");
+                    now = at;
+                }
+            }
+        }
+    }
+
+    macro_rules! behaviour_tests {
+        ($($store:ident: [$($test:ident),* $(,)?]),* $(,)?) => {$(
+            mod $store {
+                $(#[test]
+                fn $test() {
+                    super::$test(&super::$store)
+                })*
+            }
+        )*};
+    }
+
+    macro_rules! for_every_store {
+        ($($test:ident),* $(,)?) => {
+            behaviour_tests! {
+                memory: [$($test),*],
+                disk: [$($test),*],
+                disk_small_segments: [$($test),*],
+            }
+        };
+    }
+
+    for_every_store!(
+        replays_exactly_what_follows_a_position,
+        count_bound_drops_the_oldest_and_reports_gaps,
+        age_bound_drops_old_events_at_read_time,
+        byte_bound_keeps_at_least_the_newest_event,
+        sparse_offsets_are_handled_without_arithmetic,
+        zero_history_keeps_nothing_but_knows_the_position,
+        trim_during_a_replay_does_not_shorten_it,
+        events_appended_after_replay_are_not_in_it,
+        batches_hold_about_max_bytes_and_at_least_one_frame,
+        publishes_of_returns_a_sessions_publishes_oldest_first,
+        stats_count_what_a_replay_could_return,
+        rooms_are_independent,
+        times_going_back_do_not_hide_old_events,
+        answers_match_the_memory_store,
+        answers_match_the_memory_store_in_long_histories,
+    );
+}

@@ -1,0 +1,83 @@
+//! The room ids of one connection.
+//!
+//! Room ids on the wire belong to a connection: the server hands one out
+//! for each room name the connection names (`Join`, `Resolve`), keeps it
+//! for the connection's life, and accepts only ids it handed out there. So
+//! no id can be guessed into a room the connection never named, and ids
+//! never outlive the connection they were given on (a client resolves
+//! names again after every reconnect).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::wire::RoomId;
+
+/// Most room names one connection may hold ids for.
+pub const MAX_ROOM_IDS: usize = 65_536;
+
+/// The ids handed out on one connection. Owned by its session task.
+#[derive(Default)]
+pub(crate) struct RoomIds {
+    by_name: HashMap<Arc<str>, RoomId>,
+    names: HashMap<RoomId, Arc<str>>,
+    next: RoomId,
+}
+
+/// The connection already holds ids for [`MAX_ROOM_IDS`] rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooManyIds;
+
+impl RoomIds {
+    /// The id of room `name` on this connection, handing out the next one
+    /// the first time; with the name as the connection keeps it.
+    pub fn id_for(&mut self, name: &str) -> Result<(RoomId, Arc<str>), TooManyIds> {
+        if let Some((name, id)) = self.by_name.get_key_value(name) {
+            return Ok((*id, name.clone()));
+        }
+        if self.by_name.len() >= MAX_ROOM_IDS {
+            return Err(TooManyIds);
+        }
+        // Ids start at 1 and are never given to a second name.
+        self.next += 1;
+        let id = self.next;
+        let name: Arc<str> = Arc::from(name);
+        self.by_name.insert(name.clone(), id);
+        self.names.insert(id, name.clone());
+        Ok((id, name))
+    }
+
+    /// The room an id names on this connection, if it was handed out here.
+    pub fn name(&self, id: RoomId) -> Option<&Arc<str>> {
+        self.names.get(&id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_per_name_stable_and_only_those_handed_out_are_known() {
+        let mut ids = RoomIds::default();
+        let (a, _) = ids.id_for("a").unwrap();
+        let (b, name) = ids.id_for("b").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(&*name, "b");
+        assert_eq!(ids.id_for("a").unwrap().0, a, "the same name keeps its id");
+        assert_eq!(ids.name(b).map(|n| &**n), Some("b"));
+        assert_eq!(ids.name(0), None);
+        assert_eq!(ids.name(b + 1), None, "an id never handed out");
+        // Another connection's table knows nothing of these.
+        assert_eq!(RoomIds::default().name(a), None);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut ids = RoomIds::default();
+        for i in 0..MAX_ROOM_IDS {
+            ids.id_for(&i.to_string()).unwrap();
+        }
+        assert_eq!(ids.id_for("one more"), Err(TooManyIds));
+        assert!(ids.id_for("0").is_ok(), "known names still resolve");
+    }
+}
