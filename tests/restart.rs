@@ -353,3 +353,132 @@ async fn a_data_directory_that_cannot_be_used_ends_serve_with_exit_1_and_one_lin
     );
     assert!(lines[0].contains(data.to_str().unwrap()), "{stderr}");
 }
+
+/// Copies a directory tree (a data directory, to damage the copy).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The one segment file of room `name` in a data directory.
+fn segment_of(data: &Path, name: &str) -> std::path::PathBuf {
+    for entry in std::fs::read_dir(data.join("rooms")).unwrap() {
+        let dir = entry.unwrap().path();
+        if std::fs::read_to_string(dir.join("name")).unwrap() == name {
+            let mut logs: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
+            assert_eq!(logs.len(), 1, "{logs:?}");
+            return logs.remove(0);
+        }
+    }
+    panic!("no room {name} in {}", data.display());
+}
+
+/// Byte ranges of the records of a segment: its 16-byte header, then
+/// `u32 length ‖ u32 checksum ‖ body` each.
+fn records(segment: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut at = 16;
+    while at + 8 <= segment.len() {
+        let len = u32::from_le_bytes(segment[at..at + 4].try_into().unwrap()) as usize;
+        out.push(at..at + 8 + len);
+        at += 8 + len;
+    }
+    assert_eq!(at, segment.len(), "whole records");
+    out
+}
+
+/// Joins `room` from `since` and returns the recovery and the offsets replayed.
+async fn replay_of(server: &ServeProcess, room: &str, since: u64) -> (Recovery, Vec<u64>) {
+    let (client, mut events) = connect(server).await;
+    let joined = client
+        .join_with(
+            room,
+            quicbus::client::JoinOptions {
+                since: Some(since),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut offsets = Vec::new();
+    if let Recovery::Recovered { replayed } = joined.recovery {
+        for _ in 0..replayed {
+            let e = within("a replayed event", events.next()).await.unwrap();
+            assert_eq!((&*e.room, e.name.as_str()), (room, "n"));
+            assert_eq!(text(&e), e.offset().unwrap().to_string());
+            offsets.push(e.offset().unwrap());
+        }
+    }
+    client.close().await;
+    (joined.recovery, offsets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_and_a_damaged_record_cost_only_what_they_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path()).await;
+    let (publisher, _p) = connect(&server).await;
+    for room in ["torn", "damaged", "fine"] {
+        for i in 1..=10u64 {
+            let at = publisher.emit_with_ack(room, "n", i.to_string()).await;
+            assert_eq!(at.unwrap(), i);
+        }
+    }
+    publisher.close().await;
+    server.terminate().await;
+
+    let copy = dir.path().join("copy");
+    copy_dir(&dir.path().join("data"), &copy);
+    // A torn tail: the last record only half written, as a crash in the
+    // middle of a write leaves it.
+    let torn = segment_of(&copy, "torn");
+    let bytes = std::fs::read(&torn).unwrap();
+    let last = records(&bytes).pop().unwrap();
+    std::fs::write(&torn, &bytes[..last.start + (last.end - last.start) / 2]).unwrap();
+    // A damaged record in the middle: one flipped byte in event 3.
+    let damaged = segment_of(&copy, "damaged");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let third = records(&bytes)[2].clone();
+    bytes[third.end - 1] ^= 0x55;
+    std::fs::write(&damaged, &bytes).unwrap();
+
+    let server = ServeProcess::start(dir.path(), &["--data", copy.to_str().unwrap()]).await;
+    let said = server.startup.join("\n");
+    assert!(said.contains("torn write at the end"), "{said}");
+    assert!(said.contains("damaged history"), "{said}");
+
+    let all: Vec<u64> = (1..=10).collect();
+    assert_eq!(
+        replay_of(&server, "fine", 0).await,
+        (Recovery::Recovered { replayed: 10 }, all.clone())
+    );
+    assert_eq!(
+        replay_of(&server, "torn", 0).await,
+        (Recovery::Recovered { replayed: 9 }, all[..9].to_vec())
+    );
+    let too_short = Recovery::NotRecovered {
+        reason: quicbus::client::RecoveryFailure::HistoryTooShort,
+    };
+    assert_eq!(replay_of(&server, "damaged", 0).await, (too_short, vec![]));
+    assert_eq!(replay_of(&server, "damaged", 2).await, (too_short, vec![]));
+    assert_eq!(
+        replay_of(&server, "damaged", 3).await,
+        (Recovery::Recovered { replayed: 7 }, all[3..].to_vec())
+    );
+    // Publishing goes on after the last good event of each room.
+    let (publisher, _p) = connect(&server).await;
+    assert_eq!(publisher.emit_with_ack("torn", "n", "10").await.unwrap(), 10);
+    assert_eq!(publisher.emit_with_ack("damaged", "n", "11").await.unwrap(), 11);
+}

@@ -242,7 +242,7 @@ pub fn verify(
             Some(head) => {
                 if let Some(at) = damaged_at.take() {
                     tracing::warn!(room = place.room, file = %path.display(), position = at, readable_from = pos, "damaged history: the events before this point are dropped");
-                    damage_floor = Some(head.offset - 1);
+                    damage_floor = Some(head.offset.saturating_sub(1));
                     segment = new_segment(pos);
                 }
                 segment.push(&head, pos);
