@@ -479,6 +479,34 @@ async fn a_torn_tail_and_a_damaged_record_cost_only_what_they_hold() {
     );
     // Publishing goes on after the last good event of each room.
     let (publisher, _p) = connect(&server).await;
-    assert_eq!(publisher.emit_with_ack("torn", "n", "10").await.unwrap(), 10);
-    assert_eq!(publisher.emit_with_ack("damaged", "n", "11").await.unwrap(), 11);
+    assert_eq!(
+        publisher.emit_with_ack("torn", "n", "10").await.unwrap(),
+        10
+    );
+    assert_eq!(
+        publisher.emit_with_ack("damaged", "n", "11").await.unwrap(),
+        11
+    );
+}
+
+#[tokio::test]
+async fn two_servers_never_share_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = serve(dir.path()).await;
+    let data = dir.path().join("data");
+    let (code, _, stderr) = run(quicbus()
+        .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
+        .arg(dir.path().join("certs"))
+        .arg("--data")
+        .arg(&data))
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    // The first one is unharmed, and once it is gone the directory is free.
+    let (client, _e) = connect(&first).await;
+    assert_eq!(client.emit_with_ack("r", "n", "1").await.unwrap(), 1);
+    client.close().await;
+    let second = first.terminate().await.start().await;
+    let (client, _e) = connect(&second).await;
+    assert_eq!(client.emit_with_ack("r", "n", "2").await.unwrap(), 2);
 }

@@ -324,11 +324,9 @@ impl LocalServer {
             StorageKind::Memory => (None, Storage::Memory),
             StorageKind::Disk => {
                 let data = ScratchDir::new("data")?;
-                // The policy `serve` runs with by default.
-                let fsync = "interval"
-                    .parse::<FsyncPolicy>()
-                    .map_err(BenchError::Other)?;
                 let dir = data.path().join("data");
+                // `interval`, as `serve` runs by default.
+                let fsync = FsyncPolicy::default();
                 (Some(data), Storage::Disk { dir, fsync })
             }
         };

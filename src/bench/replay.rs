@@ -28,9 +28,8 @@ use super::server_process::{ServeOptions, ServerProcess};
 use super::storage::{event_record, offset_of, EVENT_NAME};
 use super::{udp_echo, BenchError, Progress};
 use quicbus::client::{Client, JoinOptions};
-use quicbus::server::history::{
-    now_ms, DiskOptions, DiskStore, FsyncPolicy, HistoryLimits, HistoryStore,
-};
+use quicbus::server::history::{now_ms, HistoryStore};
+use quicbus::server::{DiskOptions, DiskStore, FsyncPolicy, HistoryLimits};
 
 /// The room filled and replayed.
 const ROOM: &str = "replay";

@@ -19,9 +19,8 @@ use serde::Serialize;
 
 use super::scratch::ScratchDir;
 use super::{ratio, udp_echo, BenchError, Progress};
-use quicbus::server::history::{
-    now_ms, DiskOptions, DiskStore, FsyncPolicy, HistoryLimits, HistoryStore, Publisher, Record,
-};
+use quicbus::server::history::{now_ms, HistoryStore, Publisher, Record};
+use quicbus::server::{DiskOptions, DiskStore, FsyncPolicy, HistoryLimits};
 use quicbus::wire::{encode_framed, Frame};
 
 /// The event name of every stored event.

@@ -11,7 +11,7 @@ use crate::bench::replay::{Fill, ReplayConfig, ReplayRow};
 use crate::bench::storage::{StorageConfig, StorageRow};
 use crate::bench::{machine, plot, write_json, Progress, StorageKind};
 use clap::{Subcommand, ValueEnum};
-use quicbus::server::history::FsyncPolicy;
+use quicbus::server::FsyncPolicy;
 
 use super::CliResult;
 

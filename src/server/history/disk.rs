@@ -151,6 +151,9 @@ pub struct DiskStore {
     epoch: u64,
     shared: Arc<Shared>,
     rooms: Mutex<Rooms>,
+    /// `DIR/lock`, locked for as long as the store is open: two servers
+    /// writing one directory would corrupt each other's logs.
+    _lock: fs::File,
 }
 
 /// What the store and its room handles share.
@@ -169,6 +172,28 @@ struct Rooms {
     next_id: u64,
 }
 
+/// Takes the data directory's lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<fs::File, HistoryError> {
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("creating", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(HistoryError::InUse {
+            path: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(HistoryError::Io {
+            what: "cannot lock",
+            path,
+            source: e,
+        }),
+    }
+}
+
 impl DiskStore {
     /// Opens (creating if need be) the history under `dir`, verifying every
     /// record of every room. A directory that cannot be created, read or
@@ -184,6 +209,7 @@ impl DiskStore {
         let probe = rooms_dir.join(".write-test");
         fs::write(&probe, b"").map_err(io_error("writing in", dir))?;
         fs::remove_file(&probe).map_err(io_error("writing in", dir))?;
+        let lock = lock_dir(dir)?;
         let epoch = load_or_create_epoch(dir)?;
 
         let mut dir_names = Vec::new();
@@ -207,6 +233,7 @@ impl DiskStore {
             rooms.add(name, rooms_dir.join(dir_name), log);
         }
         Ok(DiskStore {
+            _lock: lock,
             epoch,
             shared: Arc::new(Shared {
                 limits,

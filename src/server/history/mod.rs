@@ -103,6 +103,9 @@ pub enum HistoryError {
         path: std::path::PathBuf,
         reason: String,
     },
+    /// Another process has the data directory open.
+    #[error("{path} is in use by another process (another quicbus serve?)")]
+    InUse { path: std::path::PathBuf },
 }
 
 /// What a room's history holds now.
