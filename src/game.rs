@@ -147,7 +147,7 @@ impl World {
             return events;
         }
         // About once a second an entity leaves and another arrives.
-        if self.tick % u64::from(TICK_HZ) == 0 {
+        if self.tick.is_multiple_of(u64::from(TICK_HZ)) {
             let i = self.rng.random_range(0..self.entities.len());
             let gone = self.entities.swap_remove(i);
             events.push(GameEvent::Despawn { id: gone.id });
@@ -156,7 +156,7 @@ impl World {
             events.push(GameEvent::Spawn(born));
         }
         // About twice a second someone scores.
-        if self.tick % u64::from(TICK_HZ / 2) == 0 {
+        if self.tick.is_multiple_of(u64::from(TICK_HZ / 2)) {
             let i = self.rng.random_range(0..self.entities.len());
             let points = self.rng.random_range(1..=10);
             events.push(GameEvent::Score {

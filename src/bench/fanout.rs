@@ -326,7 +326,7 @@ async fn one_run(
         }
         .map_err(BenchError::client(format!("publishing event {sent}")))?;
         sent += 1;
-        if sent % 1024 == 0 {
+        if sent.is_multiple_of(1024) {
             progress.tick(sent, total);
         }
     }
@@ -422,7 +422,7 @@ async fn subscribe(
             u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        if count % 256 == 0 {
+        if count.is_multiple_of(256) {
             tally.advanced.notify_waiters();
             merge(&tally, &mut h);
         }

@@ -280,7 +280,7 @@ fn fill(
         stored += record.frame.len() as u64 + RECORD_OVERHEAD;
         room.append(record)
             .map_err(BenchError::history(format!("storing event {offset}")))?;
-        if offset % 4096 == 0 {
+        if offset.is_multiple_of(4096) {
             progress.tick(done, total);
         }
     }
@@ -355,7 +355,7 @@ async fn replay(
         }
         expected += 1;
         read.delivered += 1;
-        if read.delivered % 4096 == 0 {
+        if read.delivered.is_multiple_of(4096) {
             progress.tick(read.delivered, count);
         }
     }
