@@ -4,12 +4,13 @@
 //! the same data in one run. `docs/storage.md` holds a run and the choice.
 //!
 //! One terminal, from the repository root (the engines are compiled only
-//! with the `compare-storage` feature, which needs Rust 1.90):
+//! with the `compare-storage` feature, which needs Rust 1.90); the run of
+//! `docs/storage.md` (about 5 minutes, root for `--cold`):
 //!
-//! `cargo run --release --example storage_compare --features compare-storage -- --events 1000000`
+//! `cargo run --release --example storage_compare --features compare-storage -- --events 1000000 --sync-events 50000 --cold --big-bytes 1000000000`
 //!
-//! Every setting gets the same events: one room, offsets 1..=N, ~64-byte
-//! payloads encoded as ~80-byte `Event` frames. The engines store key =
+//! Every setting gets the same events: one room, offsets 1..=N, 64-byte
+//! payloads encoded as 79-byte `Event` frames. The engines store key =
 //! (room, offset) big-endian, value = the record (time, publisher, frame).
 //! For each setting the run measures, in this order:
 //!
@@ -18,15 +19,17 @@
 //!   the settings that fsync every event get `--sync-events` events;
 //! - in a fresh process: the open of the directory written (recovery time),
 //!   VmRSS after it, and a replay of every event from the start; with
-//!   `--cold` also with the page cache dropped first (needs root);
-//! - crash: this example re-executed as a child appends and prints each
-//!   acknowledged offset; it is killed with SIGKILL half-way, the store is
-//!   reopened and every printed offset looked up.
+//!   `--cold` also with the page cache dropped first (root only);
+//! - crash: this example re-executed as a child (hidden `--crash-child`)
+//!   appends and prints each acknowledged offset; it is killed with SIGKILL
+//!   half-way, the store is reopened and every printed offset looked up.
 //!
-//! `--big-bytes 1000000000` also fills ~1 GB for the `--big` settings and
-//! times their open and replay. Scratch data goes under `--dir` (default
-//! `target/storage-compare`, not /tmp, which may be a tmpfs) and is deleted
-//! at the end.
+//! `--big-bytes B` also fills ~B bytes of frames for each `--big` setting
+//! (default `log-never,fjall-buffer`), times its open and replay, and runs
+//! the crash test on top of it. `--settings a,b` measures only those.
+//! Scratch data goes under `--dir` (default `target/storage-compare`, on the
+//! disk, where /tmp may be a tmpfs) and is deleted at the end unless
+//! `--keep`.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -65,8 +68,8 @@ struct Args {
     /// Also time open and replay after dropping the page cache (root only).
     #[arg(long)]
     cold: bool,
-    /// Also fill about this many bytes of frames for the `--big` settings
-    /// and time their open and replay (0: skip).
+    /// Also fill about this many bytes of frames for the `--big` settings,
+    /// time their open and replay, and crash-test on top (0: skip).
     #[arg(long, default_value_t = 0)]
     big_bytes: u64,
     /// The settings for `--big-bytes`.
@@ -82,6 +85,7 @@ struct Args {
     /// acknowledged offset.
     #[arg(long, hide = true)]
     crash_child: Option<Setting>,
+    /// Child: the crash child's first offset.
     #[arg(long, hide = true, default_value_t = 1)]
     first: u64,
     /// Child: open `--dir`, replay it all, print the figures.
@@ -154,7 +158,10 @@ impl Setting {
     }
 
     fn syncs_each_event(self) -> bool {
-        self.power_loss() == "yes"
+        matches!(
+            self,
+            Setting::LogAlways | Setting::FjallSyncData | Setting::RedbImmediate
+        )
     }
 
     fn open(self, dir: &Path) -> Result<Box<dyn Store>> {
@@ -405,6 +412,9 @@ struct AppendRun {
 }
 
 fn run_appends(setting: Setting, dir: &Path, events: u64, payload: &Bytes) -> Result<AppendRun> {
+    // The previous setting's dirty pages would otherwise be written back
+    // during this one, and its fsyncs would wait for them.
+    Command::new("sync").status()?;
     let mut store = setting.open(dir)?;
     let mut latency = Histogram::new_with_bounds(1, 600_000_000_000, 3)?;
     let mut busy = Duration::ZERO;
@@ -782,6 +792,12 @@ fn mib(kb: u64) -> String {
 }
 
 fn print_tables(rows: &[Row]) {
+    print_append_table(rows);
+    print_open_table(rows);
+    print_crash_table(rows);
+}
+
+fn print_append_table(rows: &[Row]) {
     println!("Append, one event per write, acknowledged when the setting says\n");
     println!("| setting | acknowledged when | kill -9 (tested) | power loss | events | p50 µs | p99 µs | max µs | appends/s | close ms | disk B/event |");
     println!("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|");
@@ -804,7 +820,9 @@ fn print_tables(rows: &[Row]) {
             a.disk_bytes as f64 / a.events as f64,
         );
     }
+}
 
+fn print_open_table(rows: &[Row]) {
     println!("\nOpen (recovery) and replay of all events from the start, in a fresh process\n");
     println!("| setting | events | open warm ms | open cold ms | RSS after open MiB (before) | replay warm events/s | replay cold events/s |");
     println!("|---|--:|--:|--:|--:|--:|--:|");
@@ -823,7 +841,9 @@ fn print_tables(rows: &[Row]) {
             cold.map_or("-".to_owned(), |c| format!("{:.0}", c.replay_rate())),
         );
     }
+}
 
+fn print_crash_table(rows: &[Row]) {
     println!("\nkill -9 half-way through appending, then reopen\n");
     println!(
         "| setting | acked before the kill | acked and lost | events found | reopen ms | child |"
