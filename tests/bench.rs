@@ -95,8 +95,8 @@ fn bench_latency_writes_every_field_with_sane_values() {
         svg.to_str().unwrap(),
     ]);
     // Progress went to stderr, the table to stdout.
-    assert!(stderr.contains("relay reliable (disk)"), "{stderr}");
-    assert!(stderr.contains("relay reliable (memory)"), "{stderr}");
+    assert!(stderr.contains("relay reliable (disk, memory)"), "{stderr}");
+    assert!(stderr.contains("oneway datagram (disk)"), "{stderr}");
     assert!(
         stdout.contains("p99/udp") && stdout.contains("storage"),
         "{stdout}"
@@ -186,6 +186,51 @@ fn bench_latency_paced_keeps_every_reliable_event_once_and_in_order() {
             assert_eq!(u(row, "delivered"), 200, "{row}");
         }
         assert!(u(row, "p50_us") <= u(row, "p99_us"), "{row}");
+    }
+}
+
+#[test]
+fn bench_latency_storages_take_turns_over_several_blocks() {
+    // More samples than one block (500): the storages alternate, and each
+    // row still counts exactly its own messages.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("storages.json");
+    quicbus_ok(&[
+        "bench",
+        "latency",
+        "--scenario",
+        "oneway",
+        "--storage",
+        "memory,disk",
+        "--no-copies",
+        "--samples",
+        "1100",
+        "--warmup",
+        "0",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let rows = rows(&json);
+    let names: Vec<(&str, &str)> = rows[1..]
+        .iter()
+        .map(|r| (s(r, "delivery"), s(r, "storage")))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("reliable", "memory"),
+            ("reliable", "disk"),
+            ("datagram", "memory"),
+            ("datagram", "disk"),
+        ]
+    );
+    for row in &rows[1..] {
+        assert_eq!(u(row, "sent"), 1100, "{row}");
+        assert_eq!(u(row, "misordered"), 0, "{row}");
+        if s(row, "delivery") == "reliable" {
+            assert_eq!(u(row, "delivered"), 1100, "{row}");
+        }
     }
 }
 
@@ -287,6 +332,7 @@ fn assert_replay_row(row: &Value, size: u64) {
     assert_eq!(u(row, "damaged"), 0, "{row}");
     // Each record holds its payload and at least 40 bytes more.
     assert!(u(row, "disk_bytes") >= sent * (size + 40), "{row}");
+    assert_eq!(row["cold"].as_bool(), Some(false), "{row}");
     for field in ["fill_s", "open_ms", "serve_ready_ms", "replay_s"] {
         assert!(f(row, field) > 0.0, "{field}: {row}");
     }

@@ -330,17 +330,24 @@ async fn a_publish_received_before_a_crash_but_never_acked_is_published_once() {
     drop(server);
 }
 
+/// Runs `quicbus serve` on data directory `data`, expecting it to exit by
+/// itself; returns its exit code and stderr.
+async fn serve_until_exit(dir: &Path, data: &Path) -> (i32, String) {
+    let (code, _, stderr) = run(quicbus()
+        .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
+        .arg(dir.join("certs"))
+        .arg("--data")
+        .arg(data))
+    .await;
+    (code, stderr)
+}
+
 #[tokio::test]
 async fn a_data_directory_that_cannot_be_used_ends_serve_with_exit_1_and_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::write(&data, b"a file where the directory should be").unwrap();
-    let (code, _, stderr) = run(quicbus()
-        .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
-        .arg(dir.path().join("certs"))
-        .arg("--data")
-        .arg(&data))
-    .await;
+    let (code, stderr) = serve_until_exit(dir.path(), &data).await;
     assert_eq!(code, 1, "{stderr}");
     let lines: Vec<&str> = stderr
         .lines()
@@ -494,12 +501,7 @@ async fn two_servers_never_share_a_data_directory() {
     let dir = tempfile::tempdir().unwrap();
     let first = serve(dir.path()).await;
     let data = dir.path().join("data");
-    let (code, _, stderr) = run(quicbus()
-        .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
-        .arg(dir.path().join("certs"))
-        .arg("--data")
-        .arg(&data))
-    .await;
+    let (code, stderr) = serve_until_exit(dir.path(), &data).await;
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("in use by another process"), "{stderr}");
     // The first one is unharmed, and once it is gone the directory is free.

@@ -11,7 +11,9 @@
 //!    they are in the page cache: this is a warm open.
 //! 3. **Serve.** A `quicbus serve --data DIR` child process opens it again;
 //!    the time from its start to "listening" and its resident memory then
-//!    are reported.
+//!    are reported. With `cold`, the page cache is dropped first (root
+//!    only), so the server reads the directory from the device, and so does
+//!    the replay.
 //! 4. **Replay.** A client joins the room with `since: 0` and counts events
 //!    until all N have arrived, each offset the next one and each payload
 //!    carrying its offset. Reported: time to the first event, events/s
@@ -65,6 +67,8 @@ pub struct ReplayConfig {
     pub server_threads: usize,
     /// Longest the replay may take.
     pub run_limit: Duration,
+    /// Drop the page cache before the server starts (needs root).
+    pub cold: bool,
 }
 
 impl ReplayConfig {
@@ -76,6 +80,7 @@ impl ReplayConfig {
             server_exe,
             server_threads: 0,
             run_limit: Duration::from_secs(300),
+            cold: false,
         }
     }
 
@@ -123,6 +128,8 @@ pub struct ReplayRow {
     pub open_ms: f64,
     /// From the start of the `serve` process to "listening", ms.
     pub serve_ready_ms: f64,
+    /// Whether the page cache was dropped before the server started.
+    pub cold: bool,
     /// Events the joining client received in order.
     pub delivered: u64,
     /// Events that came with another offset than the next one: 0 unless the
@@ -176,6 +183,12 @@ pub fn run(config: &ReplayConfig, progress: &Progress) -> Result<Vec<ReplayRow>,
     drop(store);
     progress.finish(&format!("{:.1} ms", ms(open_time)));
 
+    if config.cold {
+        progress.step("drop the page cache");
+        drop_page_cache()?;
+        progress.finish("done");
+    }
+
     progress.step("serve");
     let limits = ReplayConfig::limits();
     let server = ServerProcess::start(&ServeOptions {
@@ -214,6 +227,7 @@ pub fn run(config: &ReplayConfig, progress: &Progress) -> Result<Vec<ReplayRow>,
         fill_s: round3(fill_time.as_secs_f64()),
         open_ms: round3(ms(open_time)),
         serve_ready_ms: round3(ms(server.ready_after())),
+        cold: config.cold,
         delivered: read.delivered,
         misordered: read.misordered,
         damaged: read.damaged,
@@ -236,6 +250,20 @@ pub fn run(config: &ReplayConfig, progress: &Progress) -> Result<Vec<ReplayRow>,
     ));
     drop(server);
     Ok(vec![row])
+}
+
+/// Writes dirty pages out and drops the page cache, so that the next open
+/// reads from the device. Root only.
+fn drop_page_cache() -> Result<(), BenchError> {
+    let synced = std::process::Command::new("sync")
+        .status()
+        .map_err(BenchError::io("running sync"))?;
+    if !synced.success() {
+        return Err(BenchError::Other(format!("sync failed: {synced}")));
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(BenchError::io(
+        "dropping the page cache (--cold needs root)",
+    ))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -232,7 +232,7 @@ fn timed_appends(
         let took = u64::try_from(before.elapsed().as_nanos()).unwrap_or(u64::MAX);
         h.saturating_record(took.clamp(1, h.high()));
         made = offset;
-        if offset % 1024 == 0 {
+        if offset.is_multiple_of(1024) {
             progress.tick(offset, config.events);
         }
     }

@@ -192,6 +192,10 @@ pub struct ReplayArgs {
     /// Longest the replay may take, seconds.
     #[arg(long, default_value_t = 300.0, value_parser = super::positive_secs)]
     run_limit: f64,
+    /// Drop the page cache before the server opens the data directory, so
+    /// that it (and the replay) read from the device (needs root).
+    #[arg(long)]
+    cold: bool,
     /// Write the results as a JSON array (one object).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -500,6 +504,7 @@ fn replay(args: ReplayArgs) -> CliResult {
         size: usize::try_from(args.size)?,
         server_threads: args.server_threads,
         run_limit: Duration::from_secs_f64(args.run_limit),
+        cold: args.cold,
         ..ReplayConfig::new(server_exe()?)
     };
     config.validate()?;
@@ -530,8 +535,10 @@ fn print_replay(r: &ReplayRow) {
         r.fill_s
     );
     println!(
-        "open        DiskStore::open {:.1} ms (warm cache); serve start to listening {:.1} ms",
-        r.open_ms, r.serve_ready_ms
+        "open        DiskStore::open {:.1} ms (warm cache); serve start to listening {:.1} ms ({})",
+        r.open_ms,
+        r.serve_ready_ms,
+        if r.cold { "cold cache" } else { "warm cache" }
     );
     println!(
         "replay      {}/{} delivered, {} misordered, {} damaged",

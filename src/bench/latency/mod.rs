@@ -2,41 +2,44 @@
 //! clean and under loss, beside a raw-UDP echo measured in the same run.
 //!
 //! Layout: the server runs on its own thread and runtime (current-thread by
-//! default, as `quicbus serve`); both clients and, for the netsim scenarios,
-//! the impairment proxy share one current-thread runtime on the calling
-//! thread. A scenario measured on several storages (durable history on
-//! disk, as `serve` runs by default, and memory) gets a server for each,
-//! and measures each delivery on them one after the other, so the rows
-//! compared were taken moments apart. Every message carries its sequence number in its first 8 bytes,
-//! and its latency runs from the moment it is handed to the client library
-//! to its receipt:
+//! default, as `quicbus serve`: [`local_server`]); both clients and, for the
+//! netsim scenarios, the impairment proxy share one current-thread runtime
+//! on the calling thread ([`pair`]). Every message carries its sequence
+//! number in its first 8 bytes, and its latency runs from the moment it is
+//! handed to the client library to its receipt:
 //!
 //! - one in flight (the default): each message is sent when the previous one
 //!   has arrived, or, for a datagram, when it was given up as lost after
 //!   [`LatencyConfig::loss_timeout`];
 //! - paced (`rate`): message `i` is due at `start + i / rate` whether or not
-//!   earlier ones have arrived. The sender never waits for the bus (an emit
-//!   only queues), so a stall of the bus delays every message behind it and
-//!   the figures show it: no coordinated omission. The clock starts when the
-//!   message is handed over rather than at its due time only to leave out
-//!   the lateness of the benchmark's own timer (Tokio's is 1 ms coarse).
+//!   earlier ones have arrived, and is timed from then. The sender never
+//!   waits for the bus (an emit only queues), so a stall of the bus delays
+//!   every message behind it and the figures show it: no coordinated
+//!   omission.
+//!
+//! **Storages.** A scenario measured on several storages (history on disk,
+//! as `serve` runs by default, and in memory) gets a server and a pair of
+//! clients for each. One in flight, the pairs take turns in blocks of
+//! [`BLOCK`] messages, so every storage sees the same moments of a noisy
+//! machine and the rows compare; paced, each pair runs its whole schedule
+//! in turn.
+
+mod local_server;
+mod pair;
 
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::scratch::ScratchDir;
-use super::{
-    curve, histogram, ratio, record, udp_echo, BenchError, Percentiles, Progress, StorageKind,
-};
-use quicbus::certs::DevCerts;
-use quicbus::client::{Client, ClientOptions, Delivery, Events, Trust};
+use super::{curve, histogram, ratio, udp_echo, BenchError, Percentiles, Progress, StorageKind};
+use local_server::LocalServer;
+use pair::{Joined, Pair};
 use quicbus::netsim::{Impairment, Netsim, NetsimConfig, NetsimHandle};
-use quicbus::server::{FsyncPolicy, Server, ServerConfig, ServerIdentity, Storage};
+
+/// Messages measured on one server before the next one's turn.
+pub const BLOCK: u64 = 500;
 
 /// Which measurements a run makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,76 +303,6 @@ pub fn run(config: &LatencyConfig, progress: &Progress) -> Result<Vec<LatencyRow
     Ok(rows)
 }
 
-/// A server on its own thread and runtime, with a scratch data directory
-/// when it keeps history on disk; stopped (and the directory removed) when
-/// dropped.
-struct LocalServer {
-    addr: SocketAddr,
-    storage: StorageKind,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-    /// Removed after the thread has ended (fields drop after `drop`).
-    _data: Option<ScratchDir>,
-}
-
-impl LocalServer {
-    fn start(
-        config: &LatencyConfig,
-        storage: StorageKind,
-        dev: &DevCerts,
-    ) -> Result<Self, BenchError> {
-        let identity =
-            ServerIdentity::from_dev_certs(dev).map_err(|e| BenchError::Other(e.to_string()))?;
-        let (data, storage_config) = match storage {
-            StorageKind::Memory => (None, Storage::Memory),
-            StorageKind::Disk => {
-                let data = ScratchDir::new("data")?;
-                let dir = data.path().join("data");
-                // `interval`, as `serve` runs by default.
-                let fsync = FsyncPolicy::default();
-                (Some(data), Storage::Disk { dir, fsync })
-            }
-        };
-        let runtime = quicbus::server::runtime(config.server_threads)
-            .map_err(BenchError::io("starting the server runtime"))?;
-        let server_config = ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            storage: storage_config,
-            ..ServerConfig::default()
-        };
-        let server = runtime
-            .block_on(async { Server::bind(server_config, identity) })
-            .map_err(|e| {
-                BenchError::Other(format!("starting the server ({}): {e}", storage.name()))
-            })?;
-        let addr = server.local_addr();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(server.run(async {
-                let _ = stop_rx.await;
-            }))
-        });
-        Ok(LocalServer {
-            addr,
-            storage,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            _data: data,
-        })
-    }
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// The rows of one scenario: per loss level (netsim) and delivery, one row
 /// per server.
 async fn scenario_rows(
@@ -390,42 +323,129 @@ async fn scenario_rows(
             .collect(),
     };
     let relay = scenario != Scenario::Oneway;
+    let storages: Vec<&str> = servers.iter().map(|s| s.storage.name()).collect();
     let mut rows = Vec::new();
     for (name, loss) in levels {
         for kind in config.kinds() {
+            progress.step(&format!("{name} {} ({})", kind.name(), storages.join(", ")));
+            let mut netsims = Vec::new();
+            let mut pairs = Vec::new();
+            let mut measured = Ok(Vec::new());
             for server in servers {
-                progress.step(&format!(
-                    "{name} {} ({})",
-                    kind.name(),
-                    server.storage.name()
-                ));
-                let m = match loss {
-                    None => {
-                        let pair = Pair::connect(server.addr, ca_pem, kind).await?;
-                        let timeout = config.loss_timeout_for(false);
-                        pair.measure(config, kind, relay, timeout, progress).await?
+                match joined_pair(config, server.addr, loss, ca_pem, kind, relay).await {
+                    Ok((pair, netsim)) => {
+                        pairs.push(pair);
+                        netsims.extend(netsim);
                     }
-                    Some(loss) => {
-                        let netsim = impaired(config, server.addr, loss).await?;
-                        let pair = Pair::connect(netsim.local_addr(), ca_pem, kind).await?;
-                        let timeout = config.loss_timeout_for(true);
-                        let measured = pair.measure(config, kind, relay, timeout, progress).await;
-                        netsim.shutdown().await;
-                        measured?
+                    Err(e) => {
+                        measured = Err(e);
+                        break;
                     }
-                };
+                }
+            }
+            if measured.is_ok() {
+                let timeout = config.loss_timeout_for(loss.is_some());
+                measured = measure_all(config, &mut pairs, timeout, progress).await;
+            }
+            for pair in pairs {
+                pair.close().await;
+            }
+            for netsim in netsims {
+                netsim.shutdown().await;
+            }
+            let mut summaries = Vec::new();
+            for (server, m) in servers.iter().zip(measured?) {
                 let mut row = LatencyRow::measured(&name, kind, server.storage, &m, udp_p50);
                 if let Some(loss) = loss {
                     row.loss_pct = loss;
                     row.delay_ms = config.delay.as_secs_f64() * 1000.0;
                     row.jitter_ms = config.jitter.as_secs_f64() * 1000.0;
                 }
-                progress.finish(&summary(&row));
+                summaries.push(format!("{}: {}", row.storage, summary(&row)));
                 rows.push(row);
             }
+            progress.finish(&summaries.join("; "));
         }
     }
     Ok(rows)
+}
+
+/// Two clients of `server` (through netsim at `loss`, if given) with their
+/// rooms joined, and the netsim.
+async fn joined_pair(
+    config: &LatencyConfig,
+    server: SocketAddr,
+    loss: Option<f64>,
+    ca_pem: &str,
+    kind: Kind,
+    relay: bool,
+) -> Result<(Joined, Option<NetsimHandle>), BenchError> {
+    let netsim = match loss {
+        Some(loss) => Some(impaired(config, server, loss).await?),
+        None => None,
+    };
+    let addr = netsim.as_ref().map_or(server, NetsimHandle::local_addr);
+    let joined = match Pair::connect(addr, ca_pem, kind).await {
+        Ok(pair) => pair.join(kind, relay).await,
+        Err(e) => Err(e),
+    };
+    match joined {
+        Ok(joined) => Ok((joined, netsim)),
+        Err(e) => {
+            if let Some(netsim) = netsim {
+                netsim.shutdown().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Warms up and measures every pair. One in flight, the pairs take turns
+/// in blocks of [`BLOCK`] messages; paced, each runs its schedule in turn.
+async fn measure_all(
+    config: &LatencyConfig,
+    pairs: &mut [Joined],
+    loss_timeout: Duration,
+    progress: &Progress,
+) -> Result<Vec<Measured>, BenchError> {
+    let mut histograms: Vec<Histogram<u64>> = pairs.iter().map(|_| histogram()).collect();
+    match config.rate {
+        None => {
+            let total = (config.warmup + config.samples) * pairs.len() as u64;
+            let mut done = 0;
+            for pair in pairs.iter_mut() {
+                pair.one_in_flight(config.warmup, config.size, loss_timeout, None)
+                    .await?;
+                done += config.warmup;
+                progress.tick(done, total);
+            }
+            let mut left = config.samples;
+            while left > 0 {
+                let n = left.min(BLOCK);
+                for (pair, h) in pairs.iter_mut().zip(histograms.iter_mut()) {
+                    pair.one_in_flight(n, config.size, loss_timeout, Some(h))
+                        .await?;
+                    done += n;
+                    progress.tick(done, total);
+                }
+                left -= n;
+            }
+        }
+        Some(rate) => {
+            for (pair, h) in pairs.iter_mut().zip(histograms.iter_mut()) {
+                *h = pair.paced(config, rate, loss_timeout, progress).await?;
+            }
+        }
+    }
+    Ok(pairs
+        .iter()
+        .zip(histograms)
+        .map(|(pair, histogram)| Measured {
+            histogram,
+            sent: config.samples,
+            misordered: pair.misordered,
+        })
+        .collect())
 }
 
 fn summary(row: &LatencyRow) -> String {
@@ -456,122 +476,7 @@ async fn impaired(
         .map_err(|e| BenchError::Other(format!("starting netsim: {e}")))
 }
 
-/// Client A (the sender) and client B (the receiver or bouncer).
-struct Pair {
-    a: Client,
-    a_events: Events,
-    b: Client,
-    b_events: Events,
-}
-
-impl Pair {
-    async fn connect(server: SocketAddr, ca_pem: &str, kind: Kind) -> Result<Pair, BenchError> {
-        let mut options = ClientOptions::new(server);
-        options.copies = kind == Kind::Copies;
-        options.trust = Trust::CaPem(ca_pem.to_string());
-        options.client_name = "quicbus-bench".into();
-        // A handshake through 5% loss may need a few retransmissions.
-        options.connect_timeout = Duration::from_secs(15);
-        // A benchmark reports a lost connection instead of hiding it.
-        options.reconnect = None;
-        let (a, a_events) = Client::connect(options.clone())
-            .await
-            .map_err(BenchError::client("connecting client A"))?;
-        let (b, b_events) = Client::connect(options)
-            .await
-            .map_err(BenchError::client("connecting client B"))?;
-        Ok(Pair {
-            a,
-            a_events,
-            b,
-            b_events,
-        })
-    }
-
-    /// Sends warm-up then measured messages from A to room `ping`. In a
-    /// relay, B bounces each one to room `pong` and A receives it; one-way,
-    /// B receives it.
-    async fn measure(
-        self,
-        config: &LatencyConfig,
-        kind: Kind,
-        relay: bool,
-        loss_timeout: Duration,
-        progress: &Progress,
-    ) -> Result<Measured, BenchError> {
-        let Pair {
-            a,
-            a_events,
-            b,
-            mut b_events,
-        } = self;
-        b.join("ping")
-            .await
-            .map_err(BenchError::client("B joins ping"))?;
-        let (mut events, bouncer) = if relay {
-            a.join("pong")
-                .await
-                .map_err(BenchError::client("A joins pong"))?;
-            let bouncer_client = b.clone();
-            let bouncer = tokio::spawn(async move {
-                while let Some(event) = b_events.next().await {
-                    let sent = match event.delivery {
-                        Delivery::Reliable { .. } => {
-                            bouncer_client.emit("pong", "m", event.payload).await
-                        }
-                        Delivery::Datagram { .. } => {
-                            bouncer_client
-                                .emit_datagram("pong", "m", event.payload)
-                                .await
-                        }
-                    };
-                    if sent.is_err() {
-                        return;
-                    }
-                }
-            });
-            (a_events, Some(bouncer))
-        } else {
-            (b_events, None)
-        };
-        let result = match config.rate {
-            None => one_in_flight(&a, &mut events, config, kind, loss_timeout, progress).await,
-            Some(rate) => paced(&a, &mut events, config, kind, rate, loss_timeout, progress).await,
-        };
-        if let Some(bouncer) = bouncer {
-            bouncer.abort();
-        }
-        a.close().await;
-        b.close().await;
-        result
-    }
-}
-
-/// A payload of `size` bytes starting with `seq`.
-fn payload(seq: u64, size: usize) -> Bytes {
-    let mut p = vec![0u8; size];
-    p[..8].copy_from_slice(&seq.to_le_bytes());
-    Bytes::from(p)
-}
-
-fn seq_of(payload: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(payload.get(..8)?.try_into().ok()?))
-}
-
-async fn emit(a: &Client, kind: Kind, seq: u64, size: usize) -> Result<(), BenchError> {
-    let p = payload(seq, size);
-    match kind {
-        Kind::Reliable | Kind::Copies => a.emit("ping", "m", p).await,
-        Kind::Datagram => a.emit_datagram("ping", "m", p).await,
-    }
-    .map_err(BenchError::client(format!("emitting message {seq}")))
-}
-
-/// How long a reliable message may take before the run fails: it must
-/// arrive, however slowly.
-const RELIABLE_LIMIT: Duration = Duration::from_secs(20);
-
-/// What one scenario and delivery kind measured.
+/// What one scenario, delivery and storage measured.
 struct Measured {
     histogram: Histogram<u64>,
     /// Measured messages sent.
@@ -580,175 +485,9 @@ struct Measured {
     misordered: u64,
 }
 
-impl Measured {
-    fn new(sent: u64) -> Self {
-        Measured {
-            histogram: histogram(),
-            sent,
-            misordered: 0,
-        }
-    }
-}
-
-async fn one_in_flight(
-    a: &Client,
-    events: &mut Events,
-    config: &LatencyConfig,
-    kind: Kind,
-    loss_timeout: Duration,
-    progress: &Progress,
-) -> Result<Measured, BenchError> {
-    let mut m = Measured::new(config.samples);
-    let total = config.warmup + config.samples;
-    let limit = if kind.is_reliable() {
-        RELIABLE_LIMIT
-    } else {
-        loss_timeout
-    };
-    for seq in 0..total {
-        let intended = Instant::now();
-        emit(a, kind, seq, config.size).await?;
-        let deadline = tokio::time::Instant::from_std(intended + limit);
-        loop {
-            match tokio::time::timeout_at(deadline, events.next()).await {
-                Ok(Some(event)) if seq_of(&event.payload) == Some(seq) => {
-                    if seq >= config.warmup {
-                        record(&mut m.histogram, intended.elapsed());
-                    }
-                    break;
-                }
-                // A reliable message arrives once and in turn; a datagram
-                // may come after it was given up.
-                Ok(Some(_)) => {
-                    if kind.is_reliable() {
-                        m.misordered += 1;
-                    }
-                    continue;
-                }
-                Ok(None) => {
-                    return Err(BenchError::Other(format!(
-                        "the connection closed during message {seq}: {}",
-                        a.closed().await
-                    )))
-                }
-                Err(_) if kind == Kind::Datagram => break,
-                Err(_) => {
-                    return Err(BenchError::Other(format!(
-                        "reliable message {seq} did not arrive within {RELIABLE_LIMIT:?}"
-                    )))
-                }
-            }
-        }
-        progress.tick(seq + 1, total);
-    }
-    Ok(m)
-}
-
-async fn paced(
-    a: &Client,
-    events: &mut Events,
-    config: &LatencyConfig,
-    kind: Kind,
-    rate: f64,
-    loss_timeout: Duration,
-    progress: &Progress,
-) -> Result<Measured, BenchError> {
-    let mut m = Measured::new(config.samples);
-    let total = config.warmup + config.samples;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = Instant::now() + Duration::from_millis(5);
-    let due = move |seq: u64| start + interval.mul_f64(seq as f64);
-    let limit = if kind.is_reliable() {
-        RELIABLE_LIMIT
-    } else {
-        loss_timeout
-    };
-    // The sender keeps the schedule on its own, whatever the bus does.
-    let sender = {
-        let (a, size) = (a.clone(), config.size);
-        tokio::spawn(async move {
-            for seq in 0..total {
-                let at = due(seq);
-                // Tokio's timer is 1 ms coarse: sleep until 2 ms before,
-                // then yield (letting the receiving tasks run) until due.
-                if let Some(early) = at.checked_sub(Duration::from_millis(2)) {
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(early)).await;
-                }
-                while Instant::now() < at {
-                    tokio::task::yield_now().await;
-                }
-                emit(&a, kind, seq, size).await?;
-            }
-            Ok::<(), BenchError>(())
-        })
-    };
-    let end = tokio::time::Instant::from_std(due(total.saturating_sub(1)) + limit);
-    let mut received = 0u64;
-    let mut expected = 0u64;
-    let outcome = loop {
-        match tokio::time::timeout_at(end, events.next()).await {
-            Ok(Some(event)) => {
-                let Some(seq) = seq_of(&event.payload) else {
-                    continue;
-                };
-                if seq >= total {
-                    continue;
-                }
-                if kind.is_reliable() {
-                    // Exactly once, in order: anything else is a fault.
-                    if seq != expected {
-                        m.misordered += 1;
-                        continue;
-                    }
-                    expected += 1;
-                } else if seq < expected {
-                    // A late datagram (its receiver drops the stale ones).
-                    continue;
-                } else {
-                    expected = seq + 1;
-                }
-                received += 1;
-                if seq >= config.warmup {
-                    record(&mut m.histogram, due(seq).elapsed());
-                }
-                progress.tick(received, total);
-                if received == total {
-                    break Ok(());
-                }
-            }
-            Ok(None) => {
-                break Err(BenchError::Other(format!(
-                    "the connection closed: {}",
-                    a.closed().await
-                )))
-            }
-            Err(_) if kind.is_reliable() => {
-                break Err(BenchError::Other(format!(
-                    "{} of {total} reliable messages did not arrive within {RELIABLE_LIMIT:?} of the last send",
-                    total - received
-                )))
-            }
-            Err(_) => break Ok(()),
-        }
-    };
-    sender.abort();
-    if let Ok(Err(e)) = sender.await {
-        return Err(e);
-    }
-    outcome.map(|()| m)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payload_carries_its_sequence() {
-        let p = payload(0x0102_0304_0506_0708, 64);
-        assert_eq!(p.len(), 64);
-        assert_eq!(seq_of(&p), Some(0x0102_0304_0506_0708));
-        assert_eq!(seq_of(&p[..7]), None);
-    }
 
     #[test]
     fn config_is_checked() {
