@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn::{Connection, SendStream};
 use tokio::sync::{mpsc, Notify};
 
@@ -291,12 +291,18 @@ async fn write_replay(send: &mut SendStream, replay: Replay) -> Result<(), Strin
         .await
         .map_err(|e| format!("replay reader failed: {e}"))?;
         source = back;
-        let mut batch = batch.map_err(|e| e.to_string())?;
+        let batch = batch.map_err(|e| e.to_string())?;
         if batch.is_empty() {
             break;
         }
         sent += batch.len() as u64;
-        if send.write_all_chunks(&mut batch).await.is_err() {
+        // One buffer per batch, not thousands of small chunks: quinn walks
+        // its queued chunks for every packet it builds.
+        let mut joined = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+        for frame in &batch {
+            joined.extend_from_slice(frame);
+        }
+        if send.write_all(&joined).await.is_err() {
             // The connection is gone: nothing to report to anyone.
             return Ok(());
         }

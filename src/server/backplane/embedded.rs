@@ -328,6 +328,10 @@ impl Backplane for EmbeddedBackplane {
         self.store.maintain(now);
     }
 
+    fn sync(&self) {
+        self.store.sync();
+    }
+
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         // Take every room lock once so that a publish already past its

@@ -179,9 +179,7 @@ pub trait Backplane: Send + Sync + 'static {
     fn maintain(&self) {}
     /// Makes everything stored so far durable (a graceful stop calls it,
     /// whatever the fsync policy).
-    fn sync(&self) {
-        self.maintain();
-    }
+    fn sync(&self) {}
     /// Stops accepting events: every publish after this returns
     /// `ShuttingDown`. Events already accepted have been handed to subscribers.
     fn close(&self);

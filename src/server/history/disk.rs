@@ -308,6 +308,10 @@ impl HistoryStore for DiskStore {
             self.shared.unsynced.sync_if_due(now_ms, interval_ms);
         }
     }
+
+    fn sync(&self) {
+        self.shared.unsynced.sync_if_due(u64::MAX, 0);
+    }
 }
 
 /// With [`FsyncPolicy::Interval`], what was written since the last sync is

@@ -173,6 +173,9 @@ pub trait HistoryStore: Send + Sync {
     /// store's rooms nobody has named since the start), and makes what was
     /// written durable if the fsync policy says so. Called periodically.
     fn maintain(&self, now_ms: u64);
+    /// Makes everything written so far durable, whatever the fsync policy
+    /// (a graceful stop calls it). Nothing to do for a memory store.
+    fn sync(&self) {}
 }
 
 /// Milliseconds since the Unix epoch, now.
