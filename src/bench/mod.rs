@@ -26,7 +26,7 @@ pub mod latency;
 pub mod plot;
 mod progress;
 pub mod replay;
-mod scratch;
+pub mod scratch;
 mod server_process;
 pub mod storage;
 mod udp;

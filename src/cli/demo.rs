@@ -6,7 +6,7 @@ use std::time::Duration;
 use quicbus::certs;
 use quicbus::client::{Client, ClientOptions, Trust};
 use quicbus::game::{self, World};
-use quicbus::server::{Server, ServerConfig, ServerIdentity};
+use quicbus::server::{FsyncPolicy, Server, ServerConfig, ServerIdentity, Storage};
 
 use super::CliResult;
 
@@ -21,10 +21,16 @@ pub struct DemoArgs {
 }
 
 pub async fn demo(args: DemoArgs) -> CliResult {
-    // Certificates live only in memory: the demo needs no files.
+    // Certificates live only in memory; history is durable, as with
+    // `serve`, in a data directory that goes away with the demo.
     let dev = certs::generate(&[])?;
+    let data = crate::bench::scratch::ScratchDir::new("demo")?;
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse()?,
+        storage: Storage::Disk {
+            dir: data.path().to_path_buf(),
+            fsync: FsyncPolicy::default(),
+        },
         ..ServerConfig::default()
     };
     let server = Server::bind(config, ServerIdentity::from_dev_certs(&dev)?)?.spawn();
@@ -36,8 +42,9 @@ pub async fn demo(args: DemoArgs) -> CliResult {
     let (publisher, _publisher_events) = Client::connect(options).await?;
     let duration = Duration::from_secs(args.seconds);
     println!(
-        "quicbus demo: server on {}, {} entities at {} Hz for {}s (snapshots as datagrams; spawn/despawn/score reliable)",
+        "quicbus demo: server on {} (history in {}), {} entities at {} Hz for {}s (snapshots as datagrams; spawn/despawn/score reliable)",
         server.local_addr(),
+        data.path().display(),
         args.entities,
         game::TICK_HZ,
         args.seconds
