@@ -157,6 +157,9 @@ impl quicbus::server::Backplane for Refusing {
             let failed = Bp::Unavailable("no space left on device".into());
             return Box::pin(std::future::ready(Err(failed)));
         }
+        if room == "stopping" {
+            return Box::pin(std::future::ready(Err(Bp::ShuttingDown)));
+        }
         self.0.publish(room, from, publisher, event, payload)
     }
     fn publish_datagram(
@@ -196,6 +199,7 @@ async fn a_refused_event_is_a_typed_rejection_of_its_ack() {
     .spawn();
     let mut options = quicbus::client::ClientOptions::new(server.local_addr());
     options.trust = quicbus::client::Trust::CaPem(certs.ca_pem.clone());
+    options.request_timeout = std::time::Duration::from_secs(1);
     let (client, _e) = within("connect", quicbus::client::Client::connect(options))
         .await
         .unwrap();
@@ -208,5 +212,14 @@ async fn a_refused_event_is_a_typed_rejection_of_its_ack() {
     }
     // The session keeps working for other rooms.
     assert_eq!(client.emit_with_ack("open", "e", "x").await.unwrap(), 1);
+    // An event refused because the server is stopping was not handled: it
+    // is neither answered nor confirmed, so it stays in the outbox, to be
+    // sent again to the server the client reconnects to.
+    match within("ack", client.emit_with_ack("stopping", "e", "x")).await {
+        Err(ClientError::Timeout { .. }) => {}
+        other => panic!("expected no answer (Timeout), got {other:?}"),
+    }
+    assert_eq!(client.outbox_len(), 1);
+    assert_eq!(client.emit_with_ack("open", "e", "y").await.unwrap(), 2);
     server.shutdown().await;
 }

@@ -231,6 +231,16 @@ pub(crate) async fn read_publish_stream(
                 };
                 let (outcome, message) =
                     publish(&ctx, session, &room, publisher, event, payload).await;
+                if outcome == Err(ErrorCode::ShuttingDown) {
+                    // Not handled: the server is stopping. Nothing after it
+                    // on this stream may be published either (order), so the
+                    // stream ends unanswered and the client sends it again,
+                    // in order, to the server it reconnects to. (A storage
+                    // failure, `Unavailable`, is a refusal like any other:
+                    // answered and recorded.)
+                    lock(&log).abandon(id);
+                    return;
+                }
                 if id != 0 {
                     lock(&log).record(id, outcome);
                 }

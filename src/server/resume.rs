@@ -111,6 +111,14 @@ impl PublishLog {
         !self.needs_restore && self.through.checked_add(1) == Some(id) && self.in_flight.is_none()
     }
 
+    /// Gives up on publishing `id` for now (it was not handled): the client
+    /// will send it again.
+    pub fn abandon(&mut self, id: u64) {
+        if self.in_flight == Some(id) {
+            self.in_flight = None;
+        }
+    }
+
     /// Records the outcome of a new id.
     pub fn record(&mut self, id: u64, outcome: Outcome) {
         if self.in_flight == Some(id) {

@@ -347,6 +347,20 @@ impl Backplane for EmbeddedBackplane {
 /// Unsubscribed rooms without history go first; if that frees nothing, the
 /// least recently active eighth of the unsubscribed rooms goes.
 fn evict_unsubscribed(registry: &mut HashMap<Arc<str>, Arc<Room>>, max_rooms: usize) {
+    let idle = idle_rooms(registry);
+    let empty = idle.iter().filter(|(empty, ..)| *empty).count();
+    let count = if empty > 0 {
+        empty
+    } else {
+        (max_rooms / 8).clamp(1, idle.len().max(1))
+    };
+    evict(registry, idle, count);
+}
+
+/// The rooms nobody is subscribed to: whether their history is empty, when
+/// they were last active, and their names; empty ones first, then the
+/// least recently active.
+fn idle_rooms(registry: &HashMap<Arc<str>, Arc<Room>>) -> Vec<(bool, Instant, Arc<str>)> {
     let now = history::now_ms();
     let mut idle = Vec::new();
     for (name, room) in registry.iter() {
@@ -356,21 +370,33 @@ fn evict_unsubscribed(registry: &mut HashMap<Arc<str>, Arc<Room>>, max_rooms: us
             idle.push((empty, state.last_activity, name.clone()));
         }
     }
-    if idle.is_empty() {
-        return;
-    }
-    let empty = idle.iter().filter(|(empty, ..)| *empty).count();
-    let count = if empty > 0 {
-        empty
-    } else {
-        (max_rooms / 8).clamp(1, idle.len())
-    };
-    // Empty histories first, then the least recently active.
     idle.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for (_, _, name) in idle.into_iter().take(count) {
-        if let Some(room) = registry.remove(&name) {
-            lock(&room.state).evicted = true;
+    idle
+}
+
+/// Evicts up to `count` of the `idle` rooms that are still unsubscribed.
+fn evict(
+    registry: &mut HashMap<Arc<str>, Arc<Room>>,
+    idle: Vec<(bool, Instant, Arc<str>)>,
+    count: usize,
+) {
+    let mut evicted = 0;
+    for (_, _, name) in idle {
+        if evicted == count {
+            break;
         }
+        let Some(room) = registry.get(&name).cloned() else {
+            continue;
+        };
+        // Checked again and marked in one step: a subscribe that found the
+        // room before this lock must not end up in a room nobody can reach.
+        let mut state = lock(&room.state);
+        if !state.subscribers.is_empty() {
+            continue;
+        }
+        state.evicted = true;
+        registry.remove(&name);
+        evicted += 1;
     }
 }
 
@@ -609,6 +635,28 @@ mod tests {
             bp.publish_datagram("r", session(9), "d".into(), Bytes::new()),
             Err(BackplaneError::ShuttingDown)
         );
+    }
+
+    #[test]
+    fn a_room_that_gains_a_subscriber_during_eviction_stays() {
+        let bp = backplane(2, NO_HISTORY);
+        bp.open("a").unwrap();
+        bp.open("b").unwrap();
+        let a = bp.room("a").unwrap();
+        let mut registry = write(&bp.registry);
+        let idle = idle_rooms(&registry);
+        assert_eq!(idle.len(), 2, "both idle when looked at");
+        // A subscribe that found room "a" before the table filled up gets
+        // its lock between the look and the eviction.
+        lock(&a.state).subscribers.push(Probe::new(1, false));
+        evict(&mut registry, idle, 2);
+        drop(registry);
+        assert!(
+            !lock(&a.state).evicted,
+            "a room with a subscriber is never evicted"
+        );
+        assert!(read(&bp.registry).contains_key("a"));
+        assert!(!read(&bp.registry).contains_key("b"));
     }
 
     #[test]
