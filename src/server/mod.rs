@@ -282,7 +282,7 @@ impl Server {
         // Names this server process in session ids (echo suppression).
         let node = rand::random::<u64>();
         let mut next_session: u64 = 1;
-        let maintenance = tokio::spawn(maintain(ctx.backplane.clone()));
+        let maintenance = tokio::spawn(maintain(ctx.clone()));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -352,9 +352,13 @@ impl Server {
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         maintenance.abort();
-        // Whatever the fsync policy, a graceful stop leaves everything synced.
-        let backplane = ctx.backplane.clone();
-        let _ = tokio::task::spawn_blocking(move || backplane.sync()).await;
+        // A graceful stop leaves the publish logs checkpointed and, with a
+        // disk store, every stored event synced, whatever the fsync policy.
+        let _ = tokio::task::spawn_blocking(move || {
+            ctx.sessions.checkpoint();
+            ctx.backplane.sync();
+        })
+        .await;
     }
 
     /// Runs the server in a background task.
@@ -374,15 +378,20 @@ impl Server {
     }
 }
 
-/// Applies the history bounds and the fsync policy once a second, off the
-/// async threads (it may delete files and sync them).
-async fn maintain(backplane: Arc<dyn Backplane>) {
+/// Once a second, off the async threads (it may delete, write and sync
+/// files): applies the history bounds and the fsync policy, and
+/// checkpoints the publish logs of the sessions.
+async fn maintain(ctx: Arc<SessionContext>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let backplane = backplane.clone();
-        let _ = tokio::task::spawn_blocking(move || backplane.maintain()).await;
+        let ctx = ctx.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            ctx.sessions.checkpoint();
+            ctx.backplane.maintain();
+        })
+        .await;
     }
 }
 

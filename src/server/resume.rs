@@ -10,9 +10,12 @@
 //!
 //! With a [`SessionJournal`] (durable storage), sessions also outlive the
 //! process: a restart loads them, parked for the resume window. Their
-//! publish logs are not journaled: every stored event carries its
-//! publisher (session key and publish id), so a restored session learns
-//! them from the room's history the first time it publishes there again
+//! publish logs survive in two parts: about once a second each log's
+//! `through` is checkpointed in the journal ([`SessionStore::checkpoint`]),
+//! and every stored event carries its publisher (session key and publish
+//! id). A restored session's log of a room starts from its checkpoint and
+//! learns the publishes after it (and their offsets) from the room's newest
+//! stored events, the first time the session publishes there again
 //! ([`PublishLog::restore`]).
 
 use std::collections::{HashMap, VecDeque};
@@ -47,6 +50,11 @@ pub struct PublishLog {
     /// The session was restored after a restart and this log not yet
     /// learned from the room's history: nothing may be published until then.
     needs_restore: bool,
+    /// Every id up to this was handled before the restart (the journal's
+    /// checkpoint), found in history or not.
+    restored_through: u64,
+    /// `through` as of the last checkpoint written.
+    checkpointed: u64,
 }
 
 impl PublishLog {
@@ -58,6 +66,8 @@ impl PublishLog {
             capacity: capacity.max(1),
             in_flight: None,
             needs_restore: false,
+            restored_through: 0,
+            checkpointed: 0,
         }
     }
 
@@ -79,6 +89,10 @@ impl PublishLog {
         for (id, offset) in found {
             self.record(id, Ok(offset));
         }
+        // Handled before the checkpoint but no longer on record: still
+        // handled (answered `Duplicate`), never published again.
+        self.through = self.through.max(self.restored_through);
+        self.checkpointed = self.restored_through;
     }
 
     /// Whether `id` was handled already (ids only grow within a room).
@@ -148,6 +162,8 @@ pub struct SessionState {
     /// Loaded from the journal after a restart: its publish logs must be
     /// learned from history.
     restored: bool,
+    /// For a restored session: per room, its log's checkpoint.
+    checkpoints: HashMap<String, u64>,
     logs: Mutex<HashMap<String, Arc<Mutex<PublishLog>>>>,
     log_capacity: usize,
     attachment: Mutex<Attachment>,
@@ -180,6 +196,7 @@ impl SessionState {
             .or_insert_with(|| {
                 let mut log = PublishLog::new(self.log_capacity);
                 log.needs_restore = self.restored;
+                log.restored_through = self.checkpoints.get(room).copied().unwrap_or(0);
                 Arc::new(Mutex::new(log))
             })
             .clone()
@@ -190,6 +207,7 @@ impl SessionState {
             token,
             key,
             restored,
+            checkpoints: HashMap::new(),
             logs: Mutex::new(HashMap::new()),
             log_capacity,
             attachment: Mutex::new(Attachment {
@@ -245,13 +263,43 @@ impl SessionStore {
         {
             let sessions = store.sessions.get_mut().unwrap_or_else(|e| e.into_inner());
             for s in stored {
-                let state = SessionState::new(s.token.clone(), s.key, true, log_capacity);
+                let mut state = SessionState::new(s.token.clone(), s.key, true, log_capacity);
+                state.checkpoints = s.progress.into_iter().collect();
                 lock(&state.attachment).parked_until = Some(now + window);
                 sessions.insert(s.token, Arc::new(state));
             }
         }
         store.journal = Some(journal);
         store
+    }
+
+    /// Writes a checkpoint of every publish log that has moved on since the
+    /// last one (called about once a second). Journal writes happen outside
+    /// the store's lock.
+    pub fn checkpoint(&self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let sessions: Vec<Arc<SessionState>> = lock(&self.sessions).values().cloned().collect();
+        for state in sessions {
+            let logs: Vec<(String, Arc<Mutex<PublishLog>>)> = lock(&state.logs)
+                .iter()
+                .map(|(room, log)| (room.clone(), log.clone()))
+                .collect();
+            for (room, log) in logs {
+                let through = {
+                    let log = lock(&log);
+                    if log.needs_restore || log.through <= log.checkpointed {
+                        continue;
+                    }
+                    log.through
+                };
+                match journal.progress(state.key, &room, through) {
+                    Ok(()) => lock(&log).checkpointed = through,
+                    Err(e) => tracing::warn!("cannot checkpoint a publish log: {e}"),
+                }
+            }
+        }
     }
 
     /// Whether sessions outlive the process.
@@ -308,6 +356,7 @@ impl SessionStore {
                 let stored = StoredSession {
                     key,
                     token: state.token.clone(),
+                    progress: Vec::new(),
                 };
                 // Without the record the session only cannot outlive a
                 // restart; it works meanwhile.
@@ -411,6 +460,88 @@ mod tests {
             token: token.to_string(),
             epoch,
         }
+    }
+
+    /// A journal in memory, recording the checkpoints it is given.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(u64, String, u64)>>);
+
+    impl SessionJournal for Arc<Recorded> {
+        fn created(&self, _: &StoredSession) -> Result<(), crate::server::history::HistoryError> {
+            Ok(())
+        }
+        fn progress(
+            &self,
+            key: u64,
+            room: &str,
+            through: u64,
+        ) -> Result<(), crate::server::history::HistoryError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((key, room.to_string(), through));
+            Ok(())
+        }
+        fn ended(&self, _: u64) {}
+    }
+
+    #[test]
+    fn checkpoints_and_stored_events_restore_a_log_after_a_restart() {
+        let journal = Arc::new(Recorded::default());
+        let t0 = Instant::now();
+        let store = SessionStore::durable(
+            Duration::from_secs(120),
+            100,
+            16,
+            Box::new(journal.clone()),
+            Vec::new(),
+            t0,
+        );
+        let first = store.attach(None, EPOCH, || {}, t0);
+        for id in 1..=3 {
+            first.state.log("r").lock().unwrap().record(id, Ok(10 + id));
+        }
+        store.checkpoint();
+        store.checkpoint();
+        let key = first.state.key();
+        assert_eq!(
+            *journal.0.lock().unwrap(),
+            vec![(key, "r".to_string(), 3)],
+            "one checkpoint per change"
+        );
+
+        // The restart: the journal had checkpoint 3; the room's stored
+        // events still show publishes 2 and 4 (4 came after the checkpoint).
+        let stored = StoredSession {
+            key,
+            token: first.state.token().to_string(),
+            progress: vec![("r".to_string(), 3)],
+        };
+        let restarted = SessionStore::durable(
+            Duration::from_secs(120),
+            100,
+            16,
+            Box::new(journal.clone()),
+            vec![stored],
+            t0,
+        );
+        let again = restarted.attach(Some(&resume(first.state.token(), EPOCH)), EPOCH, || {}, t0);
+        assert_eq!(again.outcome, ResumeOutcome::Resumed);
+        let log = again.state.log("r");
+        let mut log = log.lock().unwrap();
+        assert!(log.needs_restore());
+        assert!(!log.copy_may_publish(5), "nothing before the restore");
+        log.restore(&[(4, 14), (2, 12)]);
+        assert_eq!(log.check(1), Seen::Duplicate(None), "before the checkpoint");
+        assert_eq!(log.check(2), Seen::Duplicate(Some(Ok(12))));
+        assert_eq!(log.check(3), Seen::Duplicate(None));
+        assert_eq!(
+            log.check(4),
+            Seen::Duplicate(Some(Ok(14))),
+            "after it, on record"
+        );
+        assert_eq!(log.check(5), Seen::New);
+        assert_eq!(log.through(), 4);
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! Where resumable sessions are kept so that they outlive the process.
 //!
 //! A [`SessionJournal`] records that a session began (its key and resume
-//! token) and that it ended (closed cleanly, or expired). [`FileJournal`]
-//! is the embedded one: an append-only file in the data directory,
-//! rewritten compactly on open and whenever it holds mostly ended sessions.
+//! token), how far its publish log of each room has got (checkpoints, about
+//! once a second), and that it ended (closed cleanly, or expired).
+//! [`FileJournal`] is the embedded one: an append-only file in the data
+//! directory, rewritten compactly on open and whenever it holds mostly
+//! records that no longer count.
 //!
 //! File format (`DIR/sessions`): an 8-byte magic, then records
 //! `u32 LE body_len ‖ u32 LE crc32(body) ‖ body`, where body is
-//! `u8 kind ‖ u64 LE key ‖ token (UTF-8, rest of the body)`; kind 1 =
-//! began, 2 = ended (token empty). A torn tail (a crash in the middle of a
-//! write) is cut off on open.
+//! `u8 kind ‖ u64 LE key ‖ rest`: kind 1 = began (rest: the token, UTF-8),
+//! 2 = ended (rest empty), 3 = progress (rest: `u64 LE through ‖ room
+//! name`). A torn tail (a crash in the middle of a write) is cut off on open.
+//!
+//! The checkpoints bound what a session resumed after a crash must learn
+//! from the rooms' stored events: only what it published after its last
+//! checkpoint (see `resume.rs`).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -23,7 +29,8 @@ use crate::sync::lock;
 const MAGIC: &[u8; 8] = b"QBSESS01";
 const BEGAN: u8 = 1;
 const ENDED: u8 = 2;
-/// Longest record body accepted on open (a token is 32 hex digits).
+const PROGRESS: u8 = 3;
+/// Longest record body accepted on open (a room name is at most 255 bytes).
 const MAX_BODY: usize = 4096;
 
 /// A session as stored: what is needed to resume it after a restart.
@@ -33,12 +40,17 @@ pub struct StoredSession {
     pub key: u64,
     /// The resume token the client presents.
     pub token: String,
+    /// Per room, the highest publish id handled as of the last checkpoint.
+    pub progress: Vec<(String, u64)>,
 }
 
 /// Keeps resumable sessions across restarts.
 pub trait SessionJournal: Send + Sync {
     /// A session began; stored before its `Welcome` is sent.
     fn created(&self, session: &StoredSession) -> Result<(), HistoryError>;
+    /// A checkpoint: the session's publish log of `room` has handled every
+    /// id up to `through`.
+    fn progress(&self, key: u64, room: &str, through: u64) -> Result<(), HistoryError>;
     /// A session ended (closed cleanly, expired or evicted).
     fn ended(&self, key: u64);
 }
@@ -52,9 +64,16 @@ pub struct FileJournal {
 struct JournalState {
     file: File,
     /// Sessions begun and not ended.
-    live: HashMap<u64, String>,
+    live: HashMap<u64, Live>,
     /// Records in the file, for deciding when to compact it.
     records: usize,
+}
+
+/// What the journal holds of one live session.
+#[derive(Debug, Clone, Default)]
+struct Live {
+    token: String,
+    progress: HashMap<String, u64>,
 }
 
 impl FileJournal {
@@ -66,40 +85,48 @@ impl FileJournal {
         let file = rewrite(&path, &live)?;
         let stored = live
             .iter()
-            .map(|(key, token)| StoredSession {
+            .map(|(key, session)| StoredSession {
                 key: *key,
-                token: token.clone(),
+                token: session.token.clone(),
+                progress: session
+                    .progress
+                    .iter()
+                    .map(|(room, through)| (room.clone(), *through))
+                    .collect(),
             })
             .collect();
-        let records = live.len();
+        let records = count_records(&live);
+        let state = JournalState {
+            file,
+            live,
+            records,
+        };
         Ok((
             FileJournal {
                 path,
-                state: Mutex::new(JournalState {
-                    file,
-                    live,
-                    records,
-                }),
+                state: Mutex::new(state),
             },
             stored,
         ))
     }
 
-    fn append(
-        &self,
-        state: &mut JournalState,
-        kind: u8,
-        key: u64,
-        token: &str,
-    ) -> std::io::Result<()> {
-        state.file.write_all(&record(kind, key, token))?;
+    fn append(&self, state: &mut JournalState, record: &[u8]) -> Result<(), HistoryError> {
+        state
+            .file
+            .write_all(record)
+            .map_err(|source| HistoryError::Io {
+                what: "cannot write",
+                path: self.path.clone(),
+                source,
+            })?;
         state.records += 1;
-        // Mostly ended sessions: write the live ones afresh.
-        if state.records > 1024 && state.records > 4 * state.live.len() {
+        // Mostly records that no longer count: write what does afresh.
+        let live = count_records(&state.live);
+        if state.records > 1024 && state.records > 4 * live {
             match rewrite(&self.path, &state.live) {
                 Ok(file) => {
                     state.file = file;
-                    state.records = state.live.len();
+                    state.records = live;
                 }
                 Err(e) => tracing::warn!("cannot compact the session journal: {e}"),
             }
@@ -111,13 +138,27 @@ impl FileJournal {
 impl SessionJournal for FileJournal {
     fn created(&self, session: &StoredSession) -> Result<(), HistoryError> {
         let mut state = lock(&self.state);
-        state.live.insert(session.key, session.token.clone());
-        self.append(&mut state, BEGAN, session.key, &session.token)
-            .map_err(|source| HistoryError::Io {
-                what: "cannot write",
-                path: self.path.clone(),
-                source,
-            })
+        let live = Live {
+            token: session.token.clone(),
+            progress: session.progress.iter().cloned().collect(),
+        };
+        state.live.insert(session.key, live);
+        self.append(
+            &mut state,
+            &record(BEGAN, session.key, session.token.as_bytes()),
+        )
+    }
+
+    fn progress(&self, key: u64, room: &str, through: u64) -> Result<(), HistoryError> {
+        let mut state = lock(&self.state);
+        let Some(live) = state.live.get_mut(&key) else {
+            return Ok(());
+        };
+        live.progress.insert(room.to_string(), through);
+        self.append(
+            &mut state,
+            &record(PROGRESS, key, &progress_rest(through, room)),
+        )
     }
 
     fn ended(&self, key: u64) {
@@ -125,7 +166,7 @@ impl SessionJournal for FileJournal {
         if state.live.remove(&key).is_none() {
             return;
         }
-        if let Err(e) = self.append(&mut state, ENDED, key, "") {
+        if let Err(e) = self.append(&mut state, &record(ENDED, key, &[])) {
             // The session is resumable after a restart once more than it
             // should be; it expires again then.
             tracing::warn!("cannot record the end of a session: {e}");
@@ -133,11 +174,22 @@ impl SessionJournal for FileJournal {
     }
 }
 
-fn record(kind: u8, key: u64, token: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(9 + token.len());
+/// How many records the live sessions take when written afresh.
+fn count_records(live: &HashMap<u64, Live>) -> usize {
+    live.values().map(|s| 1 + s.progress.len()).sum()
+}
+
+fn progress_rest(through: u64, room: &str) -> Vec<u8> {
+    let mut rest = through.to_le_bytes().to_vec();
+    rest.extend_from_slice(room.as_bytes());
+    rest
+}
+
+fn record(kind: u8, key: u64, rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(9 + rest.len());
     body.push(kind);
     body.extend_from_slice(&key.to_le_bytes());
-    body.extend_from_slice(token.as_bytes());
+    body.extend_from_slice(rest);
     let mut out = Vec::with_capacity(8 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -147,7 +199,7 @@ fn record(kind: u8, key: u64, token: &str) -> Vec<u8> {
 
 /// The sessions a journal file holds; a missing file holds none. Reading
 /// stops at the first incomplete or damaged record (a torn tail).
-fn read_live(path: &Path) -> Result<HashMap<u64, String>, HistoryError> {
+fn read_live(path: &Path) -> Result<HashMap<u64, Live>, HistoryError> {
     let io = |what, source| HistoryError::Io {
         what,
         path: path.to_path_buf(),
@@ -167,14 +219,25 @@ fn read_live(path: &Path) -> Result<HashMap<u64, String>, HistoryError> {
             reason: "not a quicbus session journal".into(),
         });
     }
-    let mut live = HashMap::new();
+    let mut live: HashMap<u64, Live> = HashMap::new();
     let mut at = MAGIC.len();
-    while let Some((kind, key, token, next)) = parse(&data, at) {
-        match kind {
-            BEGAN => {
-                live.insert(key, token);
+    while let Some((next, entry)) = parse(&data, at) {
+        match entry {
+            Entry::Began { key, token } => {
+                live.insert(
+                    key,
+                    Live {
+                        token,
+                        progress: HashMap::new(),
+                    },
+                );
             }
-            _ => {
+            Entry::Progress { key, room, through } => {
+                if let Some(session) = live.get_mut(&key) {
+                    session.progress.insert(room, through);
+                }
+            }
+            Entry::Ended { key } => {
                 live.remove(&key);
             }
         }
@@ -190,30 +253,57 @@ fn read_live(path: &Path) -> Result<HashMap<u64, String>, HistoryError> {
     Ok(live)
 }
 
-/// The record at `at`: kind, key, token and where the next one starts.
-fn parse(data: &[u8], at: usize) -> Option<(u8, u64, String, usize)> {
-    let header = data.get(at..at + 8)?;
+/// One record of the journal.
+enum Entry {
+    Began {
+        key: u64,
+        token: String,
+    },
+    Progress {
+        key: u64,
+        room: String,
+        through: u64,
+    },
+    Ended {
+        key: u64,
+    },
+}
+
+/// The record at `at`, and where the next one starts; `None` if it is
+/// incomplete or damaged.
+fn parse(data: &[u8], at: usize) -> Option<(usize, Entry)> {
+    let header = data.get(at..at.checked_add(8)?)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
     if !(9..=MAX_BODY).contains(&len) {
         return None;
     }
-    let body = data.get(at + 8..at + 8 + len)?;
+    let next = at + 8 + len;
+    let body = data.get(at + 8..next)?;
     if crc32fast::hash(body) != crc {
         return None;
     }
-    let kind = body[0];
-    if kind != BEGAN && kind != ENDED {
-        return None;
-    }
     let key = u64::from_le_bytes(body[1..9].try_into().ok()?);
-    let token = String::from_utf8(body[9..].to_vec()).ok()?;
-    Some((kind, key, token, at + 8 + len))
+    let rest = &body[9..];
+    let entry = match body[0] {
+        BEGAN => Entry::Began {
+            key,
+            token: String::from_utf8(rest.to_vec()).ok()?,
+        },
+        PROGRESS => Entry::Progress {
+            key,
+            through: u64::from_le_bytes(rest.get(..8)?.try_into().ok()?),
+            room: String::from_utf8(rest.get(8..)?.to_vec()).ok()?,
+        },
+        ENDED => Entry::Ended { key },
+        _ => return None,
+    };
+    Some((next, entry))
 }
 
 /// Writes the live sessions to a new file that replaces `path` at once
 /// (written aside, synced, renamed), and opens it for appending.
-fn rewrite(path: &Path, live: &HashMap<u64, String>) -> Result<File, HistoryError> {
+fn rewrite(path: &Path, live: &HashMap<u64, Live>) -> Result<File, HistoryError> {
     let io = |what, source| HistoryError::Io {
         what,
         path: path.to_path_buf(),
@@ -221,8 +311,11 @@ fn rewrite(path: &Path, live: &HashMap<u64, String>) -> Result<File, HistoryErro
     };
     let aside = path.with_extension("new");
     let mut data = MAGIC.to_vec();
-    for (key, token) in live {
-        data.extend_from_slice(&record(BEGAN, *key, token));
+    for (key, session) in live {
+        data.extend_from_slice(&record(BEGAN, *key, session.token.as_bytes()));
+        for (room, through) in &session.progress {
+            data.extend_from_slice(&record(PROGRESS, *key, &progress_rest(*through, room)));
+        }
     }
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -246,7 +339,40 @@ mod tests {
         StoredSession {
             key,
             token: format!("token-{key}"),
+            progress: Vec::new(),
         }
+    }
+
+    #[test]
+    fn progress_checkpoints_survive_a_reopen_and_a_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = FileJournal::open(dir.path()).unwrap();
+        journal.created(&session(1)).unwrap();
+        journal.progress(1, "a", 5).unwrap();
+        journal.progress(1, "b", 2).unwrap();
+        journal.progress(1, "a", 9).unwrap();
+        journal.progress(77, "a", 3).unwrap(); // no such session: ignored
+        drop(journal);
+        let (journal, stored) = FileJournal::open(dir.path()).unwrap();
+        let mut progress = stored[0].progress.clone();
+        progress.sort();
+        assert_eq!(progress, vec![("a".to_string(), 9), ("b".to_string(), 2)]);
+        // Enough checkpoints to compact: the newest ones are kept.
+        for through in 10..3000 {
+            journal.progress(1, "a", through).unwrap();
+        }
+        let size = std::fs::metadata(dir.path().join("sessions"))
+            .unwrap()
+            .len();
+        assert!(size < 100_000, "compacted: {size} bytes");
+        drop(journal);
+        let (_, stored) = FileJournal::open(dir.path()).unwrap();
+        let mut progress = stored[0].progress.clone();
+        progress.sort();
+        assert_eq!(
+            progress,
+            vec![("a".to_string(), 2999), ("b".to_string(), 2)]
+        );
     }
 
     #[test]
