@@ -174,9 +174,9 @@ async fn three_publishers_lose_nothing_across_a_crash_and_a_graceful_restart() {
     for room in &rooms {
         sub.join(room).await.unwrap();
     }
-    // The publishers stop at each third until the server has been stopped,
-    // then go on at once: the next third is emitted while the server is
-    // down or coming back (into the outbox), and sent after the reconnect.
+    // Each publisher stops before each third until the server has been
+    // stopped, then goes on at once. The server is stopped halfway through
+    // a third, with events in flight, and events follow every restart.
     let (phase, phases) = tokio::sync::watch::channel(0u64);
     let mut publishers = Vec::new();
     for p in 0..3 {
@@ -193,7 +193,7 @@ async fn three_publishers_lose_nothing_across_a_crash_and_a_graceful_restart() {
                     .unwrap();
                 tick.tick().await;
                 for room in &mine {
-                    client.emit(room, "n", n.to_string()).await.unwrap();
+                    client.emit(room, "n", format!("{room}:{n}")).await.unwrap();
                 }
             }
             // A marker after the last: nothing may come between.
@@ -238,16 +238,18 @@ async fn three_publishers_lose_nothing_across_a_crash_and_a_graceful_restart() {
             ended += 1;
             continue;
         }
-        assert_eq!(text(&e), room.next.to_string(), "room {}", e.room);
+        // The payload names the room it was published to.
+        assert_eq!(text(&e), format!("{}:{}", e.room, room.next));
         room.next += 1;
         received += 1;
-        // A crash a third of the way, a graceful restart at two thirds.
-        if crashes == 0 && received == total / 3 {
+        // A crash in the middle of the first third, a graceful restart in
+        // the middle of the second.
+        if crashes == 0 && received == total / 6 {
             crashes = 1;
             let stopped = server.take().unwrap().kill9().await;
             phase.send_replace(1);
             server = Some(stopped.start().await);
-        } else if crashes == 1 && received == 2 * total / 3 {
+        } else if crashes == 1 && received == total / 2 {
             crashes = 2;
             let stopped = server.take().unwrap().terminate().await;
             phase.send_replace(2);
@@ -255,7 +257,8 @@ async fn three_publishers_lose_nothing_across_a_crash_and_a_graceful_restart() {
         }
     }
     assert_eq!(received, total);
-    assert_eq!(sub.stats().reconnects, 2);
+    // At least once per stop (a slow machine may add one more).
+    assert!(sub.stats().reconnects >= 2);
     for publisher in publishers {
         let client = within("publisher", publisher).await.unwrap();
         assert_eq!(client.outbox_len(), 0);
@@ -345,20 +348,24 @@ async fn serve_until_exit(dir: &Path, data: &Path) -> (i32, String) {
 #[tokio::test]
 async fn a_data_directory_that_cannot_be_used_ends_serve_with_exit_1_and_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::write(&data, b"a file where the directory should be").unwrap();
-    let (code, stderr) = serve_until_exit(dir.path(), &data).await;
-    assert_eq!(code, 1, "{stderr}");
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.starts_with("created development certificates"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(
-        lines[0].starts_with("quicbus: error: data directory"),
-        "{stderr}"
-    );
-    assert!(lines[0].contains(data.to_str().unwrap()), "{stderr}");
+    let file = dir.path().join("data");
+    std::fs::write(&file, b"a file where the directory should be").unwrap();
+    // A file in its place; a directory that cannot be created; one that
+    // exists but cannot be written (even by root: /proc).
+    for data in [file, "/proc/quicbus/data".into(), "/proc".into()] {
+        let (code, stderr) = serve_until_exit(dir.path(), &data).await;
+        assert_eq!(code, 1, "{stderr}");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.starts_with("created development certificates"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].starts_with("quicbus: error: data directory"),
+            "{stderr}"
+        );
+        assert!(lines[0].contains(data.to_str().unwrap()), "{stderr}");
+    }
 }
 
 /// Copies a directory tree (a data directory, to damage the copy).
