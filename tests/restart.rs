@@ -399,11 +399,11 @@ fn segment_of(data: &Path, name: &str) -> std::path::PathBuf {
     panic!("no room {name} in {}", data.display());
 }
 
-/// Byte ranges of the records of a segment: its 16-byte header, then
+/// Byte ranges of the records of a segment: its 20-byte header, then
 /// `u32 length ‖ u32 checksum ‖ body` each.
 fn records(segment: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
-    let mut at = 16;
+    let mut at = 20;
     while at + 8 <= segment.len() {
         let len = u32::from_le_bytes(segment[at..at + 4].try_into().unwrap()) as usize;
         out.push(at..at + 8 + len);

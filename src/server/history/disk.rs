@@ -27,26 +27,43 @@
 //! All integers little-endian.
 //!
 //! ```text
-//! header:  "QBUSLOG" ‖ u8 version (1) ‖ u64 prev
+//! header:  "QBUSLOG" ‖ u8 version (1) ‖ u64 prev ‖ u32 crc32(the 16 bytes before it)
 //! record:  u32 body_len ‖ u32 crc32(body) ‖ body
 //! body:    u64 offset ‖ u64 at_ms ‖ u64 publisher.session ‖ u64 publisher.id ‖ frame
 //! ```
 //!
-//! `prev` is the room's newest offset when the segment was started: once
-//! older segments are deleted, it tells which positions are still covered
-//! without any arithmetic on offsets. Offsets increase strictly within a
-//! room, and `at_ms` never decreases (a clock stepping back is clamped).
-//! A new segment is started when a record would take the active one past
-//! `segment_bytes`.
+//! `prev` is the room's newest offset when the segment was started (so it
+//! is below the segment's offsets): once older segments are deleted, it
+//! tells which positions are still covered without any arithmetic on
+//! offsets. Offsets increase strictly within a room, and `at_ms` never
+//! decreases (a clock stepping back is clamped). A new segment is started
+//! when a record would take the active one past `segment_bytes`.
 //!
 //! # Damage
 //!
-//! Opening a store verifies every record. A bad record at the very end of a
-//! room's last segment is a torn write: it is cut off. A bad record followed
-//! by good ones ends the readable history there: the events before it count
-//! as dropped (a replay from before it is [`Gap::TooShort`]), the events
-//! after it stay readable, and the server starts. Each case is logged with
-//! the room, the file and the byte position, and concerns that room alone.
+//! Opening a store verifies every segment header and every record; only
+//! checksummed records decide which records are in order.
+//!
+//! - A header whose checksum fails, or whose `prev` is not below the
+//!   segment's offsets, is damaged: the segment's records are read all the
+//!   same, and appends go to a new segment. Only what `prev` would have
+//!   told is lost: where it matters (the room's oldest segment, or after
+//!   damage), a replay from before the segment's first record is
+//!   [`Gap::TooShort`].
+//! - Bad bytes at the very end of a room's last segment, with no record
+//!   with a valid checksum after them, are a torn write: cut off (if that
+//!   leaves neither a good header nor a record, the file is moved aside as
+//!   `.damaged`). The search for such records checksums at most 256 MiB;
+//!   past that, nothing is cut.
+//! - Any other bad record ends the readable history there: the events
+//!   before it count as dropped (a replay from before it is
+//!   [`Gap::TooShort`]), and the records after it that follow the earlier
+//!   ones stay readable. Records with a valid checksum that do not (their
+//!   offset or time goes back) are left in the file unread, and count as
+//!   dropped too; appends go to a new segment.
+//!
+//! Either way the server starts. Each case is logged with the room, the
+//! file and the byte position, and concerns that room alone.
 //!
 //! [`Gap::TooShort`]: super::Gap::TooShort
 
@@ -65,10 +82,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{HistoryError, HistoryLimits, HistoryStore, RoomHistory};
+use crate::sync::lock;
 use files::{FileCache, Unsynced};
 use format::room_dir_name;
 use load::{load_or_create_epoch, load_rooms};
@@ -150,7 +168,6 @@ impl Default for DiskOptions {
 pub struct DiskStore {
     epoch: u64,
     shared: Arc<Shared>,
-    rooms: Mutex<Rooms>,
     /// `DIR/lock`, locked for as long as the store is open: two servers
     /// writing one directory would corrupt each other's logs.
     _lock: fs::File,
@@ -162,8 +179,12 @@ struct Shared {
     options: DiskOptions,
     files: FileCache,
     unsynced: Unsynced,
+    rooms: Mutex<Rooms>,
 }
 
+/// The rooms the store knows: those with something on disk, and those with
+/// an open handle. A room with neither is forgotten (by its last handle's
+/// drop), so naming rooms without writing to them leaves nothing behind.
 struct Rooms {
     dir: PathBuf,
     by_name: HashMap<String, Arc<RoomShared>>,
@@ -205,11 +226,13 @@ impl DiskStore {
     ) -> Result<DiskStore, HistoryError> {
         let rooms_dir = dir.join("rooms");
         fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
+        // Locked before anything else is touched: a second server on the
+        // directory is told it is in use, whatever else would fail for it.
+        let dir_lock = lock_dir(dir)?;
         fs::create_dir_all(&rooms_dir).map_err(io_error("creating", &rooms_dir))?;
         let probe = rooms_dir.join(".write-test");
         fs::write(&probe, b"").map_err(io_error("writing in", dir))?;
         fs::remove_file(&probe).map_err(io_error("writing in", dir))?;
-        let lock = lock_dir(dir)?;
         let epoch = load_or_create_epoch(dir)?;
 
         let mut dir_names = Vec::new();
@@ -233,20 +256,54 @@ impl DiskStore {
             rooms.add(name, rooms_dir.join(dir_name), log);
         }
         Ok(DiskStore {
-            _lock: lock,
+            _lock: dir_lock,
             epoch,
             shared: Arc::new(Shared {
                 limits,
                 options,
                 files: FileCache::new(options.max_open_files),
                 unsynced: Unsynced::default(),
+                rooms: Mutex::new(rooms),
             }),
-            rooms: Mutex::new(rooms),
         })
     }
 }
 
 impl Rooms {
+    /// Room `name`, known or new (created on disk by its first append),
+    /// with one more handle counted: under this lock, so that the last
+    /// handle's drop cannot forget it meanwhile.
+    fn open(&mut self, name: &str) -> Arc<RoomShared> {
+        let room = match self.by_name.get(name) {
+            Some(room) => room.clone(),
+            None => {
+                let dir = self.new_dir(name);
+                self.add(name.to_owned(), dir, RoomLog::default())
+            }
+        };
+        room.handles.fetch_add(1, Ordering::Relaxed);
+        room
+    }
+
+    /// Forgets `room`, whose last handle is gone, if nothing of it is on
+    /// disk, and frees its directory name.
+    fn forget_if_unwritten(&mut self, room: &Arc<RoomShared>) {
+        if lock(&room.log).dir_created {
+            return;
+        }
+        if !self
+            .by_name
+            .get(&room.name)
+            .is_some_and(|known| Arc::ptr_eq(known, room))
+        {
+            return;
+        }
+        self.by_name.remove(&room.name);
+        if let Some(dir_name) = room.dir.file_name().and_then(|n| n.to_str()) {
+            self.dir_names.remove(dir_name);
+        }
+    }
+
     fn add(&mut self, name: String, dir: PathBuf, log: RoomLog) -> Arc<RoomShared> {
         self.next_id += 1;
         let room = Arc::new(RoomShared {
@@ -282,35 +339,33 @@ impl HistoryStore for DiskStore {
     }
 
     fn open_room(&self, name: &str) -> Result<Box<dyn RoomHistory>, HistoryError> {
-        let room = {
-            let mut rooms = lock(&self.rooms);
-            match rooms.by_name.get(name) {
-                Some(room) => room.clone(),
-                None => {
-                    // Created on disk by its first append.
-                    let dir = rooms.new_dir(name);
-                    rooms.add(name.to_owned(), dir, RoomLog::default())
-                }
-            }
-        };
+        let room = lock(&self.shared.rooms).open(name);
         Ok(Box::new(DiskRoom::new(room, self.shared.clone())))
     }
 
     fn maintain(&self, now_ms: u64) {
-        let rooms: Vec<_> = lock(&self.rooms).by_name.values().cloned().collect();
+        self.maintain_at(now_ms, Instant::now());
+    }
+
+    fn sync(&self) {
+        self.shared.unsynced.sync_all();
+    }
+}
+
+impl DiskStore {
+    /// `maintain`, with the monotonic clock's `now` too: the bounds go by
+    /// the events' times, the interval fsync by how long ago the oldest
+    /// unsynced write was made.
+    fn maintain_at(&self, now_ms: u64, now: Instant) {
+        let rooms: Vec<_> = lock(&self.shared.rooms).by_name.values().cloned().collect();
         for room in rooms {
             if room.handles.load(Ordering::Relaxed) == 0 {
                 room.trim(&self.shared.limits, now_ms);
             }
         }
         if let FsyncPolicy::Interval(interval) = self.shared.options.fsync {
-            let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-            self.shared.unsynced.sync_if_due(now_ms, interval_ms);
+            self.shared.unsynced.sync_if_due(now, interval);
         }
-    }
-
-    fn sync(&self) {
-        self.shared.unsynced.sync_if_due(u64::MAX, 0);
     }
 }
 
@@ -319,7 +374,7 @@ impl HistoryStore for DiskStore {
 impl Drop for DiskStore {
     fn drop(&mut self) {
         if let FsyncPolicy::Interval(_) = self.shared.options.fsync {
-            self.shared.unsynced.sync_if_due(u64::MAX, 0);
+            self.shared.unsynced.sync_all();
         }
     }
 }
@@ -331,12 +386,6 @@ fn io_error<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) ->
         path: path.to_owned(),
         source,
     }
-}
-
-/// Locks `mutex`, also after a panic elsewhere while it was held: every
-/// update under these locks leaves the state consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

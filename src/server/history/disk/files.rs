@@ -10,9 +10,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::super::HistoryError;
-use super::{io_error, lock};
+use super::io_error;
+use crate::sync::lock;
 
 /// Append handles, one at most per room, least recently used closed first.
 pub struct FileCache {
@@ -108,6 +110,10 @@ impl Cache {
 /// Files and directories written since the last fsync (for
 /// `FsyncPolicy::Interval`). Paths, not handles: a file closed by the cache
 /// is reopened to be synced, and one deleted meanwhile needs nothing.
+///
+/// When a sync is due is measured on the monotonic clock, from the first
+/// write after the last sync: neither the events' times nor a step of the
+/// wall clock can postpone it.
 #[derive(Default)]
 pub struct Unsynced {
     inner: Mutex<UnsyncedPaths>,
@@ -118,14 +124,14 @@ struct UnsyncedPaths {
     files: HashSet<PathBuf>,
     dirs: HashSet<PathBuf>,
     /// When the oldest unsynced write was made.
-    since_ms: Option<u64>,
+    since: Option<Instant>,
 }
 
 impl Unsynced {
-    /// Notes that `path` (a directory if `is_dir`) was written at `at_ms`.
-    pub fn add(&self, path: &Path, is_dir: bool, at_ms: u64) {
+    /// Notes that `path` (a directory if `is_dir`) was just written.
+    pub fn add(&self, path: &Path, is_dir: bool) {
         let mut paths = lock(&self.inner);
-        paths.since_ms.get_or_insert(at_ms);
+        paths.since.get_or_insert_with(Instant::now);
         let set = if is_dir {
             &mut paths.dirs
         } else {
@@ -136,16 +142,25 @@ impl Unsynced {
         }
     }
 
-    /// Syncs everything written, if the oldest write is `interval_ms` old
-    /// at `now_ms`.
-    pub fn sync_if_due(&self, now_ms: u64, interval_ms: u64) {
+    /// Syncs everything written, if the oldest write is `interval` old at
+    /// `now`.
+    pub fn sync_if_due(&self, now: Instant, interval: Duration) {
+        self.sync_where(|since| now.saturating_duration_since(since) >= interval);
+    }
+
+    /// Syncs everything written.
+    pub fn sync_all(&self) {
+        self.sync_where(|_| true);
+    }
+
+    fn sync_where(&self, due: impl FnOnce(Instant) -> bool) {
         let (files, dirs) = {
             let mut paths = lock(&self.inner);
-            match paths.since_ms {
-                Some(since) if now_ms >= since.saturating_add(interval_ms) => {}
+            match paths.since {
+                Some(since) if due(since) => {}
                 _ => return,
             }
-            paths.since_ms = None;
+            paths.since = None;
             (
                 std::mem::take(&mut paths.files),
                 std::mem::take(&mut paths.dirs),

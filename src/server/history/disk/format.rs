@@ -11,8 +11,11 @@ use super::super::{Publisher, Record};
 pub const MAGIC: [u8; 7] = *b"QBUSLOG";
 /// The format version this code writes and reads.
 pub const VERSION: u8 = 1;
-/// Magic, version, and the room's last offset when the segment was started.
-pub const HEADER_LEN: u64 = 16;
+/// Magic, version, the room's last offset when the segment was started,
+/// and the checksum of those 16 bytes.
+pub const HEADER_LEN: u64 = 20;
+/// The header bytes its checksum covers.
+const HEADER_CHECKED: usize = 16;
 /// `body_len` and `crc32(body)` before every body.
 pub const RECORD_HEAD: usize = 8;
 /// Offset, time, publisher session and publish id before the frame.
@@ -27,7 +30,7 @@ pub enum Header {
     Valid { prev: u64 },
     /// Our magic with another version: written by a newer quicbus.
     OtherVersion(u8),
-    /// Not a segment header at all.
+    /// Not a segment header at all, or its checksum fails.
     Damaged,
 }
 
@@ -35,7 +38,9 @@ pub fn encode_header(prev: u64) -> [u8; HEADER_LEN as usize] {
     let mut header = [0u8; HEADER_LEN as usize];
     header[..7].copy_from_slice(&MAGIC);
     header[7] = VERSION;
-    header[8..].copy_from_slice(&prev.to_le_bytes());
+    header[8..HEADER_CHECKED].copy_from_slice(&prev.to_le_bytes());
+    let crc = crc32fast::hash(&header[..HEADER_CHECKED]);
+    header[HEADER_CHECKED..].copy_from_slice(&crc.to_le_bytes());
     header
 }
 
@@ -43,8 +48,20 @@ pub fn decode_header(bytes: &[u8; HEADER_LEN as usize]) -> Header {
     if bytes[..7] != MAGIC {
         return Header::Damaged;
     }
+    let stored = le_u32(&bytes[HEADER_CHECKED..]);
+    let mut checked = [0u8; HEADER_CHECKED];
+    checked.copy_from_slice(&bytes[..HEADER_CHECKED]);
     if bytes[7] != VERSION {
+        // A version 1 header with a flipped bit in its version byte is
+        // damage, not a reason to refuse the whole directory.
+        checked[7] = VERSION;
+        if crc32fast::hash(&checked) == stored {
+            return Header::Damaged;
+        }
         return Header::OtherVersion(bytes[7]);
+    }
+    if crc32fast::hash(&checked) != stored {
+        return Header::Damaged;
     }
     Header::Valid {
         prev: le_u64(&bytes[8..16]),
@@ -192,11 +209,23 @@ mod tests {
     fn headers_and_names_are_what_the_docs_say() {
         let header = encode_header(42);
         assert_eq!(&header[..8], b"QBUSLOG\x01");
+        assert_eq!(&header[8..16], &42u64.to_le_bytes());
+        assert_eq!(&header[16..], &crc32fast::hash(&header[..16]).to_le_bytes());
         assert_eq!(decode_header(&header), Header::Valid { prev: 42 });
-        let mut newer = header;
+        for byte in 8..20 {
+            let mut flipped = header;
+            flipped[byte] ^= 0x10;
+            assert_eq!(decode_header(&flipped), Header::Damaged, "byte {byte}");
+        }
+        let mut flipped_version = header;
+        flipped_version[7] ^= 0x10;
+        assert_eq!(decode_header(&flipped_version), Header::Damaged);
+        // A newer version's header (whatever it holds after the version).
+        let mut newer = [0xa5; HEADER_LEN as usize];
+        newer[..7].copy_from_slice(&MAGIC);
         newer[7] = 2;
         assert_eq!(decode_header(&newer), Header::OtherVersion(2));
-        assert_eq!(decode_header(&[0; 16]), Header::Damaged);
+        assert_eq!(decode_header(&[0; HEADER_LEN as usize]), Header::Damaged);
         assert_eq!(
             segment_path(Path::new("r"), 1),
             Path::new("r/00000000000000000001.log")

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::super::memory::new_epoch;
 use super::super::{now_ms, HistoryError};
-use super::format::{segment_base, segment_path, Header};
+use super::format::{segment_base, segment_path};
 use super::room::RoomLog;
 use super::segment::{verify, Last, Place};
 use super::{files, io_error};
@@ -119,8 +119,13 @@ fn load_room(
         dir_created: true,
         ..RoomLog::default()
     };
+    // Ordering is checked against checksummed records only; the newest
+    // offset known also counts what headers say.
     let mut last = Last::default();
-    let mut after_damage = false;
+    let mut newest = 0u64;
+    // Whether what precedes the next segment is unknown: nothing is before
+    // the first one (deleted segments), nor after damage to a segment's end.
+    let mut unsure = true;
     for (i, &base) in bases.iter().enumerate() {
         let path = segment_path(&dir, base);
         let place = Place {
@@ -131,30 +136,46 @@ fn load_room(
         let Some(found) = verify(&place, base, last, now_ms, buf)? else {
             continue;
         };
-        if let Header::Valid { prev } = found.header {
-            // The first segment's `prev` covers the segments deleted before
-            // it; after damage to the end of a segment, so does the next's.
-            if log.segments.is_empty() || after_damage {
-                log.floor = log.floor.max(prev);
+        let seg = &found.segment;
+        match found.prev {
+            Some(prev) => {
+                if unsure {
+                    log.floor = log.floor.max(prev);
+                }
+                newest = newest.max(prev);
             }
-            last.offset = last.offset.max(prev);
+            // Without its `prev`, a replay from before its first record
+            // may have missed something.
+            None if unsure && seg.count > 0 => {
+                log.floor = log.floor.max(seg.first_offset.saturating_sub(1));
+            }
+            None => {}
         }
         if let Some(floor) = found.damage_floor {
             log.floor = log.floor.max(floor);
         }
-        after_damage = found.damaged_to_end;
+        unsure = found.damaged_to_end || (unsure && found.prev.is_none() && seg.count == 0);
         last = Last {
             offset: last.offset.max(found.last.offset),
             at_ms: last.at_ms.max(found.last.at_ms),
         };
+        newest = newest
+            .max(found.last.offset)
+            .max(found.stray_offset.unwrap_or(0));
+        log.roll_next = found.damaged_to_end;
         log.segments.push(found.segment);
+    }
+    if unsure {
+        // Damage ran to the end of the history, or no header said what came
+        // before the records: nothing before the newest offset is covered.
+        log.floor = log.floor.max(newest);
     }
     for seg in &mut log.segments {
         if seg.count > 0 && seg.last_offset <= log.floor {
             seg.clear();
         }
     }
-    log.last_offset = last.offset.max(log.floor);
+    log.last_offset = newest.max(log.floor);
     log.last_at_ms = last.at_ms;
     Ok(Some((name, log)))
 }

@@ -7,6 +7,9 @@
 //! Deleting files is coarser: a segment goes when every event in it is
 //! outside the bounds, and the newest one always stays, so the room's last
 //! offset is never lost.
+//!
+//! `stats` deletes nothing and, unlike a replay, mostly reads nothing: see
+//! [`DiskRoom`]'s `stats`.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -22,7 +25,8 @@ use super::format::{
 };
 use super::replay::{DiskReplay, Part};
 use super::segment::{for_each_record, Segment, INDEX_STRIDE};
-use super::{files, io_error, lock, FsyncPolicy, Shared, OPEN_CHUNK, PUBLISHES_SCAN_BYTES};
+use super::{files, io_error, FsyncPolicy, Shared, OPEN_CHUNK, PUBLISHES_SCAN_BYTES};
+use crate::sync::lock;
 
 /// Bytes read at a time when scanning part of a segment.
 const SCAN_CHUNK: usize = INDEX_STRIDE as usize + 4096;
@@ -41,9 +45,12 @@ pub struct RoomLog {
     pub floor: u64,
     /// Whether the room's directory and name file exist.
     pub dir_created: bool,
-    /// A failed write may have left bytes behind in the active segment:
-    /// the next append starts a new one.
+    /// A failed write may have left bytes behind in the active segment
+    /// (or damage was found at its end): the next append starts a new one.
     pub roll_next: bool,
+    /// The last `stats` answer and the time it was for, while no append or
+    /// deleted segment has changed it.
+    pub stats_cache: Option<(u64, HistoryStats)>,
 }
 
 /// The events after a position, found by [`RoomLog::locate`].
@@ -95,6 +102,9 @@ impl RoomLog {
 
     /// Forgets the `n` oldest segments, whose files are gone.
     pub fn forget_oldest(&mut self, n: usize) {
+        if n > 0 {
+            self.stats_cache = None;
+        }
         for seg in self.segments.drain(..n) {
             if seg.count > 0 {
                 self.floor = self.floor.max(seg.last_offset);
@@ -154,8 +164,23 @@ impl RoomLog {
         }))
     }
 
+    /// The cached `stats` answer, if it still holds at `now_ms`: the run
+    /// of newest events it counts stays within the bounds until its oldest
+    /// event ages out, and no longer run can come back into them later.
+    pub fn cached_stats(&self, limits: &HistoryLimits, now_ms: u64) -> Option<HistoryStats> {
+        let (at_ms, stats) = self.stats_cache?;
+        let holds = now_ms >= at_ms
+            && stats.oldest_ms.is_none_or(|oldest| {
+                Duration::from_millis(now_ms.saturating_sub(oldest)) <= limits.max_age
+            });
+        holds.then_some(stats)
+    }
+
     /// What a replay from before every event could return at `now_ms`: the
-    /// longest run of newest events within the bounds.
+    /// longest run of newest events within the bounds. Reads a file only
+    /// where the bounds end inside a segment (after its first record): from
+    /// the last index point outside them to the first record within, at
+    /// most [`INDEX_STRIDE`] bytes and a record.
     pub fn retained(
         &self,
         dir: &Path,
@@ -254,8 +279,9 @@ pub struct DiskRoom {
 }
 
 impl DiskRoom {
+    /// A handle on `room`, already counted in its `handles` (by
+    /// `Rooms::open`, under the table's lock).
     pub fn new(room: Arc<RoomShared>, shared: Arc<Shared>) -> Self {
-        room.handles.fetch_add(1, Ordering::Relaxed);
         DiskRoom {
             room,
             shared,
@@ -264,32 +290,37 @@ impl DiskRoom {
     }
 }
 
+/// The last handle of a room with nothing on disk takes it out of the
+/// store's table: naming a room and never writing to it costs nothing.
 impl Drop for DiskRoom {
     fn drop(&mut self) {
-        self.room.handles.fetch_sub(1, Ordering::Relaxed);
+        // Under the table's lock, like the count's increments.
+        let mut rooms = lock(&self.shared.rooms);
+        if self.room.handles.fetch_sub(1, Ordering::Relaxed) == 1 {
+            rooms.forget_if_unwritten(&self.room);
+        }
     }
 }
 
 impl DiskRoom {
     /// Creates the room's directory and name file.
-    fn create_dir(&self, at_ms: u64) -> Result<(), HistoryError> {
+    fn create_dir(&self) -> Result<(), HistoryError> {
         let dir = &self.room.dir;
         fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
         let tmp = dir.join("name.tmp");
         fs::write(&tmp, self.room.name.as_bytes()).map_err(io_error("writing", &tmp))?;
         let name = dir.join("name");
         fs::rename(&tmp, &name).map_err(io_error("writing", &name))?;
-        self.made(&name, false, at_ms)?;
-        self.made(dir, true, at_ms)?;
+        self.made(&name, false)?;
+        self.made(dir, true)?;
         if let Some(rooms_dir) = dir.parent() {
-            self.made(rooms_dir, true, at_ms)?;
+            self.made(rooms_dir, true)?;
         }
         Ok(())
     }
 
-    /// Starts a new segment whose first record (of time `at_ms`) has
-    /// offset `base`.
-    fn start_segment(&self, log: &mut RoomLog, base: u64, at_ms: u64) -> Result<(), HistoryError> {
+    /// Starts a new segment whose first record has offset `base`.
+    fn start_segment(&self, log: &mut RoomLog, base: u64) -> Result<(), HistoryError> {
         let path = segment_path(&self.room.dir, base);
         let mut file = OpenOptions::new()
             .append(true)
@@ -299,8 +330,8 @@ impl DiskRoom {
         let started = file
             .write_all(&encode_header(log.last_offset))
             .map_err(io_error("writing", &path))
-            .and_then(|()| self.made(&path, false, at_ms))
-            .and_then(|()| self.made(&self.room.dir, true, at_ms));
+            .and_then(|()| self.made(&path, false))
+            .and_then(|()| self.made(&self.room.dir, true));
         if let Err(e) = started {
             // Not a segment yet: the next attempt creates it anew.
             let _ = fs::remove_file(&path);
@@ -313,13 +344,12 @@ impl DiskRoom {
         Ok(())
     }
 
-    /// Makes a new file or directory entry (made at `at_ms`) durable as the
-    /// policy says.
-    fn made(&self, path: &Path, is_dir: bool, at_ms: u64) -> Result<(), HistoryError> {
+    /// Makes a new file or directory entry durable as the policy says.
+    fn made(&self, path: &Path, is_dir: bool) -> Result<(), HistoryError> {
         match self.shared.options.fsync {
             FsyncPolicy::Always => files::sync(path, is_dir).map_err(io_error("syncing", path)),
             FsyncPolicy::Interval(_) => {
-                self.shared.unsynced.add(path, is_dir, at_ms);
+                self.shared.unsynced.add(path, is_dir);
                 Ok(())
             }
             FsyncPolicy::Never => Ok(()),
@@ -356,7 +386,7 @@ impl RoomHistory for DiskRoom {
         let len = self.buf.len() as u64;
 
         if !log.dir_created {
-            self.create_dir(at_ms)?;
+            self.create_dir()?;
             log.dir_created = true;
         }
         let roll = match log.segments.last() {
@@ -364,11 +394,12 @@ impl RoomHistory for DiskRoom {
             Some(seg) => {
                 log.roll_next
                     || !seg.header_ok
-                    || (seg.count > 0 && seg.len + len > self.shared.options.segment_bytes)
+                    || (seg.count > 0
+                        && seg.len.saturating_add(len) > self.shared.options.segment_bytes)
             }
         };
         if roll {
-            self.start_segment(&mut log, record.offset, at_ms)?;
+            self.start_segment(&mut log, record.offset)?;
         }
         let Some(seg) = log.segments.last_mut() else {
             return Err(HistoryError::Format {
@@ -385,7 +416,7 @@ impl RoomHistory for DiskRoom {
                 .and_then(|()| match self.shared.options.fsync {
                     FsyncPolicy::Always => file.sync_data(),
                     FsyncPolicy::Interval(_) => {
-                        self.shared.unsynced.add(&path, false, at_ms);
+                        self.shared.unsynced.add(&path, false);
                         Ok(())
                     }
                     FsyncPolicy::Never => Ok(()),
@@ -409,6 +440,7 @@ impl RoomHistory for DiskRoom {
         );
         log.last_offset = record.offset;
         log.last_at_ms = at_ms;
+        log.stats_cache = None;
         if roll && log.segments.len() > 1 {
             drop(log);
             self.room.trim(&self.shared.limits, at_ms);
@@ -469,11 +501,23 @@ impl RoomHistory for DiskRoom {
         self.room.trim(&self.shared.limits, now_ms);
     }
 
+    /// The same answer as after trimming at `now_ms`, but nothing is
+    /// deleted (the backplane asks every idle room while it holds its
+    /// table's lock). Answered from the segments' metadata; a file is read
+    /// only where the bounds end inside a segment (see
+    /// [`RoomLog::retained`]), and that answer is kept until an append, a
+    /// trim that deletes a segment, the ageing out of its oldest event, or
+    /// a `now_ms` before it.
     fn stats(&mut self, now_ms: u64) -> HistoryStats {
-        self.room.trim(&self.shared.limits, now_ms);
-        let log = lock(&self.room.log);
+        let mut log = lock(&self.room.log);
+        if let Some(stats) = log.cached_stats(&self.shared.limits, now_ms) {
+            return stats;
+        }
         match log.retained(&self.room.dir, &self.shared.limits, now_ms) {
-            Ok(stats) => stats,
+            Ok(stats) => {
+                log.stats_cache = Some((now_ms, stats));
+                stats
+            }
             Err(e) => {
                 tracing::warn!(room = self.room.name, error = %e, "could not read history for its stats");
                 HistoryStats::default()

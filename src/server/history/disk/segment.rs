@@ -24,6 +24,10 @@ pub const INDEX_STRIDE: u64 = 64 * 1024;
 /// for garbage.
 const MAX_CLOCK_SKEW_MS: u64 = 24 * 3600 * 1000;
 
+/// Most bytes checksummed when looking for good records after damage at
+/// the end of a room's history; past it, the damage is not cut off.
+const TAIL_CHECK_BYTES: u64 = 256 * 1024 * 1024;
+
 /// A record the index can start a scan at.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexPoint {
@@ -83,7 +87,7 @@ impl Segment {
         if self
             .index
             .last()
-            .is_none_or(|p| pos >= p.pos + INDEX_STRIDE)
+            .is_none_or(|p| pos >= p.pos.saturating_add(INDEX_STRIDE))
         {
             self.index.push(IndexPoint {
                 offset: head.offset,
@@ -102,7 +106,7 @@ impl Segment {
         self.last_offset = head.offset;
         self.last_at_ms = head.at_ms;
         self.last_frame_len = head.frame_len;
-        self.len = pos + head.record_len;
+        self.len = pos.saturating_add(head.record_len);
     }
 
     /// Nothing in it is readable any more (it is older than damage).
@@ -152,12 +156,13 @@ pub fn for_each_record(
         if !each(pos, &head) {
             break;
         }
-        pos += head.record_len;
+        pos = pos.saturating_add(head.record_len);
     }
     Ok(())
 }
 
 /// The newest record accepted so far, which the next one must follow.
+/// Only checksummed records move it: a header's `prev` never does.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Last {
     pub offset: u64,
@@ -167,13 +172,20 @@ pub struct Last {
 /// What [`verify`] found in a segment.
 #[derive(Debug)]
 pub struct Verified {
-    pub header: Header,
+    /// What its header says came before it; `None` if the header is
+    /// damaged (its checksum fails, or `prev` is not before the segment).
+    pub prev: Option<u64>,
     /// Its readable records (after the last damage in it).
     pub segment: Segment,
     /// The newest offset that damage inside this segment may have taken.
     pub damage_floor: Option<u64>,
-    /// Damage runs to the end of the file (not the room's last segment).
+    /// Damage runs to the end of the file: not cut off, because the file
+    /// is not the room's last segment or has good records after the
+    /// damage that do not follow the others. Appends go to a new segment.
     pub damaged_to_end: bool,
+    /// The newest offset of the checksummed records found after damage
+    /// that runs to the end (they are kept on disk, not read).
+    pub stray_offset: Option<u64>,
     pub last: Last,
 }
 
@@ -184,11 +196,13 @@ pub struct Place<'a> {
     pub is_last: bool,
 }
 
-/// Checks every record of a segment: its length, its checksum, and that
-/// offsets and times never go back. After a bad record it steps forward
-/// byte by byte until a record is good again; everything before that is
-/// lost. Damage at the end of the room's last segment is a torn write,
-/// cut off. `Ok(None)`: the file held nothing and is gone.
+/// Checks a segment's header and every record: its length, its checksum,
+/// and that offsets and times never go back. After a bad record it steps
+/// forward byte by byte until a record is good again; everything before
+/// that is lost. Damage at the end of the room's last segment is a torn
+/// write, cut off, but only if no record with a valid checksum follows it.
+/// A damaged header loses only its `prev`. `Ok(None)`: the file held
+/// nothing and is gone (removed, or moved aside).
 pub fn verify(
     place: &Place,
     base: u64,
@@ -217,9 +231,9 @@ pub fn verify(
         Ok(None) => Header::Damaged,
         Err(e) => return Err(io_error("reading", path)(e)),
     };
-    let prev = match header {
-        Header::Valid { prev } => prev,
-        Header::Damaged => 0,
+    let mut prev = match header {
+        Header::Valid { prev } => Some(prev),
+        Header::Damaged => None,
         Header::OtherVersion(version) => {
             return Err(HistoryError::Format {
                 path: path.to_owned(),
@@ -227,12 +241,9 @@ pub fn verify(
             })
         }
     };
-    let new_segment = |start| Segment {
-        header_ok: matches!(header, Header::Valid { .. }),
-        ..Segment::new(base, prev, start)
-    };
-    let mut segment = new_segment(HEADER_LEN);
-    let mut damaged_at = (header == Header::Damaged).then_some(0);
+    let mut segment = Segment::new(base, 0, HEADER_LEN);
+    let mut first_offset = None;
+    let mut damaged_at = None;
     let mut damage_floor = None;
     let mut pos = HEADER_LEN;
     while pos < file_len {
@@ -243,14 +254,15 @@ pub fn verify(
                 if let Some(at) = damaged_at.take() {
                     tracing::warn!(room = place.room, file = %path.display(), position = at, readable_from = pos, "damaged history: the events before this point are dropped");
                     damage_floor = Some(head.offset.saturating_sub(1));
-                    segment = new_segment(pos);
+                    segment = Segment::new(base, 0, pos);
                 }
+                first_offset.get_or_insert(head.offset);
                 segment.push(&head, pos);
                 last = Last {
                     offset: head.offset,
                     at_ms: head.at_ms,
                 };
-                pos += head.record_len;
+                pos = pos.saturating_add(head.record_len);
             }
             None => {
                 damaged_at.get_or_insert(pos);
@@ -258,17 +270,34 @@ pub fn verify(
             }
         }
     }
+    // `prev` is the newest offset before the segment: before its name's
+    // offset and before its first record's.
+    if prev.is_some_and(|p| p >= base || first_offset.is_some_and(|first| p >= first)) {
+        prev = None;
+    }
+    if prev.is_none() {
+        tracing::warn!(room = place.room, file = %path.display(), "damaged segment header: its records are read, what it said came before them is not known");
+    }
+    let tail = match damaged_at {
+        Some(at) if place.is_last => {
+            Some(checksummed_records(&mut window, at).map_err(io_error("reading", path))?)
+        }
+        _ => None,
+    };
     *buf = window.into_buf();
     drop(file);
+
     let mut damaged_to_end = false;
-    match damaged_at {
-        Some(0) if place.is_last => {
+    let mut stray_offset = None;
+    match (damaged_at, tail) {
+        (None, _) => {}
+        (Some(at), Some(Tail::Clean)) if prev.is_none() && segment.count == 0 => {
             let aside = path.with_extension("damaged");
-            tracing::warn!(room = place.room, file = %path.display(), moved_to = %aside.display(), "segment unreadable from its header on; moved aside");
+            tracing::warn!(room = place.room, file = %path.display(), position = at, moved_to = %aside.display(), "segment without a readable header or record; moved aside");
             std::fs::rename(path, &aside).map_err(io_error("moving aside", path))?;
             return Ok(None);
         }
-        Some(at) if place.is_last => {
+        (Some(at), Some(Tail::Clean)) => {
             tracing::warn!(room = place.room, file = %path.display(), position = at, "torn write at the end of the history; cut off");
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -277,19 +306,83 @@ pub fn verify(
             file.set_len(at).map_err(io_error("truncating", path))?;
             segment.len = at;
         }
-        Some(at) => {
+        (Some(at), Some(Tail::Records { newest })) => {
+            tracing::warn!(room = place.room, file = %path.display(), position = at, "damaged history followed by records that do not follow it: the events before them are dropped, the file is kept as it is");
+            damaged_to_end = true;
+            stray_offset = newest;
+        }
+        (Some(at), None) => {
             tracing::warn!(room = place.room, file = %path.display(), position = at, "damaged history up to the end of this segment: the events before the next segment are dropped");
             damaged_to_end = true;
         }
-        None => {}
     }
+    segment.prev = prev.unwrap_or(0);
+    segment.header_ok = prev.is_some();
     Ok(Some(Verified {
-        header,
+        prev,
         segment,
         damage_floor,
         damaged_to_end,
+        stray_offset,
         last,
     }))
+}
+
+/// Whether damage that runs to the end of a file may be cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// No record with a valid checksum starts after the damage.
+    Clean,
+    /// Some do (the newest offset among them, if all were looked at): they
+    /// are not a torn write.
+    Records { newest: Option<u64> },
+}
+
+/// Looks for records with a valid checksum anywhere in the window from
+/// `from` on, whatever their offsets and times. Checksumming more than
+/// [`TAIL_CHECK_BYTES`] gives up, taken as "there may be some".
+fn checksummed_records(window: &mut Window, from: u64) -> io::Result<Tail> {
+    let mut budget = TAIL_CHECK_BYTES;
+    let mut found = false;
+    let mut newest: Option<u64> = None;
+    let mut pos = from;
+    while pos < window.end() {
+        let Some(head) = head_at(window, pos)? else {
+            pos += 1;
+            continue;
+        };
+        if head.record_len > budget {
+            return Ok(Tail::Records { newest: None });
+        }
+        budget -= head.record_len;
+        if checksum_ok(window, pos, head.record_len)? {
+            found = true;
+            newest = Some(newest.map_or(head.offset, |n| n.max(head.offset)));
+            pos = pos.saturating_add(head.record_len);
+        } else {
+            pos += 1;
+        }
+    }
+    Ok(if found {
+        Tail::Records { newest }
+    } else {
+        Tail::Clean
+    })
+}
+
+/// The head of a record that could start at `pos`: its length possible,
+/// and the whole record inside the window.
+fn head_at(window: &mut Window, pos: u64) -> io::Result<Option<RecordHead>> {
+    let Some(fixed) = window.get(pos, RECORD_HEAD + BODY_FIXED)? else {
+        return Ok(None);
+    };
+    let Some(head) = parse_head(fixed) else {
+        return Ok(None);
+    };
+    let fits = pos
+        .checked_add(head.record_len)
+        .is_some_and(|end| end <= window.end());
+    Ok(fits.then_some(head))
 }
 
 /// The record at `pos` if it is whole, its checksum right, and it follows
@@ -302,37 +395,36 @@ fn check_record(
     resync: bool,
     now_ms: u64,
 ) -> io::Result<Option<RecordHead>> {
-    let Some(fixed) = window.get(pos, RECORD_HEAD + BODY_FIXED)? else {
+    let Some(head) = head_at(window, pos)? else {
         return Ok(None);
     };
-    let Some(head) = parse_head(fixed) else {
-        return Ok(None);
-    };
-    let len = head.record_len;
     if head.offset <= last.offset || head.at_ms < last.at_ms {
         return Ok(None);
     }
     if resync && head.at_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
         return Ok(None);
     }
+    Ok(checksum_ok(window, pos, head.record_len)?.then_some(head))
+}
+
+/// Whether the body of the record at `pos`, `len` bytes long in all (and
+/// inside the window), has the checksum its head says.
+fn checksum_ok(window: &mut Window, pos: u64, len: u64) -> io::Result<bool> {
+    let Some(fixed) = window.get(pos, RECORD_HEAD)? else {
+        return Ok(false);
+    };
     let expected = stored_crc(fixed);
-    if pos.checked_add(len).is_none_or(|end| end > window.end()) {
-        return Ok(None);
-    }
     // Checksum the body chunk by chunk: a long record needs no long buffer.
     let mut hasher = crc32fast::Hasher::new();
-    let mut at = pos + RECORD_HEAD as u64;
-    let end = pos + len;
+    let mut at = pos.saturating_add(RECORD_HEAD as u64);
+    let end = pos.saturating_add(len);
     while at < end {
         let n = (end - at).min(OPEN_CHUNK as u64) as usize;
         let Some(bytes) = window.get(at, n)? else {
-            return Ok(None);
+            return Ok(false);
         };
         hasher.update(bytes);
         at += n as u64;
     }
-    if hasher.finalize() != expected {
-        return Ok(None);
-    }
-    Ok(Some(head))
+    Ok(hasher.finalize() == expected)
 }

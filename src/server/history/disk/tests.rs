@@ -13,6 +13,7 @@ use super::super::{Gap, Publisher, Record};
 use super::format::{self, room_dir_name, segment_base, BODY_FIXED, HEADER_LEN, RECORD_HEAD};
 use super::segment::for_each_record;
 use super::*;
+use crate::server::history::HistoryStats;
 
 fn small_segments() -> DiskOptions {
     DiskOptions {
@@ -346,10 +347,42 @@ fn interval_fsync_happens_in_maintain_once_due() {
     let store = open(dir.path(), limits(100, 60, 1 << 20), options);
     let mut room = store.open_room("r").unwrap();
     room.append(record(1, T0)).unwrap();
+    let written = Instant::now();
     assert!(store.shared.unsynced.pending() > 0);
-    store.maintain(T0 + 999);
+    store.maintain_at(T0, written);
     assert!(store.shared.unsynced.pending() > 0, "not due yet");
-    store.maintain(T0 + 1_000);
+    store.maintain_at(T0, written + Duration::from_secs(1));
+    assert_eq!(store.shared.unsynced.pending(), 0);
+}
+
+#[test]
+fn interval_fsync_is_not_postponed_by_the_events_times() {
+    // Events from a clock a day ahead, then one that stepped back: neither
+    // moves when the writes are due.
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
+        ..DiskOptions::default()
+    };
+    let store = open(dir.path(), limits(100, 60, 1 << 20), options);
+    let mut room = store.open_room("r").unwrap();
+    let wall = crate::server::history::now_ms();
+    room.append(record(1, wall + DAY_MS)).unwrap();
+    room.append(record(2, wall - DAY_MS)).unwrap();
+    let written = Instant::now();
+    store.maintain_at(wall, written + Duration::from_secs(1));
+    assert_eq!(
+        store.shared.unsynced.pending(),
+        0,
+        "synced within the interval"
+    );
+    // The same after the wall clock stepped back a day.
+    room.append(record(3, wall)).unwrap();
+    let written = Instant::now();
+    store.maintain_at(wall - DAY_MS, written + Duration::from_millis(999));
+    assert!(store.shared.unsynced.pending() > 0, "not due yet");
+    store.maintain_at(wall - DAY_MS, written + Duration::from_secs(1));
     assert_eq!(store.shared.unsynced.pending(), 0);
 }
 
@@ -420,10 +453,199 @@ fn a_segment_from_a_newer_version_is_a_format_error() {
     fill(dir.path(), DiskOptions::default(), "r", 3);
     let path = segments(dir.path(), "r").pop().unwrap();
     let mut bytes = fs::read(&path).unwrap();
+    // A newer version's header: not a version 1 header with a flipped bit.
     bytes[7] = format::VERSION + 1;
+    let crc = crc32fast::hash(&bytes[..16]);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
     fs::write(&path, bytes).unwrap();
     let result = DiskStore::open(dir.path(), HistoryLimits::default(), DiskOptions::default());
     assert!(matches!(result, Err(HistoryError::Format { path: p, .. }) if p == path));
+}
+
+/// The lengths of the files in `paths`.
+fn lengths(paths: &[PathBuf]) -> Vec<u64> {
+    paths
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect()
+}
+
+#[test]
+fn a_damaged_segment_header_loses_no_records() {
+    // A flipped bit in `prev`, or a checksummed `prev` that is not below
+    // the segment's offsets, in the oldest, a middle or the newest segment.
+    // It used to make the later segments' records look out of order (and
+    // the newest one's were cut off as a torn tail).
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    for which in ["oldest", "middle", "newest"] {
+        for damage in ["flipped bit", "prev after the segment"] {
+            let case = format!("{damage} in the {which} segment");
+            let dir = tempfile::tempdir().unwrap();
+            fill(dir.path(), small_segments(), "r", 20);
+            let files = segments(dir.path(), "r");
+            assert!(files.len() >= 3, "{files:?}");
+            let path = match which {
+                "oldest" => &files[0],
+                "middle" => &files[files.len() - 2],
+                _ => &files[files.len() - 1],
+            };
+            if damage == "flipped bit" {
+                flip(path, 15); // The top byte of `prev`.
+            } else {
+                let mut bytes = fs::read(path).unwrap();
+                bytes[..HEADER_LEN as usize].copy_from_slice(&format::encode_header(u64::MAX));
+                fs::write(path, bytes).unwrap();
+            }
+            let before = lengths(&files);
+
+            let (store, mut room) = reopen_room(dir.path(), small_segments(), "r");
+            assert_eq!(lengths(&files), before, "{case}: nothing cut off");
+            assert_eq!(room.last_offset(), 20, "{case}");
+            assert_eq!(
+                replayed(&mut *room, 0, T0),
+                Ok((1..=20).collect()),
+                "{case}"
+            );
+            assert_eq!(room.stats(T0).events, 20, "{case}");
+            room.append(record(21, T0)).unwrap();
+            drop((room, store));
+            let (_store, mut room) = reopen_room(dir.path(), small_segments(), "r");
+            assert_eq!(
+                replayed(&mut *room, 0, T0),
+                Ok((1..=21).collect()),
+                "{case}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_tail_with_a_good_record_after_damage_is_not_cut() {
+    // Garbage, then a checksummed record that does not follow the others
+    // (a copy of record 3), at the end of the room's only segment.
+    for options in [DiskOptions::default(), small_segments()] {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path(), options, "r", 5);
+        let path = segments(dir.path(), "r").pop().unwrap();
+        let first = segments(dir.path(), "r")[0].clone();
+        let copy = {
+            let bytes = fs::read(&first).unwrap();
+            let at = position_of(&first, 3) as usize;
+            let len = RECORD_HEAD + BODY_FIXED + 8;
+            bytes[at..at + len].to_vec()
+        };
+        {
+            let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            file.write_all(&[0x5a; 37]).unwrap();
+            file.write_all(&copy).unwrap();
+        }
+        let len = fs::metadata(&path).unwrap().len();
+        let (store, mut room) = reopen_room(dir.path(), options, "r");
+        assert_eq!(fs::metadata(&path).unwrap().len(), len, "nothing cut off");
+        assert_eq!(room.last_offset(), 5);
+        // Damage in the middle: the events before it count as dropped.
+        assert_eq!(replayed(&mut *room, 4, T0), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *room, 5, T0), Ok(vec![]));
+        assert_eq!(room.stats(T0).events, 0);
+        room.append(record(6, T0)).unwrap();
+        drop((room, store));
+        let (_store, mut room) = reopen_room(dir.path(), options, "r");
+        assert_eq!(replayed(&mut *room, 5, T0), Ok(vec![6]));
+        assert_eq!(replayed(&mut *room, 4, T0), Err(Gap::TooShort));
+    }
+}
+
+#[test]
+fn offsets_at_the_top_of_the_range_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), limits(100, 60, 1 << 20), small_segments());
+        let mut room = store.open_room("r").unwrap();
+        append_all(&mut *room, [u64::MAX - 1, u64::MAX], T0);
+    }
+    let (_store, mut room) = reopen_room(dir.path(), small_segments(), "r");
+    assert_eq!(room.last_offset(), u64::MAX);
+    assert_eq!(replayed(&mut *room, u64::MAX - 1, T0), Ok(vec![u64::MAX]));
+    assert_eq!(
+        replayed(&mut *room, 0, T0),
+        Ok(vec![u64::MAX - 1, u64::MAX])
+    );
+}
+
+#[test]
+fn rooms_named_but_never_written_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), limits(100, 60, 1 << 20), small_segments());
+    let table = || {
+        let rooms = lock(&store.shared.rooms);
+        (rooms.by_name.len(), rooms.dir_names.len())
+    };
+    let held = store.open_room("held").unwrap();
+    let twice = store.open_room("twice").unwrap();
+    drop(store.open_room("twice").unwrap());
+    append_all(&mut *store.open_room("written").unwrap(), 1..=3, T0);
+    for i in 0..1_000_000 {
+        drop(store.open_room(&format!("room-{i}")).unwrap());
+    }
+    assert_eq!(table(), (3, 3), "held, twice and written");
+    drop((held, twice));
+    store.maintain(T0);
+    assert_eq!(table(), (1, 1), "written");
+    let on_disk = fs::read_dir(dir.path().join("rooms")).unwrap().count();
+    assert_eq!(on_disk, 1);
+
+    // Named again, a forgotten room starts empty and a written one goes on.
+    let mut again = store.open_room("room-7").unwrap();
+    assert_eq!(again.last_offset(), 0);
+    again.append(tagged("room-7", 1)).unwrap();
+    let mut written = store.open_room("written").unwrap();
+    assert_eq!(replayed(&mut *written, 0, T0), Ok(vec![1, 2, 3]));
+    drop((again, written, store));
+    let (_store, mut room) = reopen_room(dir.path(), small_segments(), "room-7");
+    let replay = room.replay(0, T0).unwrap().unwrap();
+    assert_eq!(drain(replay), vec![tagged("room-7", 1).frame]);
+}
+
+#[test]
+fn a_second_store_on_a_directory_in_use_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path(), HistoryLimits::default(), DiskOptions::default());
+    // The write probe would fail for the second: the lock is found first.
+    fs::create_dir(dir.path().join("rooms").join(".write-test")).unwrap();
+    match DiskStore::open(dir.path(), HistoryLimits::default(), DiskOptions::default()) {
+        Err(HistoryError::InUse { path }) => assert_eq!(path, dir.path()),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened a directory in use"),
+    }
+}
+
+#[test]
+fn stats_delete_nothing_and_read_at_most_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), limits(5, 10, 1 << 20), small_segments());
+    let mut room = store.open_room("r").unwrap();
+    for o in 1..=30 {
+        room.append(record(o, T0 + o * 100)).unwrap();
+    }
+    let files = segments(dir.path(), "r");
+    // The count bound ends inside a segment: found by reading it, once.
+    let want = HistoryStats {
+        events: 5,
+        bytes: 40,
+        oldest_ms: Some(T0 + 2_600),
+    };
+    assert_eq!(room.stats(T0 + 3_000), want);
+    let moved = dir.path().join("moved");
+    fs::rename(dir.path().join("rooms"), &moved).unwrap();
+    assert_eq!(room.stats(T0 + 3_000), want);
+    assert_eq!(room.stats(T0 + 12_600), want, "until the oldest ages out");
+    fs::rename(&moved, dir.path().join("rooms")).unwrap();
+    assert_eq!(room.stats(T0 + 12_601).events, 4);
+    // Everything outside the bounds: no events, and no file deleted.
+    assert_eq!(room.stats(T0 + 60_000), HistoryStats::default());
+    assert_eq!(segments(dir.path(), "r"), files);
+    room.append(record(31, T0 + 60_000)).unwrap();
+    assert_eq!(room.stats(T0 + 60_000).events, 1, "an append is counted");
 }
 
 /// `cargo test --release -- --ignored --nocapture disk_speed`: replays a
