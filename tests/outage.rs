@@ -318,11 +318,7 @@ async fn a_publish_the_server_got_but_never_acked_is_not_published_twice() {
     publisher.emit_with_ack("once", "n", "1").await.unwrap();
     // Only the way back is cut: the server receives the next emits, but
     // neither their acks nor their confirmations reach the publisher.
-    let cut = Impairment {
-        loss_pct: 100.0,
-        ..Impairment::default()
-    };
-    netsim.set_impairment(Impairment::default(), cut).unwrap();
+    common::cut_way_back(&netsim);
     let pending = publisher.emit_acked("once", "n", "2").await.unwrap();
     for i in 3..=50u64 {
         publisher.emit("once", "n", i.to_string()).await.unwrap();

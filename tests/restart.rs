@@ -286,11 +286,7 @@ async fn a_publish_received_before_a_crash_but_never_acked_is_published_once() {
     assert_eq!(publisher.emit_with_ack("once", "n", "1").await.unwrap(), 1);
     // The way back is cut: the server gets the next emits, the publisher
     // never learns it did.
-    let cut = Impairment {
-        loss_pct: 100.0,
-        ..Impairment::default()
-    };
-    netsim.set_impairment(Impairment::default(), cut).unwrap();
+    common::cut_way_back(&netsim);
     let pending = publisher.emit_acked("once", "n", "2").await.unwrap();
     for i in 3..=20u64 {
         publisher.emit("once", "n", i.to_string()).await.unwrap();

@@ -174,3 +174,14 @@ pub async fn next_frame(reader: &mut quicbus::wire::FrameReader) -> Option<quicb
         .await
         .expect("stream read")
 }
+
+/// Cuts the way back (server → client) of a netsim path: the server still
+/// gets what the client sends, the client learns nothing of it.
+pub fn cut_way_back(netsim: &quicbus::netsim::NetsimHandle) {
+    use quicbus::netsim::Impairment;
+    let cut = Impairment {
+        loss_pct: 100.0,
+        ..Impairment::default()
+    };
+    netsim.set_impairment(Impairment::default(), cut).unwrap();
+}
