@@ -28,8 +28,9 @@ use crate::wire::{self, DatagramTemplate, Frame, Recovery, RecoveryFailure};
 /// rooms nobody is subscribed to are evicted first, so that no client can
 /// use the room table up for everyone by naming many rooms. An evicted room
 /// named again continues from its stored history with a durable store; with
-/// a memory store it starts over (offsets from 1: a client's old position
-/// is answered `UnknownPosition` or `HistoryTooShort`, never silently).
+/// a memory store its events are gone but its offsets go on above the old
+/// ones, so a client's old position is answered `HistoryTooShort`, never
+/// served the new events as if they followed it.
 pub struct EmbeddedBackplane {
     registry: RwLock<HashMap<Arc<str>, Arc<Room>>>,
     store: Arc<dyn HistoryStore>,
@@ -531,8 +532,17 @@ mod tests {
         bp.open("fifth").unwrap();
         assert!(!held("old"), "then the least recently active");
         assert!(held("recent"));
-        // A memory room named again starts over.
-        assert_eq!(publish(&bp, "old", 9), Ok(1));
+        // A memory room named again has lost its events, not its place.
+        assert_eq!(publish(&bp, "old", 9), Ok(2));
+        let sub = Probe::new(1, false);
+        let late = now(bp.subscribe("old", sub, Some(0))).unwrap();
+        assert_eq!(
+            late.recovery,
+            Recovery::NotRecovered {
+                reason: RecoveryFailure::HistoryTooShort
+            },
+            "event 1 is gone, and the client is told"
+        );
     }
 
     struct Probe {

@@ -2,16 +2,22 @@
 //!
 //! Each room keeps a bounded window of its newest reliable events (by count,
 //! age and bytes) as the already-encoded `Event` frames that fan-out sends,
-//! so replaying costs no encoding. A room opened again starts over, and every
-//! start of a [`MemoryStore`] has a new epoch, so no client mistakes the new
-//! history for the old one.
+//! so replaying costs no encoding. A room opened again after its handle was
+//! dropped (evicted) has lost its events but not its place: its offsets go
+//! on above the old ones, so a client's old position is answered
+//! `TooShort`, never served the new room's events as if they followed it.
+//! (The store remembers the last offsets of 100,000 dropped rooms; beyond
+//! that, every new room starts above the highest one it forgot.) Every
+//! start of a [`MemoryStore`] has a new epoch, so no client mistakes the
+//! new history for the old one.
 //!
 //! Offsets are opaque and may be sparse, so coverage is never computed as
 //! "offset + 1": the history remembers the newest offset it has dropped
 //! (`dropped_through`), and a position `since` is covered exactly when
 //! nothing after it has been dropped.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,11 +27,55 @@ use super::{
     ReplaySource, RoomHistory,
 };
 
+/// Dropped rooms remembered by name, for their offsets to go on.
+const MAX_FORGOTTEN: usize = 100_000;
+
 /// Every room's history in RAM, bounded by the same [`HistoryLimits`].
 #[derive(Debug)]
 pub struct MemoryStore {
     epoch: u64,
     limits: HistoryLimits,
+    forgotten: Arc<Mutex<Forgotten>>,
+}
+
+/// The last offsets of rooms whose history was dropped.
+#[derive(Debug, Default)]
+struct Forgotten {
+    last: HashMap<Arc<str>, u64>,
+    /// Oldest first, for the bound (a name may appear again after it was
+    /// opened and dropped once more; stale entries are skipped).
+    order: VecDeque<(Arc<str>, u64)>,
+    /// The highest last offset of a room no longer remembered: a room the
+    /// store knows nothing of starts above it.
+    floor: u64,
+}
+
+impl Forgotten {
+    fn remember(&mut self, name: Arc<str>, last: u64) {
+        self.last.insert(name.clone(), last);
+        self.order.push_back((name, last));
+        while self.last.len() > MAX_FORGOTTEN {
+            let Some((name, last)) = self.order.pop_front() else {
+                break;
+            };
+            if self.last.get(&name) == Some(&last) {
+                self.last.remove(&name);
+                self.floor = self.floor.max(last);
+            }
+        }
+        // Entries superseded by a later remember or taken by an open.
+        if self.order.len() > 2 * MAX_FORGOTTEN {
+            let last = &self.last;
+            self.order
+                .retain(|(name, offset)| last.get(name) == Some(offset));
+        }
+    }
+
+    /// Where a room opened now starts: after its own last offset if it is
+    /// remembered, else after the floor.
+    fn take(&mut self, name: &str) -> u64 {
+        self.last.remove(name).unwrap_or(self.floor)
+    }
 }
 
 impl MemoryStore {
@@ -35,6 +85,7 @@ impl MemoryStore {
         MemoryStore {
             epoch: new_epoch(),
             limits,
+            forgotten: Arc::default(),
         }
     }
 }
@@ -54,8 +105,13 @@ impl HistoryStore for MemoryStore {
         self.epoch
     }
 
-    fn open_room(&self, _name: &str) -> Result<Box<dyn RoomHistory>, HistoryError> {
-        Ok(Box::new(MemoryHistory::new(self.limits)))
+    fn open_room(&self, name: &str) -> Result<Box<dyn RoomHistory>, HistoryError> {
+        let start = crate::sync::lock(&self.forgotten).take(name);
+        let mut room = MemoryHistory::new(self.limits);
+        room.last_offset = start;
+        room.dropped_through = start;
+        room.owner = Some((Arc::from(name), self.forgotten.clone()));
+        Ok(Box::new(room))
     }
 
     /// Nothing to do: a memory room's history lives in its handle, which the
@@ -81,6 +137,16 @@ struct MemoryHistory {
     /// The newest `at_ms` seen: times are kept non-decreasing, so that a
     /// clock stepping back cannot hide old events behind a young one.
     last_at_ms: u64,
+    /// The room's name and the store, told the last offset on drop.
+    owner: Option<(Arc<str>, Arc<Mutex<Forgotten>>)>,
+}
+
+impl Drop for MemoryHistory {
+    fn drop(&mut self) {
+        if let Some((name, forgotten)) = self.owner.take() {
+            crate::sync::lock(&forgotten).remember(name, self.last_offset);
+        }
+    }
 }
 
 impl MemoryHistory {
@@ -92,6 +158,7 @@ impl MemoryHistory {
             dropped_through: 0,
             last_offset: 0,
             last_at_ms: 0,
+            owner: None,
         }
     }
 
@@ -211,14 +278,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_room_opened_again_starts_over() {
+    fn a_room_opened_again_loses_its_events_but_not_its_place() {
         let store = MemoryStore::new(limits(100, 60, 1 << 20));
         let mut room = store.open_room("r").unwrap();
         append_all(&mut *room, 1..=3, T0);
         drop(room);
         let mut again = store.open_room("r").unwrap();
-        assert_eq!(again.last_offset(), 0);
-        assert_eq!(replayed(&mut *again, 3, T0), Err(Gap::UnknownPosition));
+        assert_eq!(again.last_offset(), 3, "offsets go on");
+        assert!(replayed(&mut *again, 3, T0).unwrap().is_empty());
+        append_all(&mut *again, 4..=9, T0);
+        // A client at 2 missed 3, which is gone: told so, not served 4..9.
+        assert_eq!(replayed(&mut *again, 2, T0), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *again, 3, T0).unwrap().len(), 6);
+        // Another room is not affected.
+        assert_eq!(store.open_room("other").unwrap().last_offset(), 0);
+    }
+
+    #[test]
+    fn beyond_what_it_remembers_a_new_room_starts_above_what_was_forgotten() {
+        let store = MemoryStore::new(limits(100, 60, 1 << 20));
+        let mut busy = store.open_room("busy").unwrap();
+        append_all(&mut *busy, 1..=50, T0);
+        drop(busy);
+        for i in 0..MAX_FORGOTTEN {
+            drop(store.open_room(&format!("idle.{i}")).unwrap());
+        }
+        // "busy" fell out of the table: any room now starts above it.
+        assert_eq!(store.open_room("busy").unwrap().last_offset(), 50);
+        assert_eq!(store.open_room("brand.new").unwrap().last_offset(), 50);
     }
 
     #[test]

@@ -167,7 +167,8 @@ pub trait HistoryStore: Send + Sync {
     fn epoch(&self) -> u64;
     /// Opens the history of room `name`, creating it if there is none. A
     /// room opened again after its handle was dropped continues where it
-    /// was in a durable store, and starts over in a memory store.
+    /// was in a durable store; in a memory store its events are gone but its
+    /// offsets go on above the old ones.
     fn open_room(&self, name: &str) -> Result<Box<dyn RoomHistory>, HistoryError>;
     /// Applies the bounds at `now_ms` to rooms that are not open (a durable
     /// store's rooms nobody has named since the start), and makes what was
