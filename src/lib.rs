@@ -15,10 +15,12 @@
 //! - [`client`]: [`client::Client`] connects, joins rooms, emits; incoming
 //!   events of every room arrive on one [`client::Events`] stream.
 //! - [`server`]: the accept loop and one session task per connection. A
-//!   session publishes into a [`server::Backplane`] (rooms: naming,
-//!   offsets, fan-out); the backplane hands each subscriber the event
-//!   *encoded once* and the subscriber's bounded queue feeds the room's
-//!   stream writer.
+//!   session publishes into a [`server::Backplane`] (rooms by name:
+//!   offsets, history, fan-out; the room ids on the wire belong to the
+//!   connection); the backplane stores the event (in memory, or in the data
+//!   directory's log: `server::history`) and hands each subscriber the event
+//!   *encoded once*; the subscriber's bounded queue feeds the room's stream
+//!   writer.
 //! - [`game`]: the moving-entities world of the demo and the game examples.
 //! - [`netsim`]: a seeded UDP impairment proxy (loss, delay, jitter, reorder,
 //!   duplication, outages) to put between a client and a server in tests.
@@ -27,8 +29,9 @@
 //! in the library.
 //!
 //! ```text
-//! client ──PublishStream/Publish──▶ session ──▶ Backplane::publish
-//!                                               │ offset += 1, encode once
+//! client ──PublishStream/Publish──▶ session ──▶ Backplane::publish (room by name)
+//!                                               │ offset += 1, encode once,
+//!                                               │ append to the room's history (disk: written before anyone sees it)
 //!                                               ▼
 //! client ◀──EventStream/Event── room writer ◀── bounded queue (per room, per connection)
 //! client ◀──────── Datagram ─── datagram writer ◀── ring (per connection, newest wins)
