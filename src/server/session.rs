@@ -84,6 +84,10 @@ pub(crate) async fn run(
                     if let Ending::Close(closing) = ending { closing.apply(&conn, &ctx.stats); }
                     break false;
                 }
+                // A join or resolve can be work (a room created, a replay
+                // started): let the other connections run between them, so
+                // one connection's flood of requests cannot starve them.
+                tokio::task::yield_now().await;
             }
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {

@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::idle_rooms::IdleRooms;
 use super::{
     Backplane, BackplaneError, BoxFuture, EventCopy, Publisher, RoomSubscriber, SessionId,
     Subscribed,
@@ -25,28 +25,33 @@ use crate::wire::{self, DatagramTemplate, Frame, Recovery, RecoveryFailure};
 /// The embedded, in-process backplane.
 ///
 /// It holds at most `max_rooms` rooms. When a new room would exceed that,
-/// rooms nobody is subscribed to are evicted first, so that no client can
-/// use the room table up for everyone by naming many rooms. An evicted room
+/// the room nobody has been subscribed to for the longest is evicted (kept
+/// in an ordered set, so this costs O(log n), never a scan), so that no
+/// client can use the room table up for everyone by naming many rooms; if
+/// every room has a subscriber, the new name is refused at once. An evicted room
 /// named again continues from its stored history with a durable store; with
 /// a memory store its events are gone but its offsets go on above the old
 /// ones, so a client's old position is answered `HistoryTooShort`, never
 /// served the new events as if they followed it.
 pub struct EmbeddedBackplane {
     registry: RwLock<HashMap<Arc<str>, Arc<Room>>>,
+    /// The rooms of the registry nobody is subscribed to. Locked after a
+    /// room's state (subscribe, unsubscribe) or after the registry
+    /// (eviction), never while waiting for either.
+    idle: Mutex<IdleRooms>,
     store: Arc<dyn HistoryStore>,
     max_rooms: usize,
     closed: AtomicBool,
 }
 
 struct Room {
+    name: Arc<str>,
     state: Mutex<RoomState>,
 }
 
 struct RoomState {
     last_offset: u64,
     history: Box<dyn RoomHistory>,
-    /// When the room last had an event, for choosing what to evict.
-    last_activity: Instant,
     last_datagram_seq: u64,
     subscribers: Vec<Arc<dyn RoomSubscriber>>,
     /// Set (under this lock) when the room leaves the registry, so that a
@@ -61,6 +66,7 @@ impl EmbeddedBackplane {
     pub fn new(max_rooms: usize, store: Arc<dyn HistoryStore>) -> Self {
         EmbeddedBackplane {
             registry: RwLock::new(HashMap::new()),
+            idle: Mutex::new(IdleRooms::default()),
             store,
             max_rooms,
             closed: AtomicBool::new(false),
@@ -81,29 +87,31 @@ impl EmbeddedBackplane {
         if let Some(room) = registry.get(name) {
             return Ok(room.clone());
         }
-        if registry.len() >= self.max_rooms {
-            evict_unsubscribed(&mut registry, self.max_rooms);
-        }
-        if registry.len() >= self.max_rooms {
-            return Err(BackplaneError::TooManyRooms {
-                max: self.max_rooms,
-            });
+        while registry.len() >= self.max_rooms {
+            let Some(idle) = lock(&self.idle).pop_oldest() else {
+                return Err(BackplaneError::TooManyRooms {
+                    max: self.max_rooms,
+                });
+            };
+            evict(&mut registry, &idle);
         }
         let history = self
             .store
             .open_room(name)
             .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
+        let name: Arc<str> = Arc::from(name);
         let room = Arc::new(Room {
+            name: name.clone(),
             state: Mutex::new(RoomState {
                 last_offset: history.last_offset(),
                 history,
-                last_activity: Instant::now(),
                 last_datagram_seq: 0,
                 subscribers: Vec::new(),
                 evicted: false,
             }),
         });
-        registry.insert(Arc::from(name), room.clone());
+        lock(&self.idle).insert(name.clone());
+        registry.insert(name, room.clone());
         Ok(room)
     }
 
@@ -167,7 +175,6 @@ impl EmbeddedBackplane {
                     BackplaneError::Unavailable(e.to_string())
                 })?;
             state.last_offset = offset;
-            state.last_activity = Instant::now();
             // Encoded once, and only if someone wants it.
             let copy = (event.len() + payload.len() <= wire::MAX_COPY_BYTES
                 && state.subscribers.iter().any(|s| s.copies()))
@@ -236,6 +243,7 @@ impl Backplane for EmbeddedBackplane {
             let session = subscriber.session();
             state.subscribers.retain(|s| s.session() != session);
             state.subscribers.push(subscriber.clone());
+            lock(&self.idle).remove(room);
             Ok(Subscribed {
                 offset,
                 recovery,
@@ -248,9 +256,11 @@ impl Backplane for EmbeddedBackplane {
     fn unsubscribe(&self, room: &str, session: SessionId) {
         let room = read(&self.registry).get(room).cloned();
         if let Some(room) = room {
-            lock(&room.state)
-                .subscribers
-                .retain(|s| s.session() != session);
+            let mut state = lock(&room.state);
+            state.subscribers.retain(|s| s.session() != session);
+            if state.subscribers.is_empty() && !state.evicted {
+                lock(&self.idle).insert(room.name.clone());
+            }
         }
     }
 
@@ -344,60 +354,18 @@ impl Backplane for EmbeddedBackplane {
     }
 }
 
-/// Makes room in a full registry. Rooms with subscribers always stay.
-/// Unsubscribed rooms without history go first; if that frees nothing, the
-/// least recently active eighth of the unsubscribed rooms goes.
-fn evict_unsubscribed(registry: &mut HashMap<Arc<str>, Arc<Room>>, max_rooms: usize) {
-    let idle = idle_rooms(registry);
-    let empty = idle.iter().filter(|(empty, ..)| *empty).count();
-    let count = if empty > 0 {
-        empty
-    } else {
-        (max_rooms / 8).clamp(1, idle.len().max(1))
+/// Evicts room `name` if it is still in the registry with nobody
+/// subscribed: checked and marked in one step under the room's lock, so a
+/// subscribe that found the room a moment before never ends up in a room
+/// nobody can reach.
+fn evict(registry: &mut HashMap<Arc<str>, Arc<Room>>, name: &str) {
+    let Some(room) = registry.get(name).cloned() else {
+        return;
     };
-    evict(registry, idle, count);
-}
-
-/// The rooms nobody is subscribed to: whether their history is empty, when
-/// they were last active, and their names; empty ones first, then the
-/// least recently active.
-fn idle_rooms(registry: &HashMap<Arc<str>, Arc<Room>>) -> Vec<(bool, Instant, Arc<str>)> {
-    let now = history::now_ms();
-    let mut idle = Vec::new();
-    for (name, room) in registry.iter() {
-        let mut state = lock(&room.state);
-        if state.subscribers.is_empty() {
-            let empty = state.history.stats(now).events == 0;
-            idle.push((empty, state.last_activity, name.clone()));
-        }
-    }
-    idle.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    idle
-}
-
-/// Evicts up to `count` of the `idle` rooms that are still unsubscribed.
-fn evict(
-    registry: &mut HashMap<Arc<str>, Arc<Room>>,
-    idle: Vec<(bool, Instant, Arc<str>)>,
-    count: usize,
-) {
-    let mut evicted = 0;
-    for (_, _, name) in idle {
-        if evicted == count {
-            break;
-        }
-        let Some(room) = registry.get(&name).cloned() else {
-            continue;
-        };
-        // Checked again and marked in one step: a subscribe that found the
-        // room before this lock must not end up in a room nobody can reach.
-        let mut state = lock(&room.state);
-        if !state.subscribers.is_empty() {
-            continue;
-        }
+    let mut state = lock(&room.state);
+    if state.subscribers.is_empty() {
         state.evicted = true;
-        registry.remove(&name);
-        evicted += 1;
+        registry.remove(name);
     }
 }
 
@@ -520,22 +488,24 @@ mod tests {
     }
 
     #[test]
-    fn idle_rooms_without_history_go_before_the_least_recently_active() {
+    fn the_room_idle_longest_goes_first() {
         let bp = backplane(3, HistoryLimits::default());
-        publish(&bp, "old", 9).unwrap();
-        publish(&bp, "recent", 9).unwrap();
-        bp.open("empty").unwrap();
-        publish(&bp, "fourth", 9).unwrap();
-        let held = |name: &str| read(&bp.registry).contains_key(name);
-        assert!(!held("empty"), "no history: evicted first");
-        assert!(held("old") && held("recent"));
-        bp.open("fifth").unwrap();
-        assert!(!held("old"), "then the least recently active");
-        assert!(held("recent"));
-        // A memory room named again has lost its events, not its place.
-        assert_eq!(publish(&bp, "old", 9), Ok(2));
         let sub = Probe::new(1, false);
-        let late = now(bp.subscribe("old", sub, Some(0))).unwrap();
+        now(bp.subscribe("a", sub, None)).unwrap();
+        publish(&bp, "b", 9).unwrap();
+        publish(&bp, "c", 9).unwrap();
+        // "a" has been idle since now: after "b" and "c".
+        bp.unsubscribe("a", session(1));
+        let held = |name: &str| read(&bp.registry).contains_key(name);
+        bp.open("d").unwrap();
+        assert!(!held("b"), "idle the longest");
+        assert!(held("a") && held("c"));
+        bp.open("e").unwrap();
+        assert!(!held("c"));
+        assert!(held("a"));
+        // A memory room named again has lost its events, not its place.
+        assert_eq!(publish(&bp, "b", 9), Ok(2));
+        let late = now(bp.subscribe("b", Probe::new(2, false), Some(0))).unwrap();
         assert_eq!(
             late.recovery,
             Recovery::NotRecovered {
@@ -543,6 +513,25 @@ mod tests {
             },
             "event 1 is gone, and the client is told"
         );
+    }
+
+    #[test]
+    fn a_room_that_gains_a_subscriber_before_its_eviction_stays() {
+        let bp = backplane(2, NO_HISTORY);
+        bp.open("a").unwrap();
+        bp.open("b").unwrap();
+        // Eviction picked "a", but a subscribe that had found the room got
+        // its lock first.
+        let a = bp.room("a").unwrap();
+        lock(&a.state).subscribers.push(Probe::new(1, false));
+        evict(&mut write(&bp.registry), "a");
+        assert!(
+            !lock(&a.state).evicted,
+            "a room with a subscriber is never evicted"
+        );
+        assert!(read(&bp.registry).contains_key("a"));
+        evict(&mut write(&bp.registry), "b");
+        assert!(!read(&bp.registry).contains_key("b"));
     }
 
     struct Probe {
@@ -645,28 +634,6 @@ mod tests {
             bp.publish_datagram("r", session(9), "d".into(), Bytes::new()),
             Err(BackplaneError::ShuttingDown)
         );
-    }
-
-    #[test]
-    fn a_room_that_gains_a_subscriber_during_eviction_stays() {
-        let bp = backplane(2, NO_HISTORY);
-        bp.open("a").unwrap();
-        bp.open("b").unwrap();
-        let a = bp.room("a").unwrap();
-        let mut registry = write(&bp.registry);
-        let idle = idle_rooms(&registry);
-        assert_eq!(idle.len(), 2, "both idle when looked at");
-        // A subscribe that found room "a" before the table filled up gets
-        // its lock between the look and the eviction.
-        lock(&a.state).subscribers.push(Probe::new(1, false));
-        evict(&mut registry, idle, 2);
-        drop(registry);
-        assert!(
-            !lock(&a.state).evicted,
-            "a room with a subscriber is never evicted"
-        );
-        assert!(read(&bp.registry).contains_key("a"));
-        assert!(!read(&bp.registry).contains_key("b"));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! `publish` return futures even though the embedded one completes at once.
 
 mod embedded;
+mod idle_rooms;
 
 use std::future::Future;
 use std::pin::Pin;
