@@ -440,3 +440,48 @@ async fn room_ids_belong_to_a_connection_and_a_guessed_one_reaches_nobody() {
     assert_eq!((&*first.room, first.name.as_str()), ("secret.0", "after"));
     others.check("after guessed ids").await;
 }
+
+fn hello(client_name: String) -> Frame {
+    Frame::Hello {
+        version: wire::PROTOCOL_VERSION,
+        token: None,
+        client_name,
+        resume: None,
+        copies: false,
+    }
+}
+
+#[tokio::test]
+async fn a_hello_gets_a_few_kib_not_the_full_frame_limit() {
+    use quicbus::server::MAX_HELLO;
+    let server = common::start().await;
+    let mut others = Bystanders::new(&server).await;
+    // Just under the limit: a normal session.
+    let mut fits = server.raw().await;
+    fits.send_control(&hello("n".repeat(MAX_HELLO - 64))).await;
+    assert!(matches!(fits.next_control().await, Frame::Welcome { .. }));
+    // Over it: refused as soon as the length prefix says so, long before
+    // the body could pile up (the default frame limit is 1 MiB).
+    let mut over = server.raw().await;
+    let big = wire::encode_framed(&hello("n".repeat(MAX_HELLO + 1)));
+    over.send_control_bytes(&big[..16]).await;
+    expect_close(&over, close_code::FRAME_TOO_LARGE, "handshake").await;
+    // After Hello, the full frame limit applies again: a 20 KB request is
+    // read (and refused for its name), not closed as too large.
+    fits.send_control(&Frame::Join {
+        request: 1,
+        room: "r".repeat(20_000),
+        echo: false,
+        since: None,
+    })
+    .await;
+    assert!(matches!(
+        fits.next_control().await,
+        Frame::Error {
+            request: Some(1),
+            code: ErrorCode::InvalidName,
+            ..
+        }
+    ));
+    others.check("after oversize hellos").await;
+}

@@ -37,6 +37,7 @@ pub use backplane::{
 };
 pub use history::{DiskOptions, DiskStore, FsyncPolicy, HistoryError, HistoryLimits, MemoryStore};
 pub use outbound::DatagramRing;
+pub use session::MAX_HELLO;
 pub use session_journal::{FileJournal, SessionJournal, StoredSession};
 pub use stats::{ServerStats, StatsSnapshot};
 

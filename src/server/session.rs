@@ -33,6 +33,10 @@ use crate::wire::{
     PROTOCOL_VERSION,
 };
 
+/// Largest `Hello` accepted, in bytes: room for a signed token, a resume
+/// token and a client name, and little for anyone who sends half of one.
+pub const MAX_HELLO: usize = 8 * 1024;
+
 /// Runs one session until the connection ends or the server shuts down.
 pub(crate) async fn run(
     conn: Connection,
@@ -178,7 +182,9 @@ async fn handshake(
 ) -> Result<(SendStream, FrameReader, Attached, bool), Ending> {
     let hello = async {
         let (send, recv) = conn.accept_bi().await.map_err(|_| Ending::Gone)?;
-        let mut reader = FrameReader::new(recv, ctx.config.max_frame);
+        // Nobody is known yet: a `Hello` gets a few KiB, not the full frame
+        // limit, so a crowd of half-sent ones holds little memory.
+        let mut reader = FrameReader::new(recv, MAX_HELLO);
         match reader.next().await {
             Ok(Some(Frame::Hello {
                 version,
@@ -186,7 +192,10 @@ async fn handshake(
                 client_name,
                 resume,
                 copies,
-            })) => Ok((send, reader, version, token, client_name, resume, copies)),
+            })) => {
+                reader.set_max_frame(ctx.config.max_frame);
+                Ok((send, reader, version, token, client_name, resume, copies))
+            }
             Ok(Some(other)) => Err(Ending::Close(Closing::violation(format!(
                 "expected Hello as the first control frame, got {}",
                 other.name()

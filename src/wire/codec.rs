@@ -186,6 +186,11 @@ impl FrameDecoder {
         }
     }
 
+    /// Changes the limit for the frames not yet returned.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// Appends bytes received from the stream.
     pub fn extend(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);

@@ -30,6 +30,12 @@ impl FrameReader {
         }
     }
 
+    /// Changes the limit for the frames after the ones already returned
+    /// (the control stream allows only a small `Hello`, then the full limit).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.decoder.set_max_frame(max_frame);
+    }
+
     /// The next frame; `Ok(None)` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Frame>, ReadFrameError> {
         loop {
