@@ -150,3 +150,42 @@ async fn connections_over_the_limit_are_refused_with_a_reason() {
     // The first connection is unaffected.
     first.join("still-here").await.unwrap();
 }
+
+/// Clients that start QUIC handshakes and never finish them (their answers
+/// are lost: the way back of their path is cut) hold no connection slot,
+/// and beyond a few of them get a stateless Retry, so a real client still
+/// connects and publishes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unfinished_handshakes_does_not_lock_anyone_out() {
+    use quicbus::netsim::{Impairment, Netsim, NetsimConfig};
+    let server = common::start_with(ServerConfig {
+        max_connections: 10,
+        max_handshakes: 8,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut config = NetsimConfig::new("127.0.0.1:0".parse().unwrap(), server.handle.local_addr());
+    config.down = Impairment {
+        loss_pct: 100.0,
+        ..Impairment::default()
+    };
+    let netsim = Netsim::start(config).await.unwrap();
+    // 20 would-be clients, each from its own address, more than the
+    // connection slots and the handshake bound.
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        let mut options = server.options();
+        options.server = netsim.local_addr();
+        options.connect_timeout = std::time::Duration::from_secs(60);
+        flood.push(tokio::spawn(quicbus::client::Client::connect(options)));
+    }
+    netsim.wait_for(|s| s.clients >= 20).await;
+    let (client, _events) = server.client().await;
+    assert_eq!(client.emit_with_ack("r", "e", "x").await.unwrap(), 1);
+    let stats = server.handle.stats();
+    assert!(stats.handshakes_retried > 0, "{stats:?}");
+    assert_eq!(stats.connections_refused, 0, "{stats:?}");
+    for attempt in flood {
+        attempt.abort();
+    }
+}

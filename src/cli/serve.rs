@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// Most connections served at once.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Most QUIC handshakes in progress at once (apart from connections);
+    /// from a quarter of it on, clients must first answer a Retry.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_handshakes: u32,
     /// Reliable events queued per room per connection before a client is a slow consumer.
     #[arg(long, default_value_t = 8192)]
     reliable_queue: usize,
@@ -106,6 +110,7 @@ async fn run_server(args: ServeArgs) -> CliResult {
     let config = ServerConfig {
         listen: args.listen,
         max_connections: args.max_connections,
+        max_handshakes: args.max_handshakes as usize,
         reliable_queue: args.reliable_queue,
         reliable_queue_bytes: args.reliable_queue_bytes,
         datagram_queue: args.datagram_queue,

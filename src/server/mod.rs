@@ -76,7 +76,13 @@ pub struct ServerConfig {
     /// UDP address to listen on.
     pub listen: SocketAddr,
     /// Most connections served at once; more are closed with `server busy`.
+    /// A slot is taken only once the QUIC handshake has completed.
     pub max_connections: usize,
+    /// Most QUIC handshakes in progress at once, apart from the connection
+    /// slots. From a quarter of it on, a client whose address is not yet
+    /// validated is sent a Retry first (stateless: a spoofed address holds
+    /// nothing); at the bound, new handshakes are refused.
+    pub max_handshakes: usize,
     /// Most rooms the server holds.
     pub max_rooms: usize,
     /// Reliable events queued per room per connection before `slow consumer`.
@@ -109,6 +115,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             max_connections: 10_000,
+            max_handshakes: 256,
             max_rooms: 100_000,
             reliable_queue: 8192,
             reliable_queue_bytes: 16 * 1024 * 1024,
@@ -279,6 +286,8 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+        let max_handshakes = ctx.config.max_handshakes.max(1);
+        let handshakes = Arc::new(Semaphore::new(max_handshakes));
         let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
         // Names this server process in session ids (echo suppression).
         let node = rand::random::<u64>();
@@ -293,24 +302,23 @@ impl Server {
                     None => break,
                 },
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                ctx.stats
-                    .connections_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                // Tell the client why, after a handshake, but only a few at a
-                // time: beyond that a flood is refused before any TLS work.
-                let Ok(refusing) = refusals.clone().try_acquire_owned() else {
-                    incoming.refuse();
-                    continue;
-                };
-                let max = ctx.config.max_connections;
-                tokio::spawn(async move {
-                    if let Ok(conn) = incoming.await {
-                        let reason = format!("server busy: connection limit of {max} reached");
-                        conn.close(close_code::SERVER_BUSY.into(), reason.as_bytes());
-                    }
-                    drop(refusing);
-                });
+            if limit.available_permits() == 0 {
+                refuse_busy(incoming, &ctx, &refusals);
+                continue;
+            }
+            // Under load, make the client prove its address first: a Retry
+            // is stateless, so a spoofed flood holds nothing here.
+            let in_flight = max_handshakes - handshakes.available_permits();
+            if !incoming.remote_address_validated() && in_flight >= max_handshakes / 4 {
+                ctx.stats.handshakes_retried.fetch_add(1, Ordering::Relaxed);
+                if incoming.retry().is_err() {
+                    tracing::debug!("could not send a Retry");
+                }
+                continue;
+            }
+            let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                ctx.stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
                 continue;
             };
             let session = SessionId {
@@ -319,13 +327,39 @@ impl Server {
             };
             next_session += 1;
             let (ctx, stop_rx, done) = (ctx.clone(), stop_rx.clone(), done_tx.clone());
+            let limit = limit.clone();
             tokio::spawn(async move {
-                let conn = match incoming.await {
-                    Ok(conn) => conn,
+                let connecting = match incoming.accept() {
+                    Ok(connecting) => connecting,
                     Err(e) => {
+                        tracing::debug!("handshake refused: {e}");
+                        return;
+                    }
+                };
+                let handshake_timeout = ctx.config.handshake_timeout;
+                let conn = match tokio::time::timeout(handshake_timeout, connecting).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => {
                         tracing::debug!("handshake failed: {e}");
                         return;
                     }
+                    Err(_) => {
+                        ctx.stats
+                            .handshakes_timed_out
+                            .fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                drop(handshake);
+                // A connection slot only for a completed handshake.
+                let Ok(permit) = limit.try_acquire_owned() else {
+                    ctx.stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    let max = ctx.config.max_connections;
+                    let reason = format!("server busy: connection limit of {max} reached");
+                    conn.close(close_code::SERVER_BUSY.into(), reason.as_bytes());
+                    return;
                 };
                 ctx.stats
                     .connections_accepted
@@ -377,6 +411,28 @@ impl Server {
             task,
         }
     }
+}
+
+/// Refuses a connection because every slot is taken: after a handshake,
+/// with `server busy` and the limit, but only a few at a time; beyond that a
+/// flood is refused before any TLS work.
+fn refuse_busy(incoming: quinn::Incoming, ctx: &Arc<SessionContext>, refusals: &Arc<Semaphore>) {
+    ctx.stats
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    let Ok(refusing) = refusals.clone().try_acquire_owned() else {
+        incoming.refuse();
+        return;
+    };
+    let max = ctx.config.max_connections;
+    let timeout = ctx.config.handshake_timeout;
+    tokio::spawn(async move {
+        if let Ok(Ok(conn)) = tokio::time::timeout(timeout, incoming).await {
+            let reason = format!("server busy: connection limit of {max} reached");
+            conn.close(close_code::SERVER_BUSY.into(), reason.as_bytes());
+        }
+        drop(refusing);
+    });
 }
 
 /// Once a second, off the async threads (it may delete, write and sync

@@ -15,6 +15,9 @@ pub struct ServerStats {
     pub slow_consumers: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub unknown_room_ids: AtomicU64,
+    pub handshakes_retried: AtomicU64,
+    pub handshakes_refused: AtomicU64,
+    pub handshakes_timed_out: AtomicU64,
 }
 
 /// A copy of [`ServerStats`] at one moment.
@@ -42,6 +45,13 @@ pub struct StatsSnapshot {
     /// Frames dropped because they used a room id their connection was
     /// never given (answered with an `UnknownRoom` error).
     pub unknown_room_ids: u64,
+    /// Connection attempts answered with a QUIC Retry (address validation
+    /// under load).
+    pub handshakes_retried: u64,
+    /// Connection attempts refused because the handshake bound was reached.
+    pub handshakes_refused: u64,
+    /// QUIC handshakes given up after the handshake timeout.
+    pub handshakes_timed_out: u64,
 }
 
 impl ServerStats {
@@ -59,6 +69,9 @@ impl ServerStats {
             slow_consumers: get(&self.slow_consumers),
             protocol_errors: get(&self.protocol_errors),
             unknown_room_ids: get(&self.unknown_room_ids),
+            handshakes_retried: get(&self.handshakes_retried),
+            handshakes_refused: get(&self.handshakes_refused),
+            handshakes_timed_out: get(&self.handshakes_timed_out),
         }
     }
 }
