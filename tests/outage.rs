@@ -333,9 +333,7 @@ async fn a_publish_the_server_got_but_never_acked_is_not_published_twice() {
         incoming(&mut pub_events).await,
         Incoming::Disconnected { .. }
     ));
-    netsim
-        .set_impairment(Impairment::default(), Impairment::default())
-        .unwrap();
+    common::restore_path(&netsim);
     // After the reconnect the outbox is resent; the server answers from its
     // log instead of publishing again.
     assert_eq!(within("ack of 2", pending.wait()).await.unwrap(), 2);

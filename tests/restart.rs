@@ -18,7 +18,7 @@ use quicbus::client::{
     Client, ClientOptions, Delivery, Event, Events, Incoming, Reconnect, Recovery, ResumeOutcome,
     Trust,
 };
-use quicbus::netsim::{Impairment, Netsim, NetsimConfig};
+use quicbus::netsim::{Netsim, NetsimConfig};
 
 /// How long a client waits on a silent connection: a killed server sends no
 /// close, so this is how soon its clients notice.
@@ -305,9 +305,7 @@ async fn a_publish_received_before_a_crash_but_never_acked_is_published_once() {
         incoming(&mut pub_events).await,
         Incoming::Disconnected { .. }
     ));
-    netsim
-        .set_impairment(Impairment::default(), Impairment::default())
-        .unwrap();
+    common::restore_path(&netsim);
     match incoming(&mut pub_events).await {
         Incoming::Reconnected { resumed } => assert_eq!(resumed, ResumeOutcome::Resumed),
         other => panic!("expected Reconnected, got {other:?}"),

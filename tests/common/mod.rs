@@ -185,3 +185,11 @@ pub fn cut_way_back(netsim: &quicbus::netsim::NetsimHandle) {
     };
     netsim.set_impairment(Impairment::default(), cut).unwrap();
 }
+
+/// Undoes [`cut_way_back`]: both ways clear again.
+pub fn restore_path(netsim: &quicbus::netsim::NetsimHandle) {
+    use quicbus::netsim::Impairment;
+    netsim
+        .set_impairment(Impairment::default(), Impairment::default())
+        .unwrap();
+}
