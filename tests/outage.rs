@@ -13,25 +13,11 @@ mod common;
 use std::time::Duration;
 
 use common::{within, TestServer};
-use quicbus::client::{
-    Client, ClientOptions, Events, Incoming, Reconnect, Recovery, RecoveryFailure, ResumeOutcome,
-};
+use quicbus::client::{Client, Events, Incoming, Recovery, RecoveryFailure, ResumeOutcome};
 use quicbus::netsim::{Impairment, Netsim, NetsimConfig, NetsimHandle};
 use quicbus::server::{HistoryLimits, ServerConfig};
 
-const IDLE: Duration = Duration::from_millis(600);
-
-/// Options for a client that notices a dead path quickly and retries fast.
-fn quick(options: &mut ClientOptions) {
-    options.transport.idle_timeout = IDLE;
-    options.transport.keep_alive = Duration::from_millis(100);
-    options.reconnect = Some(Reconnect {
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        give_up_after: None,
-    });
-    options.connect_timeout = Duration::from_secs(5);
-}
+use common::quick;
 
 async fn proxy(server: &TestServer, up: Impairment, down: Impairment) -> NetsimHandle {
     let mut config = NetsimConfig::new("127.0.0.1:0".parse().unwrap(), server.handle.local_addr());

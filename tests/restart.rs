@@ -15,25 +15,14 @@ use std::time::Duration;
 use common::process::{quicbus, run, ServeProcess};
 use common::within;
 use quicbus::client::{
-    Client, ClientOptions, Delivery, Event, Events, Incoming, Reconnect, Recovery, ResumeOutcome,
-    Trust,
+    Client, ClientOptions, Delivery, Event, Events, Incoming, Recovery, ResumeOutcome, Trust,
 };
 use quicbus::netsim::{Netsim, NetsimConfig};
-
-/// How long a client waits on a silent connection: a killed server sends no
-/// close, so this is how soon its clients notice.
-const IDLE: Duration = Duration::from_millis(600);
 
 fn options(addr: std::net::SocketAddr, server: &ServeProcess) -> ClientOptions {
     let mut options = ClientOptions::new(addr);
     options.trust = Trust::CaFile(server.ca());
-    options.transport.idle_timeout = IDLE;
-    options.transport.keep_alive = Duration::from_millis(100);
-    options.reconnect = Some(Reconnect {
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        give_up_after: None,
-    });
+    common::quick(&mut options);
     options
 }
 

@@ -193,3 +193,19 @@ pub fn restore_path(netsim: &quicbus::netsim::NetsimHandle) {
         .set_impairment(Impairment::default(), Impairment::default())
         .unwrap();
 }
+
+/// How long a quick client waits on a silent connection: a dead path (or a
+/// killed server, which sends no close) is noticed this fast.
+pub const IDLE: Duration = Duration::from_millis(600);
+
+/// Options for a client that notices a dead path quickly and retries fast.
+pub fn quick(options: &mut quicbus::client::ClientOptions) {
+    options.transport.idle_timeout = IDLE;
+    options.transport.keep_alive = Duration::from_millis(100);
+    options.reconnect = Some(quicbus::client::Reconnect {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        give_up_after: None,
+    });
+    options.connect_timeout = Duration::from_secs(5);
+}
