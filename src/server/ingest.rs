@@ -72,6 +72,7 @@ pub(crate) fn handle_datagram(
         control.send(unknown_id(&ctx.stats, None, room_id));
         return Ok(());
     };
+    let size = (event.len() + payload.len()) as u64;
     let result = validate_name("event", &event)
         .map_err(|m| (ErrorCode::InvalidName, m))
         .and_then(|()| {
@@ -84,6 +85,7 @@ pub(crate) fn handle_datagram(
             ctx.stats
                 .datagrams_published
                 .fetch_add(1, Ordering::Relaxed);
+            ctx.stats.bytes_in.fetch_add(size, Ordering::Relaxed);
         }
         Err((code, message)) => {
             control.send(error_frame(None, code, message));
@@ -125,6 +127,7 @@ fn publish_copy(
         session: session_state.key(),
         id,
     };
+    let size = (event.len() + payload.len()) as u64;
     let Some(Ok(offset)) = ctx
         .backplane
         .publish_now(room, session, publisher, event, payload)
@@ -135,6 +138,7 @@ fn publish_copy(
     drop(log);
     ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
     ctx.stats.copies_published.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.bytes_in.fetch_add(size, Ordering::Relaxed);
     if let Some(request) = ack {
         control.send(wire::encode_framed(&Frame::Ack { request, offset }));
     }
@@ -246,8 +250,10 @@ pub(crate) async fn read_publish_stream(
                 }
                 (outcome, message)
             }
-            Seen::Duplicate(Some(outcome)) => (outcome, None),
-            Seen::Duplicate(None) => (Err(ErrorCode::Duplicate), None),
+            Seen::Duplicate(outcome) => {
+                ctx.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+                (outcome.unwrap_or(Err(ErrorCode::Duplicate)), None)
+            }
         };
         let reply = match outcome {
             Ok(offset) => ack.map(|request| wire::encode_framed(&Frame::Ack { request, offset })),
@@ -325,6 +331,7 @@ async fn publish(
         );
         return (Err(ErrorCode::TooLarge), Some(message));
     }
+    let size = (event.len() + payload.len()) as u64;
     match ctx
         .backplane
         .publish(room, session, publisher, event, payload)
@@ -332,6 +339,7 @@ async fn publish(
     {
         Ok(offset) => {
             ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.bytes_in.fetch_add(size, Ordering::Relaxed);
             (Ok(offset), None)
         }
         Err(e) => (Err(e.code()), Some(e.to_string())),

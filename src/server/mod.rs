@@ -39,7 +39,7 @@ pub use history::{DiskOptions, DiskStore, FsyncPolicy, HistoryError, HistoryLimi
 pub use outbound::DatagramRing;
 pub use session::MAX_HELLO;
 pub use session_journal::{FileJournal, SessionJournal, StoredSession};
-pub use stats::{ServerStats, StatsSnapshot};
+pub use stats::{Limit, ServerStats, StatsSnapshot};
 
 use crate::certs::DevCerts;
 use crate::tls::{self, TlsError, TransportSettings};

@@ -243,6 +243,7 @@ pub(crate) async fn write_room_stream(
     room: Arc<str>,
     replay: Option<Replay>,
     mut queue: RoomQueueRx,
+    stats: Arc<ServerStats>,
 ) {
     let Ok(mut send) = conn.open_uni().await else {
         return;
@@ -255,7 +256,7 @@ pub(crate) async fn write_room_stream(
         return;
     }
     if let Some(replay) = replay {
-        if let Err(reason) = write_replay(&mut send, replay).await {
+        if let Err(reason) = write_replay(&mut send, replay, &stats).await {
             // The client was told these events would come: it must not
             // carry on as if it had them. It reconnects and recovers.
             tracing::error!(room = %room, "replay failed: {reason}");
@@ -266,11 +267,14 @@ pub(crate) async fn write_room_stream(
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while queue.rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let len: usize = batch.iter().map(Bytes::len).sum();
+        let events = batch.len() as u64;
         let written = send.write_all_chunks(&mut batch).await;
         queue.bytes.fetch_sub(len, Ordering::AcqRel);
         if written.is_err() {
             return;
         }
+        stats.events_out.fetch_add(events, Ordering::Relaxed);
+        stats.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
         batch.clear();
     }
     if send.finish().is_ok() {
@@ -280,7 +284,11 @@ pub(crate) async fn write_room_stream(
 
 /// Sends a replay, reading it from storage off the async threads. Exactly
 /// `replay.count` frames must come, or it failed.
-async fn write_replay(send: &mut SendStream, replay: Replay) -> Result<(), String> {
+async fn write_replay(
+    send: &mut SendStream,
+    replay: Replay,
+    stats: &ServerStats,
+) -> Result<(), String> {
     let mut source = replay.source;
     let mut sent = 0u64;
     loop {
@@ -306,6 +314,12 @@ async fn write_replay(send: &mut SendStream, replay: Replay) -> Result<(), Strin
             // The connection is gone: nothing to report to anyone.
             return Ok(());
         }
+        stats
+            .events_out
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes_out
+            .fetch_add(joined.len() as u64, Ordering::Relaxed);
     }
     if sent == replay.count {
         Ok(())
@@ -340,8 +354,12 @@ pub(crate) async fn write_datagrams(
     loop {
         ring.wait().await;
         while let Some(datagram) = ring.pop() {
+            let len = datagram.len() as u64;
             match conn.send_datagram_wait(datagram).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    stats.events_out.fetch_add(1, Ordering::Relaxed);
+                    stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+                }
                 // Too large for this client's path: dropped, like a full ring.
                 Err(quinn::SendDatagramError::TooLarge) => {
                     stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);

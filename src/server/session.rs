@@ -427,6 +427,7 @@ impl Rooms<'_> {
                 name.clone(),
                 subscribed.replay,
                 queue_rx,
+                self.ctx.stats.clone(),
             ));
         }
         self.joined.insert(name, queue);

@@ -2,6 +2,74 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A defence that turned something away. Each is counted on its own
+/// ([`StatsSnapshot::limit`]) and, over `--metrics`, labelled by
+/// [`Limit::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// A connection refused: its IP address already holds its share.
+    ConnectionsPerIp,
+    /// A handshake refused: its IP address started too many per second.
+    HandshakeRatePerIp,
+    /// A `Hello` refused: its IP address failed authentication too often.
+    FailedHellos,
+    /// A `Join` refused: the connection has joined its maximum of rooms.
+    RoomsJoined,
+    /// A name refused: the connection has named its maximum of rooms.
+    RoomNames,
+    /// A publish stream refused: the connection has its maximum open.
+    PublishStreams,
+    /// A publish stream refused: the session's publish logs are full.
+    PublishLog,
+    /// A control request refused: over the connection's rate.
+    ControlRate,
+    /// A publish refused: over the connection's rate.
+    PublishRate,
+    /// A connection closed: a frame stayed half-sent too long.
+    HalfSentFrame,
+    /// History dropped early to keep the total under its budget
+    /// (counted in events).
+    HistoryBudget,
+}
+
+impl Limit {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Limit; 11] = [
+        Limit::ConnectionsPerIp,
+        Limit::HandshakeRatePerIp,
+        Limit::FailedHellos,
+        Limit::RoomsJoined,
+        Limit::RoomNames,
+        Limit::PublishStreams,
+        Limit::PublishLog,
+        Limit::ControlRate,
+        Limit::PublishRate,
+        Limit::HalfSentFrame,
+        Limit::HistoryBudget,
+    ];
+
+    /// A short, stable name (a metrics label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::ConnectionsPerIp => "connections_per_ip",
+            Limit::HandshakeRatePerIp => "handshake_rate_per_ip",
+            Limit::FailedHellos => "failed_hellos",
+            Limit::RoomsJoined => "rooms_joined",
+            Limit::RoomNames => "room_names",
+            Limit::PublishStreams => "publish_streams",
+            Limit::PublishLog => "publish_log",
+            Limit::ControlRate => "control_rate",
+            Limit::PublishRate => "publish_rate",
+            Limit::HalfSentFrame => "half_sent_frame",
+            Limit::HistoryBudget => "history_budget",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Live counters; [`ServerStats::snapshot`] reads them all at once.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -18,6 +86,12 @@ pub struct ServerStats {
     pub handshakes_retried: AtomicU64,
     pub handshakes_refused: AtomicU64,
     pub handshakes_timed_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub events_out: AtomicU64,
+    pub dedup_hits: AtomicU64,
+    pub history_bytes: AtomicU64,
+    limits: [AtomicU64; Limit::ALL.len()],
 }
 
 /// A copy of [`ServerStats`] at one moment.
@@ -52,9 +126,41 @@ pub struct StatsSnapshot {
     pub handshakes_refused: u64,
     /// QUIC handshakes given up after the handshake timeout.
     pub handshakes_timed_out: u64,
+    /// Event name and payload bytes of accepted publishes, reliable and
+    /// datagram.
+    pub bytes_in: u64,
+    /// Frame bytes handed to QUIC for clients: room streams (replays
+    /// included) and datagrams.
+    pub bytes_out: u64,
+    /// Events and datagrams handed to QUIC for clients.
+    pub events_out: u64,
+    /// Retried publishes answered from the publish log, not published again.
+    pub dedup_hits: u64,
+    /// History kept across all rooms, in bytes (updated once a second).
+    pub history_bytes: u64,
+    /// Refusals by each defence, indexed like [`Limit::ALL`]; read with
+    /// [`StatsSnapshot::limit`].
+    pub limits_hit: [u64; Limit::ALL.len()],
+}
+
+impl StatsSnapshot {
+    /// How often `kind` turned something away.
+    pub fn limit(&self, kind: Limit) -> u64 {
+        self.limits_hit[kind.index()]
+    }
 }
 
 impl ServerStats {
+    /// Counts one refusal by `kind`.
+    pub fn limit_hit(&self, kind: Limit) {
+        self.limits[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` refusals by `kind`.
+    pub fn limit_hits(&self, kind: Limit, n: u64) {
+        self.limits[kind.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -72,6 +178,31 @@ impl ServerStats {
             handshakes_retried: get(&self.handshakes_retried),
             handshakes_refused: get(&self.handshakes_refused),
             handshakes_timed_out: get(&self.handshakes_timed_out),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            events_out: get(&self.events_out),
+            dedup_hits: get(&self.dedup_hits),
+            history_bytes: get(&self.history_bytes),
+            limits_hit: std::array::from_fn(|i| get(&self.limits[i])),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_counted_by_kind() {
+        let stats = ServerStats::default();
+        stats.limit_hit(Limit::PublishRate);
+        stats.limit_hits(Limit::HistoryBudget, 3);
+        let snap = stats.snapshot();
+        assert_eq!(snap.limit(Limit::PublishRate), 1);
+        assert_eq!(snap.limit(Limit::HistoryBudget), 3);
+        assert_eq!(snap.limit(Limit::ControlRate), 0);
+        for (i, kind) in Limit::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind:?} out of order in Limit::ALL");
         }
     }
 }
