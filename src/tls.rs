@@ -82,6 +82,10 @@ pub struct TransportSettings {
     pub keep_alive: Duration,
     /// How many unidirectional streams (rooms) the peer may have open at once.
     pub max_uni_streams: u32,
+    /// Bytes the peer may have in flight to us across all streams of a
+    /// connection before flow control holds it back (`None`: unbounded,
+    /// quinn's default; each stream is bounded on its own anyway).
+    pub receive_window: Option<u64>,
     /// Bytes of received datagrams buffered before the oldest are dropped.
     pub datagram_receive_buffer: usize,
     /// Bytes of outgoing datagrams buffered before the oldest are dropped.
@@ -101,6 +105,7 @@ impl Default for TransportSettings {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_uni_streams: 1024,
+            receive_window: None,
             datagram_receive_buffer: 2 * 1024 * 1024,
             datagram_send_buffer: 2 * 1024 * 1024,
             max_ack_delay: Some(Duration::from_millis(1)),
@@ -119,6 +124,11 @@ impl TransportSettings {
         // Clients open one bidirectional stream (control); allow a few spare.
         t.max_concurrent_bidi_streams(4u32.into());
         t.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
+        if let Some(window) = self.receive_window {
+            let window = quinn::VarInt::from_u64(window)
+                .map_err(|_| TlsError::Quic("receive window out of range".into()))?;
+            t.receive_window(window);
+        }
         t.datagram_send_buffer_size(self.datagram_send_buffer);
         if let Some(delay) = self.max_ack_delay {
             let mut ack = quinn::AckFrequencyConfig::default();

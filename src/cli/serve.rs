@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use quicbus::certs::{self, CertPaths};
-use quicbus::server::{FsyncPolicy, HistoryLimits, Server, ServerConfig, ServerIdentity, Storage};
+use quicbus::server::{
+    AddressLimits, ConnectionLimits, FsyncPolicy, HistoryLimits, Rate, Server, ServerConfig,
+    ServerIdentity, Storage,
+};
 
 use super::CliResult;
 
@@ -32,7 +35,8 @@ pub struct ServeArgs {
     /// Reliable events queued per room per connection before a client is a slow consumer.
     #[arg(long, default_value_t = 8192)]
     reliable_queue: usize,
-    /// Bytes of reliable events queued per room per connection before a client is a slow consumer.
+    /// Bytes of reliable events queued per connection, all rooms together,
+    /// before a client is a slow consumer.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     reliable_queue_bytes: usize,
     /// Datagrams queued per connection before the oldest are dropped.
@@ -73,9 +77,18 @@ pub struct ServeArgs {
     /// Seconds a session whose connection dropped can be resumed.
     #[arg(long, default_value_t = 120)]
     resume_window: u64,
-    /// Require clients to present this token.
-    #[arg(long)]
+    /// Require clients to present this token (from the environment, it
+    /// stays out of `ps`). Compared in constant time.
+    #[arg(
+        long,
+        env = "QUICBUS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
+    /// Require clients to present the token in this file (its first line).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Tokio worker threads; 0 runs everything on one thread (lowest latency
     /// on small machines, see README).
     #[arg(long, default_value_t = 0)]
@@ -85,6 +98,93 @@ pub struct ServeArgs {
     /// memory, idle or not.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_publish_rooms: u32,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Limits per client address and per connection (README: "Limits and defences").
+#[derive(Debug, clap::Args)]
+pub struct LimitArgs {
+    /// Connections at once from one IP address (IPv6: one /64); 0 = no limit.
+    #[arg(long, default_value_t = 1024)]
+    max_connections_per_ip: usize,
+    /// Completed handshakes per second from one IP address (bursts of five
+    /// times as many); 0 = no limit.
+    #[arg(long, default_value_t = 200.0)]
+    handshake_rate_per_ip: f64,
+    /// Refused `Hello`s (wrong token) per second from one IP address
+    /// (bursts of ten times as many) before it is refused unheard.
+    #[arg(long, default_value_t = 1.0)]
+    failed_hello_rate: f64,
+    /// Rooms one connection may have joined at once.
+    #[arg(long, default_value_t = 1024)]
+    max_joined_rooms: usize,
+    /// Room names one connection may have resolved or joined (at most 65536).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_room_names: u32,
+    /// Publish outcomes one session remembers across its rooms, for
+    /// answering retried publishes.
+    #[arg(long, default_value_t = 16_384)]
+    publish_log_entries: usize,
+    /// Control requests (join, leave, resolve, ping) per second per
+    /// connection (bursts of four times as many); 0 = no limit.
+    #[arg(long, default_value_t = 500.0)]
+    control_rate: f64,
+    /// Publishes (reliable and datagram) per second per connection; 0 = no limit.
+    #[arg(long, default_value_t = 50_000.0)]
+    publish_rate: f64,
+    /// Seconds a frame may stay half-sent before its connection is closed.
+    #[arg(long, default_value_t = 10)]
+    frame_timeout: u64,
+    /// Bytes of partly received frames one connection may hold.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    partial_frame_bytes: usize,
+    /// Bytes one connection may have in flight to the server, all streams
+    /// together (QUIC's connection receive window).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    receive_window: u64,
+}
+
+impl LimitArgs {
+    fn apply(&self, config: &mut ServerConfig) {
+        let rate = |per_second: f64, burst: f64| Rate {
+            per_second,
+            burst: per_second * burst,
+        };
+        config.address_limits = AddressLimits {
+            connections: self.max_connections_per_ip,
+            handshake_rate: rate(self.handshake_rate_per_ip, 5.0),
+            failed_hello_rate: rate(self.failed_hello_rate, 10.0),
+        };
+        config.limits = ConnectionLimits {
+            rooms_joined: self.max_joined_rooms,
+            room_names: self.max_room_names as usize,
+            publish_log_entries: self.publish_log_entries,
+            control_rate: rate(self.control_rate, 4.0),
+            publish_rate: rate(self.publish_rate, 1.0),
+            frame_timeout: std::time::Duration::from_secs(self.frame_timeout),
+            partial_frame_bytes: self.partial_frame_bytes,
+            ..config.limits.clone()
+        };
+        config.transport.receive_window = Some(self.receive_window);
+    }
+}
+
+/// The shared token, from the flag, `QUICBUS_TOKEN` or a file.
+fn shared_token(args: &ServeArgs) -> Result<Option<String>, String> {
+    let Some(path) = &args.token_file else {
+        return Ok(args.token.clone());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(format!(
+            "--token-file {}: the file holds no token",
+            path.display()
+        ));
+    }
+    Ok(Some(token.to_string()))
 }
 
 pub fn serve(args: ServeArgs) -> CliResult {
@@ -107,14 +207,15 @@ async fn run_server(args: ServeArgs) -> CliResult {
             ServerIdentity::from_pem_files(&paths.server, &paths.server_key)?
         }
     };
-    let config = ServerConfig {
+    let token = shared_token(&args)?;
+    let mut config = ServerConfig {
         listen: args.listen,
         max_connections: args.max_connections,
         max_handshakes: args.max_handshakes as usize,
         reliable_queue: args.reliable_queue,
         reliable_queue_bytes: args.reliable_queue_bytes,
         datagram_queue: args.datagram_queue,
-        token: args.token.clone(),
+        token,
         max_frame: args.max_frame as usize,
         max_rooms: args.max_rooms,
         history: HistoryLimits {
@@ -137,6 +238,8 @@ async fn run_server(args: ServeArgs) -> CliResult {
         },
         ..ServerConfig::default()
     };
+    args.limits.apply(&mut config);
+    config.limits.publish_streams = args.max_publish_rooms as usize;
     let fresh = !args.memory && !args.data.join("epoch").exists();
     let server = Server::bind(config, identity)?;
     if !args.memory {

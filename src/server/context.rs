@@ -11,10 +11,11 @@ use quinn::Connection;
 use tokio::sync::{mpsc, watch};
 
 use super::backplane::Backplane;
+use super::limits::{AddressTable, Throttle, Verdict};
 use super::resume::SessionStore;
-use super::stats::ServerStats;
+use super::stats::{Limit, ServerStats};
 use super::ServerConfig;
-use crate::wire::{self, close_code, ErrorCode, Frame, ReadFrameError, RoomId};
+use crate::wire::{self, close_code, ErrorCode, Frame, FrameReader, ReadFrameError, RoomId};
 
 /// Control replies queued for a client before it counts as a slow consumer.
 pub(crate) const CONTROL_QUEUE: usize = 1024;
@@ -23,6 +24,8 @@ pub(crate) const CONTROL_QUEUE: usize = 1024;
 pub(crate) struct SessionContext {
     pub backplane: Arc<dyn Backplane>,
     pub sessions: SessionStore,
+    /// Per-address accounting (connections, handshakes, failed `Hello`s).
+    pub addresses: std::sync::Mutex<AddressTable>,
     pub config: Arc<ServerConfig>,
     pub stats: Arc<ServerStats>,
 }
@@ -48,6 +51,9 @@ impl Closing {
         ) {
             stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
         }
+        if self.code == close_code::FRAME_TIMEOUT {
+            stats.limit_hit(Limit::HalfSentFrame);
+        }
         tracing::debug!(code = self.code, reason = %self.reason, "closing connection");
         conn.close(self.code.into(), self.reason.as_bytes());
     }
@@ -68,6 +74,10 @@ pub(crate) fn read_failure(what: &str, err: ReadFrameError) -> Option<Closing> {
         ReadFrameError::Wire(e) => Some(Closing {
             code: e.close_code(),
             reason: format!("{what}: {e}"),
+        }),
+        ReadFrameError::Stalled(after) => Some(Closing {
+            code: close_code::FRAME_TIMEOUT,
+            reason: format!("{what}: a frame stayed half-sent for more than {after:?}"),
         }),
         ReadFrameError::Read(_) => None,
     }
@@ -130,5 +140,73 @@ pub(crate) fn unknown_id(stats: &ServerStats, request: Option<u64>, room_id: Roo
         request,
         ErrorCode::UnknownRoom,
         format!("room id {room_id} was not given on this connection"),
+    )
+}
+
+/// What the tasks of one connection share besides the server's context.
+pub(crate) struct ConnectionShare {
+    /// The queue of control replies.
+    pub control: Control,
+    /// The connection's publish rate, reliable and datagram together.
+    pub publish_rate: std::sync::Mutex<Throttle>,
+    /// Bytes of partly received frames the connection's readers may hold.
+    pub frame_budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl ConnectionShare {
+    pub fn new(control: Control, config: &ServerConfig) -> Self {
+        let limits = &config.limits;
+        // Never less than one whole frame and a read, or a frame of the
+        // maximum size could never complete.
+        let budget = limits
+            .partial_frame_bytes
+            .max(config.max_frame + 2 * wire::MAX_VARINT_LEN + 128 * 1024);
+        ConnectionShare {
+            control,
+            publish_rate: std::sync::Mutex::new(Throttle::new(
+                limits.publish_rate,
+                limits.rate_strikes,
+                std::time::Instant::now(),
+            )),
+            frame_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
+        }
+    }
+
+    /// A reader of one of this connection's streams, under its limits.
+    pub fn reader(&self, stream: quinn::RecvStream, config: &ServerConfig) -> FrameReader {
+        let mut reader = FrameReader::new(stream, config.max_frame);
+        reader.set_frame_timeout(config.limits.frame_timeout);
+        reader.set_budget(self.frame_budget.clone());
+        reader
+    }
+
+    /// Checks one publish against the connection's rate, counting refusals.
+    pub fn check_publish(&self, stats: &ServerStats) -> Verdict {
+        let verdict = crate::sync::lock(&self.publish_rate).check(std::time::Instant::now());
+        if verdict != Verdict::Allow {
+            stats.limit_hit(Limit::PublishRate);
+        }
+        verdict
+    }
+}
+
+/// The reply to a request over a rate, or the close once there were too
+/// many in a row.
+pub(crate) fn over_rate(
+    what: &str,
+    rate: &super::limits::Rate,
+    request: Option<u64>,
+) -> (Bytes, Closing) {
+    let message = format!(
+        "over the connection's {what} rate of {} per second",
+        rate.per_second
+    );
+    let closing = Closing {
+        code: close_code::RATE_LIMITED,
+        reason: format!("{message}, again and again"),
+    };
+    (
+        error_frame(request, ErrorCode::RateLimited, message),
+        closing,
     )
 }

@@ -4,16 +4,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quinn::{Connection, RecvStream};
+use quinn::Connection;
 use tokio::sync::watch;
 
 use super::backplane::{Publisher, SessionId};
 use super::context::{
-    error_frame, read_failure, stopping, unknown_id, Closing, Control, SessionContext,
+    error_frame, over_rate, read_failure, stopping, unknown_id, Closing, ConnectionShare, Control,
+    SessionContext,
 };
+use super::limits::Verdict;
 use super::resume::{Outcome, PublishLog, Seen, SessionState};
 use super::room_ids::RoomIds;
-use super::stats::ServerStats;
+use super::stats::{Limit, ServerStats};
 use crate::sync::lock;
 use crate::wire::{self, close_code, validate_name, ErrorCode, Frame, FrameReader};
 
@@ -22,10 +24,11 @@ pub(crate) fn handle_datagram(
     bytes: &[u8],
     session: SessionId,
     ctx: &SessionContext,
-    control: &Control,
+    share: &ConnectionShare,
     session_state: &SessionState,
     ids: &RoomIds,
 ) -> Result<(), Closing> {
+    let control = &share.control;
     let frame = wire::decode(bytes).map_err(|e| Closing {
         code: e.close_code(),
         reason: format!("malformed datagram: {e}"),
@@ -56,7 +59,7 @@ pub(crate) fn handle_datagram(
                 ack,
                 session,
                 ctx,
-                control,
+                share,
                 session_state,
             );
             return Ok(());
@@ -72,6 +75,20 @@ pub(crate) fn handle_datagram(
         control.send(unknown_id(&ctx.stats, None, room_id));
         return Ok(());
     };
+    match share.check_publish(&ctx.stats) {
+        Verdict::Allow => {}
+        verdict => {
+            let (reply, closing) = over_rate("publish", &ctx.config.limits.publish_rate, None);
+            if verdict == Verdict::Close {
+                return Err(closing);
+            }
+            // One error for a run of refused datagrams, not one each.
+            if verdict == (Verdict::Refuse { first: true }) {
+                control.send(reply);
+            }
+            return Ok(());
+        }
+    }
     let size = (event.len() + payload.len()) as u64;
     let result = validate_name("event", &event)
         .map_err(|m| (ErrorCode::InvalidName, m))
@@ -107,7 +124,7 @@ fn publish_copy(
     ack: Option<u64>,
     session: SessionId,
     ctx: &SessionContext,
-    control: &Control,
+    share: &ConnectionShare,
     session_state: &SessionState,
 ) {
     if id == 0
@@ -116,9 +133,16 @@ fn publish_copy(
     {
         return;
     }
-    let log = session_state.log(room);
+    let Some(log) = session_state.log(room) else {
+        return;
+    };
     let mut log = lock(&log);
     if !log.copy_may_publish(id) {
+        return;
+    }
+    // Over the rate, the copy is left to its stream frame, which is
+    // answered as the rate says.
+    if share.check_publish(&ctx.stats) != Verdict::Allow {
         return;
     }
     // Under the log's lock, so the stream frame of the same id waits and
@@ -134,13 +158,16 @@ fn publish_copy(
     else {
         return;
     };
-    log.record(id, Ok(offset));
+    let forgotten = log.record(id, Ok(offset));
     drop(log);
+    ctx.stats.limit_hits(Limit::PublishLog, forgotten as u64);
     ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
     ctx.stats.copies_published.fetch_add(1, Ordering::Relaxed);
     ctx.stats.bytes_in.fetch_add(size, Ordering::Relaxed);
     if let Some(request) = ack {
-        control.send(wire::encode_framed(&Frame::Ack { request, offset }));
+        share
+            .control
+            .send(wire::encode_framed(&Frame::Ack { request, offset }));
     }
 }
 
@@ -167,15 +194,15 @@ async fn next_publish_frame(
 /// is noticed only between frames, so an event that was accepted always gets
 /// its ack queued.
 pub(crate) async fn read_publish_stream(
-    recv: RecvStream,
+    mut reader: FrameReader,
     conn: Connection,
     session: SessionId,
     ctx: Arc<SessionContext>,
-    control: Control,
+    share: Arc<ConnectionShare>,
     session_state: Arc<SessionState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut reader = FrameReader::new(recv, ctx.config.max_frame);
+    let control = &share.control;
     let room = match next_publish_frame(&mut reader, &conn, &ctx.stats).await {
         Some(Frame::PublishStream { room }) => room,
         Some(other) => {
@@ -192,7 +219,9 @@ pub(crate) async fn read_publish_stream(
         reader.stop(close_code::PROTOCOL_VIOLATION);
         return;
     }
-    let log = session_state.log(&room);
+    let Some(log) = session_state.log(&room) else {
+        return refuse_stream(reader, &ctx, control, &room).await;
+    };
     if let Err(closing) = restore_log(&ctx, &room, &session_state, &log).await {
         closing.apply(&conn, &ctx.stats);
         return;
@@ -228,28 +257,48 @@ pub(crate) async fn read_publish_stream(
             lock(&log).claim(id)
         };
         let (outcome, message) = match seen {
-            Seen::New => {
-                let publisher = Publisher {
-                    session: session_state.key(),
-                    id,
-                };
-                let (outcome, message) =
-                    publish(&ctx, session, &room, publisher, event, payload).await;
-                if outcome == Err(ErrorCode::ShuttingDown) {
-                    // Not handled: the server is stopping. Nothing after it
-                    // on this stream may be published either (order), so the
-                    // stream ends unanswered and the client sends it again,
-                    // in order, to the server it reconnects to. (A storage
-                    // failure, `Unavailable`, is a refusal like any other:
-                    // answered and recorded.)
+            Seen::New => match share.check_publish(&ctx.stats) {
+                Verdict::Allow => {
+                    let publisher = Publisher {
+                        session: session_state.key(),
+                        id,
+                    };
+                    let (outcome, message) =
+                        publish(&ctx, session, &room, publisher, event, payload).await;
+                    if outcome == Err(ErrorCode::ShuttingDown) {
+                        // Not handled: the server is stopping. Nothing after it
+                        // on this stream may be published either (order), so the
+                        // stream ends unanswered and the client sends it again,
+                        // in order, to the server it reconnects to. (A storage
+                        // failure, `Unavailable`, is a refusal like any other:
+                        // answered and recorded.)
+                        lock(&log).abandon(id);
+                        return;
+                    }
+                    if id != 0 {
+                        let forgotten = lock(&log).record(id, outcome);
+                        ctx.stats.limit_hits(Limit::PublishLog, forgotten as u64);
+                    }
+                    (outcome, message)
+                }
+                Verdict::Refuse { .. } => {
+                    // Refused, and recorded as refused, so that a retry is
+                    // answered the same and never published out of order.
+                    let (reply, _) = over_rate("publish", &ctx.config.limits.publish_rate, ack);
+                    if id != 0 {
+                        lock(&log).record(id, Err(ErrorCode::RateLimited));
+                    }
+                    if !control.send(reply) {
+                        return;
+                    }
+                    continue;
+                }
+                Verdict::Close => {
                     lock(&log).abandon(id);
-                    return;
+                    let (_, closing) = over_rate("publish", &ctx.config.limits.publish_rate, ack);
+                    return closing.apply(&conn, &ctx.stats);
                 }
-                if id != 0 {
-                    lock(&log).record(id, outcome);
-                }
-                (outcome, message)
-            }
+            },
             Seen::Duplicate(outcome) => {
                 ctx.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
                 (outcome.unwrap_or(Err(ErrorCode::Duplicate)), None)
@@ -279,6 +328,39 @@ pub(crate) async fn read_publish_stream(
             if !control.send(progress) {
                 return;
             }
+        }
+    }
+}
+
+/// A publish stream to a room beyond the session's maximum: every publish
+/// on it is answered `LimitReached` (none is published) until the client
+/// ends the stream.
+async fn refuse_stream(
+    mut reader: FrameReader,
+    ctx: &SessionContext,
+    control: &Control,
+    room: &str,
+) {
+    ctx.stats.limit_hit(Limit::PublishStreams);
+    let max = ctx.config.limits.publish_streams;
+    let message =
+        format!("room {room}: this session already publishes to its maximum of {max} rooms");
+    control.send(error_frame(None, ErrorCode::LimitReached, message.clone()));
+    loop {
+        match reader.next().await {
+            Ok(Some(Frame::Publish {
+                ack: Some(request), ..
+            })) => {
+                if !control.send(error_frame(
+                    Some(request),
+                    ErrorCode::LimitReached,
+                    message.clone(),
+                )) {
+                    return;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod backplane;
 mod context;
 pub mod history;
 mod ingest;
+pub mod limits;
 mod outbound;
 mod resume;
 mod room_ids;
@@ -36,19 +37,34 @@ pub use backplane::{
     Backplane, BackplaneError, EmbeddedBackplane, RoomSubscriber, SessionId, Subscribed,
 };
 pub use history::{DiskOptions, DiskStore, FsyncPolicy, HistoryError, HistoryLimits, MemoryStore};
+pub use limits::{AddressLimits, ConnectionLimits, Rate};
 pub use outbound::DatagramRing;
 pub use session::MAX_HELLO;
 pub use session_journal::{FileJournal, SessionJournal, StoredSession};
 pub use stats::{Limit, ServerStats, StatsSnapshot};
 
 use crate::certs::DevCerts;
+use crate::sync::lock;
 use crate::tls::{self, TlsError, TransportSettings};
 use crate::wire::{close_code, DEFAULT_MAX_FRAME};
 use context::SessionContext;
+use limits::{AddressTable, Admit};
+
+/// What a session's publish logs may hold, from the configuration.
+fn log_limits(config: &ServerConfig) -> resume::LogLimits {
+    resume::LogLimits {
+        per_room: PUBLISH_LOG,
+        rooms: config.limits.publish_streams,
+        entries: config.limits.publish_log_entries,
+    }
+}
 
 /// Publish outcomes each session remembers per room, for answering retried
 /// publishes; at least the reference client's outbox bound.
 const PUBLISH_LOG: usize = 4096;
+
+/// Room ids one connection may hold at most, whatever the configuration.
+pub use room_ids::MAX_ROOM_IDS;
 
 /// Over-the-limit connections told `server busy` at once; more are refused
 /// without a handshake.
@@ -87,8 +103,8 @@ pub struct ServerConfig {
     pub max_rooms: usize,
     /// Reliable events queued per room per connection before `slow consumer`.
     pub reliable_queue: usize,
-    /// Bytes of reliable events queued per room per connection before
-    /// `slow consumer` (never less than one frame).
+    /// Bytes of reliable events queued per connection, all its rooms
+    /// together, before `slow consumer` (never less than one frame).
     pub reliable_queue_bytes: usize,
     /// Datagrams queued per connection before the oldest are dropped.
     pub datagram_queue: usize,
@@ -98,8 +114,13 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// How long shutdown waits for clients to receive accepted events.
     pub shutdown_grace: Duration,
-    /// When set, `Hello` must carry exactly this token.
+    /// When set, `Hello` must carry exactly this token (compared in
+    /// constant time).
     pub token: Option<String>,
+    /// What each connection may hold and do.
+    pub limits: ConnectionLimits,
+    /// What each client address may do.
+    pub address_limits: AddressLimits,
     /// How much history each room keeps for recovery.
     pub history: HistoryLimits,
     /// How long a session whose connection dropped can be resumed.
@@ -124,6 +145,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
             token: None,
+            limits: ConnectionLimits::default(),
+            address_limits: AddressLimits::default(),
             history: HistoryLimits::default(),
             resume_window: Duration::from_secs(120),
             storage: Storage::Memory,
@@ -132,6 +155,9 @@ impl Default for ServerConfig {
                 // to. quinn keeps an entry per stream it allows, so this
                 // limit is memory every connection holds even when idle.
                 max_uni_streams: 256,
+                // What one connection may have in flight towards us, all
+                // streams together, before QUIC flow control holds it back.
+                receive_window: Some(8 * 1024 * 1024),
                 ..TransportSettings::default()
             },
         }
@@ -218,7 +244,7 @@ impl Server {
                 let sessions = resume::SessionStore::durable(
                     config.resume_window,
                     config.max_connections.saturating_mul(4),
-                    PUBLISH_LOG,
+                    log_limits(&config),
                     Box::new(journal),
                     stored,
                     std::time::Instant::now(),
@@ -238,7 +264,7 @@ impl Server {
         let sessions = resume::SessionStore::new(
             config.resume_window,
             config.max_connections.saturating_mul(4),
-            PUBLISH_LOG,
+            log_limits(&config),
         );
         Self::with_parts(config, identity, backplane, sessions)
     }
@@ -260,6 +286,7 @@ impl Server {
             ctx: Arc::new(SessionContext {
                 backplane,
                 sessions,
+                addresses: std::sync::Mutex::new(AddressTable::new(config.address_limits.clone())),
                 config: Arc::new(config),
                 stats: Arc::new(ServerStats::default()),
             }),
@@ -316,6 +343,24 @@ impl Server {
                 }
                 continue;
             }
+            let validated = incoming.remote_address_validated();
+            let ip = incoming.remote_address().ip();
+            let admit = lock(&ctx.addresses).admit(ip, validated, std::time::Instant::now());
+            match admit {
+                Admit::Accept => {}
+                Admit::Retry => {
+                    ctx.stats.handshakes_retried.fetch_add(1, Ordering::Relaxed);
+                    if incoming.retry().is_err() {
+                        tracing::debug!("could not send a Retry");
+                    }
+                    continue;
+                }
+                Admit::Refuse => {
+                    ctx.stats.limit_hit(Limit::HandshakeRatePerIp);
+                    incoming.refuse();
+                    continue;
+                }
+            }
             let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
                 ctx.stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
                 incoming.refuse();
@@ -351,8 +396,19 @@ impl Server {
                     }
                 };
                 drop(handshake);
+                // The handshake proved the address: count it there.
+                let ip = conn.remote_address().ip();
+                if !lock(&ctx.addresses).connect(ip, std::time::Instant::now()) {
+                    ctx.stats.limit_hit(Limit::ConnectionsPerIp);
+                    let max = ctx.config.address_limits.connections;
+                    let reason =
+                        format!("server busy: connection limit of {max} per address reached");
+                    conn.close(close_code::SERVER_BUSY.into(), reason.as_bytes());
+                    return;
+                }
                 // A connection slot only for a completed handshake.
                 let Ok(permit) = limit.try_acquire_owned() else {
+                    lock(&ctx.addresses).disconnect(ip);
                     ctx.stats
                         .connections_refused
                         .fetch_add(1, Ordering::Relaxed);
@@ -366,6 +422,7 @@ impl Server {
                     .fetch_add(1, Ordering::Relaxed);
                 ctx.stats.active_sessions.fetch_add(1, Ordering::Relaxed);
                 session::run(conn, session, ctx.clone(), stop_rx).await;
+                lock(&ctx.addresses).disconnect(ip);
                 ctx.stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
                 drop(done);
@@ -444,6 +501,7 @@ async fn maintain(ctx: Arc<SessionContext>) {
     loop {
         tick.tick().await;
         let ctx = ctx.clone();
+        lock(&ctx.addresses).sweep(std::time::Instant::now());
         let _ = tokio::task::spawn_blocking(move || {
             ctx.sessions.checkpoint();
             ctx.backplane.maintain();

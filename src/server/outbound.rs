@@ -91,7 +91,8 @@ impl DatagramRing {
 }
 
 /// The sending half of one room's reliable queue: at most `events` frames
-/// and `max_bytes` bytes wait for the room's writer.
+/// wait for the room's writer, and at most `max_bytes` bytes for all the
+/// writers of the connection.
 #[derive(Clone)]
 pub(crate) struct RoomQueue {
     tx: mpsc::Sender<Bytes>,
@@ -107,9 +108,19 @@ pub(crate) enum QueueFull {
 
 impl RoomQueue {
     /// A queue and the receiving half its writer drains.
+    #[cfg(test)]
     pub fn new(events: usize, max_bytes: usize) -> (RoomQueue, RoomQueueRx) {
+        Self::sharing(events, max_bytes, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// A queue whose bytes count in `bytes`, with every other queue of the
+    /// connection: `max_bytes` bounds them all together.
+    pub fn sharing(
+        events: usize,
+        max_bytes: usize,
+        bytes: Arc<AtomicUsize>,
+    ) -> (RoomQueue, RoomQueueRx) {
         let (tx, rx) = mpsc::channel(events.max(1));
-        let bytes = Arc::new(AtomicUsize::new(0));
         (
             RoomQueue {
                 tx,

@@ -19,6 +19,7 @@
 //! ([`PublishLog::restore`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,37 @@ pub struct PublishLog {
     restored_through: u64,
     /// `through` as of the last checkpoint written.
     checkpointed: u64,
+    /// The outcomes its session remembers across all its rooms.
+    entries: Option<Arc<EntryBudget>>,
+}
+
+/// How many publish outcomes one session remembers across its rooms.
+#[derive(Debug)]
+pub struct EntryBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl EntryBudget {
+    pub fn new(max: usize) -> Self {
+        EntryBudget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Outcomes remembered now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PublishLog {
+    fn drop(&mut self) {
+        if let Some(entries) = &self.entries {
+            entries.used.fetch_sub(self.recent.len(), Ordering::Relaxed);
+        }
+    }
 }
 
 impl PublishLog {
@@ -68,7 +100,15 @@ impl PublishLog {
             needs_restore: false,
             restored_through: 0,
             checkpointed: 0,
+            entries: None,
         }
+    }
+
+    /// A log whose outcomes count against its session's `entries`.
+    pub fn within(capacity: usize, entries: Arc<EntryBudget>) -> Self {
+        let mut log = PublishLog::new(capacity);
+        log.entries = Some(entries);
+        log
     }
 
     /// Whether the log must first learn, with [`PublishLog::restore`], the
@@ -133,19 +173,35 @@ impl PublishLog {
         }
     }
 
-    /// Records the outcome of a new id.
-    pub fn record(&mut self, id: u64, outcome: Outcome) {
+    /// Records the outcome of a new id. Returns how many older outcomes
+    /// were forgotten early because the session's budget is spent (a
+    /// retry of one of those is answered `Duplicate`, without its offset).
+    pub fn record(&mut self, id: u64, outcome: Outcome) -> usize {
         if self.in_flight == Some(id) {
             self.in_flight = None;
         }
         if id <= self.through {
-            return;
+            return 0;
         }
         self.through = id;
         self.recent.push_back((id, outcome));
+        let mut forgotten = 0;
+        if let Some(entries) = &self.entries {
+            entries.used.fetch_add(1, Ordering::Relaxed);
+            // Over the session's budget, a room keeps at least its newest.
+            while entries.used() > entries.max && self.recent.len() > 1 {
+                self.recent.pop_front();
+                entries.used.fetch_sub(1, Ordering::Relaxed);
+                forgotten += 1;
+            }
+        }
         while self.recent.len() > self.capacity {
             self.recent.pop_front();
+            if let Some(entries) = &self.entries {
+                entries.used.fetch_sub(1, Ordering::Relaxed);
+            }
         }
+        forgotten
     }
 
     /// The highest id handled.
@@ -156,7 +212,8 @@ impl PublishLog {
 
 /// One session, as long as it can be resumed.
 pub struct SessionState {
-    token: String,
+    /// Changes with every resume: a token resumes a session once.
+    token: Mutex<String>,
     /// Names the session in stored events; never sent to anyone.
     key: u64,
     /// Loaded from the journal after a restart: its publish logs must be
@@ -165,8 +222,20 @@ pub struct SessionState {
     /// For a restored session: per room, its log's checkpoint.
     checkpoints: HashMap<String, u64>,
     logs: Mutex<HashMap<String, Arc<Mutex<PublishLog>>>>,
-    log_capacity: usize,
+    log_limits: LogLimits,
+    entries: Arc<EntryBudget>,
     attachment: Mutex<Attachment>,
+}
+
+/// What one session's publish logs may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    /// Outcomes remembered per room: at least the reference client's outbox.
+    pub per_room: usize,
+    /// Rooms a session publishes reliable events to.
+    pub rooms: usize,
+    /// Outcomes remembered across all its rooms.
+    pub entries: usize,
 }
 
 struct Attachment {
@@ -180,8 +249,8 @@ struct Attachment {
 
 impl SessionState {
     /// The token a client presents to resume this session.
-    pub fn token(&self) -> &str {
-        &self.token
+    pub fn token(&self) -> String {
+        lock(&self.token).clone()
     }
 
     /// The key that names this session in stored events.
@@ -189,27 +258,39 @@ impl SessionState {
         self.key
     }
 
-    /// The publish log of one room.
-    pub fn log(&self, room: &str) -> Arc<Mutex<PublishLog>> {
-        lock(&self.logs)
-            .entry(room.to_string())
-            .or_insert_with(|| {
-                let mut log = PublishLog::new(self.log_capacity);
-                log.needs_restore = self.restored;
-                log.restored_through = self.checkpoints.get(room).copied().unwrap_or(0);
-                Arc::new(Mutex::new(log))
-            })
-            .clone()
+    /// The publish log of one room; `None` when the session already
+    /// publishes to its maximum of rooms.
+    pub fn log(&self, room: &str) -> Option<Arc<Mutex<PublishLog>>> {
+        let mut logs = lock(&self.logs);
+        if let Some(log) = logs.get(room) {
+            return Some(log.clone());
+        }
+        if logs.len() >= self.log_limits.rooms {
+            return None;
+        }
+        let mut log = PublishLog::within(self.log_limits.per_room, self.entries.clone());
+        log.needs_restore = self.restored;
+        log.restored_through = self.checkpoints.get(room).copied().unwrap_or(0);
+        let log = Arc::new(Mutex::new(log));
+        logs.insert(room.to_string(), log.clone());
+        Some(log)
     }
 
-    fn new(token: String, key: u64, restored: bool, log_capacity: usize) -> Self {
+    /// Publish outcomes remembered across the session's rooms.
+    #[cfg(test)]
+    pub fn remembered(&self) -> usize {
+        self.entries.used()
+    }
+
+    fn new(token: String, key: u64, restored: bool, log_limits: LogLimits) -> Self {
         SessionState {
-            token,
+            token: Mutex::new(token),
             key,
             restored,
             checkpoints: HashMap::new(),
             logs: Mutex::new(HashMap::new()),
-            log_capacity,
+            log_limits,
+            entries: Arc::new(EntryBudget::new(log_limits.entries)),
             attachment: Mutex::new(Attachment {
                 generation: 0,
                 live: None,
@@ -224,7 +305,7 @@ pub struct SessionStore {
     sessions: Mutex<HashMap<String, Arc<SessionState>>>,
     window: Duration,
     max_sessions: usize,
-    log_capacity: usize,
+    log_limits: LogLimits,
     journal: Option<Box<dyn SessionJournal>>,
 }
 
@@ -239,12 +320,12 @@ pub struct Attached {
 impl SessionStore {
     /// Sessions stay resumable for `window` after their connection drops;
     /// at most `max_sessions` are kept (the longest parked go first).
-    pub fn new(window: Duration, max_sessions: usize, log_capacity: usize) -> Self {
+    pub fn new(window: Duration, max_sessions: usize, log_limits: LogLimits) -> Self {
         SessionStore {
             sessions: Mutex::new(HashMap::new()),
             window,
             max_sessions: max_sessions.max(1),
-            log_capacity,
+            log_limits,
             journal: None,
         }
     }
@@ -254,16 +335,16 @@ impl SessionStore {
     pub fn durable(
         window: Duration,
         max_sessions: usize,
-        log_capacity: usize,
+        log_limits: LogLimits,
         journal: Box<dyn SessionJournal>,
         stored: Vec<StoredSession>,
         now: Instant,
     ) -> Self {
-        let mut store = SessionStore::new(window, max_sessions, log_capacity);
+        let mut store = SessionStore::new(window, max_sessions, log_limits);
         {
             let sessions = store.sessions.get_mut().unwrap_or_else(|e| e.into_inner());
             for s in stored {
-                let mut state = SessionState::new(s.token.clone(), s.key, true, log_capacity);
+                let mut state = SessionState::new(s.token.clone(), s.key, true, log_limits);
                 state.checkpoints = s.progress.into_iter().collect();
                 lock(&state.attachment).parked_until = Some(now + window);
                 sessions.insert(s.token, Arc::new(state));
@@ -334,8 +415,20 @@ impl SessionStore {
                     reason: RecoveryFailure::EpochChanged,
                 },
             ),
-            Some(r) => match sessions.get(&r.token) {
-                Some(state) => (Some(state.clone()), ResumeOutcome::Resumed),
+            Some(r) => match sessions.remove(&r.token) {
+                Some(state) => {
+                    // A token resumes once: whoever holds the old one (a
+                    // thief, or a client that lost the race) is refused.
+                    let token = new_token();
+                    if let Some(journal) = &self.journal {
+                        if let Err(e) = journal.rotated(state.key, &token) {
+                            tracing::error!("cannot store a resume token: {e}");
+                        }
+                    }
+                    *lock(&state.token) = token.clone();
+                    sessions.insert(token, state.clone());
+                    (Some(state), ResumeOutcome::Resumed)
+                }
                 None => (
                     None,
                     ResumeOutcome::NotResumed {
@@ -346,16 +439,11 @@ impl SessionStore {
         };
         let state = state.unwrap_or_else(|| {
             let key = rand::random::<u64>().max(1);
-            let state = Arc::new(SessionState::new(
-                new_token(),
-                key,
-                false,
-                self.log_capacity,
-            ));
+            let state = Arc::new(SessionState::new(new_token(), key, false, self.log_limits));
             if let Some(journal) = &self.journal {
                 let stored = StoredSession {
                     key,
-                    token: state.token.clone(),
+                    token: state.token(),
                     progress: Vec::new(),
                 };
                 // Without the record the session only cannot outlive a
@@ -364,7 +452,7 @@ impl SessionStore {
                     tracing::error!("cannot store a session: {e}");
                 }
             }
-            sessions.insert(state.token.clone(), state.clone());
+            sessions.insert(state.token(), state.clone());
             state
         });
         let generation = {
@@ -396,7 +484,7 @@ impl SessionStore {
         a.live = None;
         if clean {
             drop(a);
-            if let Some(state) = sessions.remove(&attached.state.token) {
+            if let Some(state) = sessions.remove(&attached.state.token()) {
                 self.forget(&state);
             }
         } else {
@@ -455,6 +543,12 @@ mod tests {
 
     const EPOCH: u64 = 7;
 
+    const LOGS: LogLimits = LogLimits {
+        per_room: 16,
+        rooms: 8,
+        entries: 64,
+    };
+
     fn resume(token: &str, epoch: u64) -> Resume {
         Resume {
             token: token.to_string(),
@@ -482,6 +576,9 @@ mod tests {
                 .push((key, room.to_string(), through));
             Ok(())
         }
+        fn rotated(&self, _: u64, _: &str) -> Result<(), crate::server::history::HistoryError> {
+            Ok(())
+        }
         fn ended(&self, _: u64) {}
     }
 
@@ -492,14 +589,20 @@ mod tests {
         let store = SessionStore::durable(
             Duration::from_secs(120),
             100,
-            16,
+            LOGS,
             Box::new(journal.clone()),
             Vec::new(),
             t0,
         );
         let first = store.attach(None, EPOCH, || {}, t0);
         for id in 1..=3 {
-            first.state.log("r").lock().unwrap().record(id, Ok(10 + id));
+            first
+                .state
+                .log("r")
+                .unwrap()
+                .lock()
+                .unwrap()
+                .record(id, Ok(10 + id));
         }
         store.checkpoint();
         store.checkpoint();
@@ -520,14 +623,14 @@ mod tests {
         let restarted = SessionStore::durable(
             Duration::from_secs(120),
             100,
-            16,
+            LOGS,
             Box::new(journal.clone()),
             vec![stored],
             t0,
         );
-        let again = restarted.attach(Some(&resume(first.state.token(), EPOCH)), EPOCH, || {}, t0);
+        let again = restarted.attach(Some(&resume(&first.state.token(), EPOCH)), EPOCH, || {}, t0);
         assert_eq!(again.outcome, ResumeOutcome::Resumed);
-        let log = again.state.log("r");
+        let log = again.state.log("r").unwrap();
         let mut log = log.lock().unwrap();
         assert!(log.needs_restore());
         assert!(!log.copy_may_publish(5), "nothing before the restore");
@@ -567,27 +670,84 @@ mod tests {
 
     #[test]
     fn a_dropped_session_resumes_within_the_window_and_keeps_its_log() {
-        let store = SessionStore::new(Duration::from_secs(120), 100, 16);
+        let store = SessionStore::new(Duration::from_secs(120), 100, LOGS);
         let t0 = Instant::now();
         let first = store.attach(None, EPOCH, || {}, t0);
         assert_eq!(first.outcome, ResumeOutcome::New);
-        first.state.log("r").lock().unwrap().record(1, Ok(5));
+        first
+            .state
+            .log("r")
+            .unwrap()
+            .lock()
+            .unwrap()
+            .record(1, Ok(5));
         let token = first.state.token().to_string();
         store.detach(&first, false, t0);
 
         let later = t0 + Duration::from_secs(60);
         let again = store.attach(Some(&resume(&token, EPOCH)), EPOCH, || {}, later);
         assert_eq!(again.outcome, ResumeOutcome::Resumed);
-        assert_eq!(again.state.token(), token);
         assert_eq!(
-            again.state.log("r").lock().unwrap().check(1),
+            again.state.log("r").unwrap().lock().unwrap().check(1),
             Seen::Duplicate(Some(Ok(5)))
         );
+        // The token resumed once; the session now answers to a new one.
+        let rotated = again.state.token();
+        assert_ne!(rotated, token);
+        store.detach(&again, false, later);
+        let stolen = store.attach(Some(&resume(&token, EPOCH)), EPOCH, || {}, later);
+        assert_eq!(
+            stolen.outcome,
+            ResumeOutcome::NotResumed {
+                reason: RecoveryFailure::TokenExpired
+            }
+        );
+        assert_ne!(stolen.state.key(), again.state.key(), "a new session");
+        let owner = store.attach(Some(&resume(&rotated, EPOCH)), EPOCH, || {}, later);
+        assert_eq!(owner.outcome, ResumeOutcome::Resumed);
+        assert_eq!(owner.state.key(), again.state.key());
+    }
+
+    #[test]
+    fn a_session_publishes_to_a_bounded_number_of_rooms_and_remembers_a_bounded_number_of_outcomes()
+    {
+        let store = SessionStore::new(Duration::from_secs(120), 100, LOGS);
+        let t0 = Instant::now();
+        let s = store.attach(None, EPOCH, || {}, t0);
+        let logs: Vec<_> = (0..LOGS.rooms)
+            .map(|r| s.state.log(&format!("r{r}")).unwrap())
+            .collect();
+        assert!(s.state.log("one-too-many").is_none());
+        assert!(s.state.log("r0").is_some(), "a room it has is still there");
+        // 8 rooms × 16 per room would be 128 outcomes; the session keeps 64.
+        let mut forgotten = 0;
+        for id in 1..=16 {
+            for log in &logs {
+                forgotten += log.lock().unwrap().record(id, Ok(id));
+            }
+        }
+        assert_eq!(s.state.remembered(), LOGS.entries);
+        assert_eq!(forgotten, 128 - LOGS.entries);
+        let first = logs[0].lock().unwrap();
+        assert_eq!(
+            first.check(16),
+            Seen::Duplicate(Some(Ok(16))),
+            "the newest is kept"
+        );
+        assert_eq!(
+            first.check(1),
+            Seen::Duplicate(None),
+            "the oldest is forgotten"
+        );
+        drop(first);
+        drop(logs);
+        store.detach(&s, true, t0);
+        drop(s);
     }
 
     #[test]
     fn expired_unknown_and_other_epoch_tokens_start_new_sessions() {
-        let store = SessionStore::new(Duration::from_secs(10), 100, 16);
+        let store = SessionStore::new(Duration::from_secs(10), 100, LOGS);
         let t0 = Instant::now();
         let first = store.attach(None, EPOCH, || {}, t0);
         let token = first.state.token().to_string();
@@ -612,7 +772,7 @@ mod tests {
 
     #[test]
     fn a_clean_close_forgets_and_a_takeover_closes_the_old_connection() {
-        let store = SessionStore::new(Duration::from_secs(120), 100, 16);
+        let store = SessionStore::new(Duration::from_secs(120), 100, LOGS);
         let t0 = Instant::now();
         let closed = Arc::new(AtomicBool::new(false));
         let flag = closed.clone();
@@ -631,7 +791,7 @@ mod tests {
 
     #[test]
     fn the_store_is_bounded() {
-        let store = SessionStore::new(Duration::from_secs(120), 3, 16);
+        let store = SessionStore::new(Duration::from_secs(120), 3, LOGS);
         let t0 = Instant::now();
         for i in 0..10 {
             let s = store.attach(None, EPOCH, || {}, t0 + Duration::from_secs(i));

@@ -16,25 +16,46 @@ use crate::wire::RoomId;
 pub const MAX_ROOM_IDS: usize = 65_536;
 
 /// The ids handed out on one connection. Owned by its session task.
-#[derive(Default)]
 pub(crate) struct RoomIds {
     by_name: HashMap<Arc<str>, RoomId>,
     names: HashMap<RoomId, Arc<str>>,
     next: RoomId,
+    max: usize,
 }
 
-/// The connection already holds ids for [`MAX_ROOM_IDS`] rooms.
+impl Default for RoomIds {
+    fn default() -> Self {
+        RoomIds::with_max(MAX_ROOM_IDS)
+    }
+}
+
+/// The connection already holds ids for its maximum of rooms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TooManyIds;
 
 impl RoomIds {
+    /// Ids for at most `max` names (never more than [`MAX_ROOM_IDS`]).
+    pub fn with_max(max: usize) -> Self {
+        RoomIds {
+            by_name: HashMap::new(),
+            names: HashMap::new(),
+            next: 0,
+            max: max.min(MAX_ROOM_IDS),
+        }
+    }
+
+    /// The most names this connection may hold ids for.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// The id of room `name` on this connection, handing out the next one
     /// the first time; with the name as the connection keeps it.
     pub fn id_for(&mut self, name: &str) -> Result<(RoomId, Arc<str>), TooManyIds> {
         if let Some((name, id)) = self.by_name.get_key_value(name) {
             return Ok((*id, name.clone()));
         }
-        if self.by_name.len() >= MAX_ROOM_IDS {
+        if self.by_name.len() >= self.max {
             return Err(TooManyIds);
         }
         // Ids start at 1 and are never given to a second name.

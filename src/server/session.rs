@@ -19,15 +19,18 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use super::backplane::{BackplaneError, SessionId};
 use super::context::{
-    error_frame, read_failure, stopping, unknown_id, Closing, Control, Ending, SessionContext,
-    CONTROL_QUEUE,
+    error_frame, over_rate, read_failure, stopping, unknown_id, Closing, ConnectionShare, Control,
+    Ending, SessionContext, CONTROL_QUEUE,
 };
 use super::ingest::{handle_datagram, read_publish_stream};
+use super::limits::{Throttle, Verdict};
 use super::outbound::{
     write_control, write_datagrams, write_room_stream, DatagramRing, RoomQueue, SessionSubscriber,
 };
 use super::resume::Attached;
-use super::room_ids::{RoomIds, MAX_ROOM_IDS};
+use super::room_ids::RoomIds;
+use super::stats::Limit;
+use crate::sync::lock;
 use crate::wire::{
     self, close_code, validate_name, ErrorCode, Frame, FrameReader, Recovery, RoomId,
     PROTOCOL_VERSION,
@@ -53,6 +56,9 @@ pub(crate) async fn run(
 
     let (control_tx, control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
     let control = Control::new(control_tx, conn.clone(), ctx.stats.clone());
+    let share = Arc::new(ConnectionShare::new(control.clone(), &ctx.config));
+    control_reader.set_frame_timeout(ctx.config.limits.frame_timeout);
+    control_reader.set_budget(share.frame_budget.clone());
     let control_writer = tokio::spawn(write_control(control_send, control_rx));
     let datagrams = Arc::new(DatagramRing::new(ctx.config.datagram_queue));
     let datagram_writer = tokio::spawn(write_datagrams(
@@ -65,8 +71,14 @@ pub(crate) async fn run(
         conn: &conn,
         session,
         ctx: &ctx,
-        ids: RoomIds::default(),
+        ids: RoomIds::with_max(ctx.config.limits.room_names),
         joined: HashMap::new(),
+        queued: Arc::default(),
+        control_rate: Throttle::new(
+            ctx.config.limits.control_rate,
+            ctx.config.limits.rate_strikes,
+            std::time::Instant::now(),
+        ),
         writers: JoinSet::new(),
         datagrams: &datagrams,
         copies,
@@ -95,13 +107,14 @@ pub(crate) async fn run(
             }
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    readers.spawn(read_publish_stream(recv, conn.clone(), session, ctx.clone(), control.clone(), attached.state.clone(), shutdown.clone()));
+                    let reader = share.reader(recv, &ctx.config);
+                    readers.spawn(read_publish_stream(reader, conn.clone(), session, ctx.clone(), share.clone(), attached.state.clone(), shutdown.clone()));
                 }
                 Err(_) => break false,
             },
             datagram = conn.read_datagram() => match datagram {
                 Ok(bytes) => {
-                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &control, &attached.state, &rooms.ids) {
+                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &share, &attached.state, &rooms.ids) {
                         closing.apply(&conn, &ctx.stats);
                         break false;
                     }
@@ -155,6 +168,7 @@ pub(crate) async fn run(
         // With the backplane's copies gone, dropping ours closes every room queue.
         joined.clear();
         drop(control);
+        drop(share);
         while writers.join_next().await.is_some() {}
         let _ = control_writer.await;
     })
@@ -226,14 +240,9 @@ async fn handshake(
             close_code::UNSUPPORTED_VERSION,
             format!("client speaks protocol version {version}, server speaks {PROTOCOL_VERSION}"),
         ))
-    } else if ctx.config.token.is_some() && token != ctx.config.token {
-        Some((
-            ErrorCode::Unauthorized,
-            close_code::UNAUTHORIZED,
-            "missing or wrong token".to_string(),
-        ))
     } else {
-        None
+        check_token(conn, ctx, token.as_deref())
+            .map(|reason| (ErrorCode::Unauthorized, close_code::UNAUTHORIZED, reason))
     };
     if let Some((code, close, reason)) = refusal {
         let reject = wire::encode_framed(&Frame::Reject {
@@ -270,7 +279,7 @@ async fn handshake(
         max_datagram_payload,
         max_frame: ctx.config.max_frame as u32,
         epoch: ctx.backplane.epoch(),
-        resume_token: attached.state.token().to_string(),
+        resume_token: attached.state.token(),
         resumed: attached.outcome,
     });
     if send.write_all(&welcome).await.is_err() {
@@ -280,6 +289,38 @@ async fn handshake(
     }
     tracing::debug!(%session, client = %client_name, addr = %conn.remote_address(), resumed = ?attached.outcome, "session started");
     Ok((send, reader, attached, copies))
+}
+
+/// Checks `Hello`'s token against the server's, if it has one: `None` when
+/// it may go on, else why not. The comparison takes the same time however
+/// much of the token is right, and an address that fails too often is
+/// refused without its token being looked at.
+fn check_token(conn: &Connection, ctx: &SessionContext, given: Option<&str>) -> Option<String> {
+    use subtle::ConstantTimeEq;
+    let expected = ctx.config.token.as_deref()?;
+    let ip = conn.remote_address().ip();
+    let now = std::time::Instant::now();
+    if !lock(&ctx.addresses).may_try_token(ip, now) {
+        ctx.stats.limit_hit(Limit::FailedHellos);
+        return Some("too many failed attempts from this address; try again later".into());
+    }
+    let given = given.unwrap_or_default().as_bytes();
+    if bool::from(given.ct_eq(expected.as_bytes())) {
+        return None;
+    }
+    lock(&ctx.addresses).failed_hello(ip, now);
+    Some("missing or wrong token".into())
+}
+
+/// The request id of a client control frame.
+fn request_of(frame: &Frame) -> Option<u64> {
+    match frame {
+        Frame::Join { request, .. }
+        | Frame::Leave { request, .. }
+        | Frame::Ping { request }
+        | Frame::Resolve { request, .. } => Some(*request),
+        _ => None,
+    }
 }
 
 /// The rooms a session has named and joined, and what it needs to join more.
@@ -295,10 +336,32 @@ struct Rooms<'a> {
     datagrams: &'a Arc<DatagramRing>,
     /// The client asked for `EventCopy` datagrams (`Hello.copies`).
     copies: bool,
+    /// The connection's rate of control requests.
+    control_rate: Throttle,
+    /// Bytes of reliable events queued for the connection, all rooms.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Rooms<'_> {
     async fn handle_control(&mut self, frame: Frame, control: &Control) -> Result<(), Ending> {
+        if let Some(request) = request_of(&frame) {
+            match self.control_rate.check(std::time::Instant::now()) {
+                Verdict::Allow => {}
+                verdict => {
+                    self.ctx.stats.limit_hit(Limit::ControlRate);
+                    let rate = &self.ctx.config.limits.control_rate;
+                    let (reply, closing) = over_rate("control request", rate, Some(request));
+                    if verdict == Verdict::Close {
+                        return Err(Ending::Close(closing));
+                    }
+                    return if control.send(reply) {
+                        Ok(())
+                    } else {
+                        Err(Ending::Gone)
+                    };
+                }
+            }
+        }
         let reply = match frame {
             Frame::Join {
                 request,
@@ -335,9 +398,13 @@ impl Rooms<'_> {
             .open(room)
             .map_err(|e| (e.code(), e.to_string()))?;
         self.ids.id_for(room).map_err(|_| {
+            self.ctx.stats.limit_hit(Limit::RoomNames);
             (
-                ErrorCode::TooManyRooms,
-                format!("this connection already names its maximum of {MAX_ROOM_IDS} rooms"),
+                ErrorCode::LimitReached,
+                format!(
+                    "this connection already names its maximum of {} rooms",
+                    self.ids.max()
+                ),
             )
         })
     }
@@ -359,6 +426,12 @@ impl Rooms<'_> {
     }
 
     async fn join(&mut self, request: u64, room: &str, echo: bool, since: Option<u64>) -> Bytes {
+        let max = self.ctx.config.limits.rooms_joined;
+        if self.joined.len() >= max && !self.joined.contains_key(room) {
+            self.ctx.stats.limit_hit(Limit::RoomsJoined);
+            let message = format!("this connection already has its maximum of {max} rooms joined");
+            return error_frame(Some(request), ErrorCode::LimitReached, message);
+        }
         let (room_id, name) = match self.name(room) {
             Ok(named) => named,
             Err((code, message)) => return error_frame(Some(request), code, message),
@@ -394,7 +467,8 @@ impl Rooms<'_> {
                 let max_bytes = config
                     .reliable_queue_bytes
                     .max(config.max_frame + wire::MAX_VARINT_LEN);
-                let (queue, queue_rx) = RoomQueue::new(config.reliable_queue, max_bytes);
+                let (queue, queue_rx) =
+                    RoomQueue::sharing(config.reliable_queue, max_bytes, self.queued.clone());
                 (queue, Some(queue_rx))
             }
         };

@@ -30,6 +30,7 @@ const MAGIC: &[u8; 8] = b"QBSESS01";
 const BEGAN: u8 = 1;
 const ENDED: u8 = 2;
 const PROGRESS: u8 = 3;
+const ROTATED: u8 = 4;
 /// Longest record body accepted on open (a room name is at most 255 bytes).
 const MAX_BODY: usize = 4096;
 
@@ -51,6 +52,9 @@ pub trait SessionJournal: Send + Sync {
     /// A checkpoint: the session's publish log of `room` has handled every
     /// id up to `through`.
     fn progress(&self, key: u64, room: &str, through: u64) -> Result<(), HistoryError>;
+    /// A session was resumed and given a new resume token; the old one
+    /// must not resume it after a restart either.
+    fn rotated(&self, key: u64, token: &str) -> Result<(), HistoryError>;
     /// A session ended (closed cleanly, expired or evicted).
     fn ended(&self, key: u64);
 }
@@ -161,6 +165,15 @@ impl SessionJournal for FileJournal {
         )
     }
 
+    fn rotated(&self, key: u64, token: &str) -> Result<(), HistoryError> {
+        let mut state = lock(&self.state);
+        let Some(live) = state.live.get_mut(&key) else {
+            return Ok(());
+        };
+        live.token = token.to_string();
+        self.append(&mut state, &record(ROTATED, key, token.as_bytes()))
+    }
+
     fn ended(&self, key: u64) {
         let mut state = lock(&self.state);
         if state.live.remove(&key).is_none() {
@@ -237,6 +250,11 @@ fn read_live(path: &Path) -> Result<HashMap<u64, Live>, HistoryError> {
                     session.progress.insert(room, through);
                 }
             }
+            Entry::Rotated { key, token } => {
+                if let Some(session) = live.get_mut(&key) {
+                    session.token = token;
+                }
+            }
             Entry::Ended { key } => {
                 live.remove(&key);
             }
@@ -263,6 +281,10 @@ enum Entry {
         key: u64,
         room: String,
         through: u64,
+    },
+    Rotated {
+        key: u64,
+        token: String,
     },
     Ended {
         key: u64,
@@ -294,6 +316,10 @@ fn parse(data: &[u8], at: usize) -> Option<(usize, Entry)> {
             key,
             through: u64::from_le_bytes(rest.get(..8)?.try_into().ok()?),
             room: String::from_utf8(rest.get(8..)?.to_vec()).ok()?,
+        },
+        ROTATED => Entry::Rotated {
+            key,
+            token: String::from_utf8(rest.to_vec()).ok()?,
         },
         ENDED => Entry::Ended { key },
         _ => return None,
@@ -388,6 +414,31 @@ mod tests {
         let (_, mut stored) = FileJournal::open(dir.path()).unwrap();
         stored.sort_by_key(|s| s.key);
         assert_eq!(stored, vec![session(1), session(3)]);
+    }
+
+    #[test]
+    fn a_rotated_token_replaces_the_old_one_and_keeps_the_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = FileJournal::open(dir.path()).unwrap();
+        journal.created(&session(1)).unwrap();
+        journal.progress(1, "a", 4).unwrap();
+        journal.rotated(1, "fresh").unwrap();
+        journal.rotated(9, "nobody").unwrap(); // no such session: ignored
+        drop(journal);
+        let (journal, stored) = FileJournal::open(dir.path()).unwrap();
+        let expected = StoredSession {
+            key: 1,
+            token: "fresh".into(),
+            progress: vec![("a".into(), 4)],
+        };
+        assert_eq!(stored, vec![expected.clone()]);
+        // A compaction writes the current token.
+        for through in 5..3000 {
+            journal.progress(1, "a", through).unwrap();
+        }
+        drop(journal);
+        let (_, stored) = FileJournal::open(dir.path()).unwrap();
+        assert_eq!(stored[0].token, "fresh");
     }
 
     #[test]

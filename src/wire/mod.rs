@@ -380,6 +380,13 @@ pub enum ErrorCode {
     /// The server could not store the event (a storage failure); it was
     /// not published and may be sent again.
     Unavailable,
+    /// Over the connection's rate of control requests or of publishes: the
+    /// request was refused (a publish was not published). Many in a row
+    /// close the connection with `rate limited`.
+    RateLimited,
+    /// The connection holds its maximum of something (rooms joined, room
+    /// names, publish streams, rooms published to); the message says which.
+    LimitReached,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -395,6 +402,8 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::ShuttingDown => "server shutting down",
             ErrorCode::Duplicate => "duplicate publish",
             ErrorCode::Unavailable => "storage unavailable",
+            ErrorCode::RateLimited => "rate limited",
+            ErrorCode::LimitReached => "limit reached",
         };
         f.write_str(text)
     }
@@ -428,6 +437,11 @@ pub mod close_code {
     /// the connection safely (it would risk publishing an event twice);
     /// reconnect later.
     pub const STORAGE_UNAVAILABLE: u32 = 10;
+    /// The client went on sending over its rate after being told
+    /// `RateLimited`.
+    pub const RATE_LIMITED: u32 = 11;
+    /// A frame stayed half-sent longer than the server's frame timeout.
+    pub const FRAME_TIMEOUT: u32 = 12;
 
     /// A short name for a close code, for messages.
     pub fn describe(code: u64) -> &'static str {
@@ -443,6 +457,8 @@ pub mod close_code {
             8 => "unauthorized",
             9 => "session resumed on another connection",
             10 => "storage unavailable",
+            11 => "rate limited",
+            12 => "frame timeout",
             _ => "unknown close code",
         }
     }
