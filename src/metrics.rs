@@ -27,6 +27,7 @@ use prometheus_client::encoding::text as openmetrics_text;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -41,8 +42,10 @@ pub const PATH: &str = "/metrics";
 /// Prometheus needs one; this only keeps a flood from costing memory.
 const MAX_CONNECTIONS: usize = 32;
 
-/// How long a request may take to send its headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may take to send its headers; also how long an idle
+/// keep-alive connection stays open (longer than Prometheus's shortest
+/// usual scrape interval, 15 s, so its connection is reused).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The defences that refuse a connection attempt: they are also reasons of
 /// `quicbus_handshakes_refused_total`.
@@ -217,12 +220,12 @@ impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let s = self.stats.snapshot();
         for (name, help, value) in counters(&s) {
-            let metric = ConstCounter::new(value);
-            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
         }
         for (name, help, value) in gauges(&s) {
-            let metric = ConstGauge::new(value);
-            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(metric)?;
         }
         labelled_counters(
             &mut encoder,
@@ -337,12 +340,7 @@ fn labelled_counters(
     label: &str,
     samples: impl IntoIterator<Item = (&'static str, u64)>,
 ) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(
-        name,
-        help,
-        None,
-        ConstCounter::<u64>::default().metric_type(),
-    )?;
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (value, count) in samples {
         ConstCounter::new(count).encode(family.encode_family(&[(label, value)])?)?;
     }
