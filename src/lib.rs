@@ -43,6 +43,7 @@ pub mod certs;
 pub mod client;
 mod copies;
 pub mod game;
+pub mod metrics;
 pub mod netsim;
 pub mod server;
 mod sync;

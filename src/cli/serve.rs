@@ -16,6 +16,9 @@ pub struct ServeArgs {
     /// UDP address to listen on.
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics over HTTP on this TCP address (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Directory of the development certificates (created on first run).
     #[arg(long, default_value = "certs")]
     certs: PathBuf,
@@ -254,6 +257,15 @@ async fn run_server(args: ServeArgs) -> CliResult {
         );
     }
     let stats = server.stats();
+    // Stops when dropped, with the server.
+    let _metrics = match args.metrics {
+        Some(addr) => {
+            let metrics = quicbus::metrics::serve(addr, stats.clone()).await?;
+            eprintln!("quicbus metrics on {}", metrics.url());
+            Some(metrics)
+        }
+        None => None,
+    };
     // Installed before saying we listen, so an early SIGTERM is graceful too.
     let stop = super::stop_signal()?;
     eprintln!(
