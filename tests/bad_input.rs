@@ -6,43 +6,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{next_event, within, RawPeer, TestServer};
-use quicbus::client::{Client, ClientError, Events};
+use common::{next_event, within, Bystanders, RawPeer};
+use quicbus::client::{Client, ClientError};
 use quicbus::wire::{self, close_code, ErrorCode, Frame};
-
-/// A healthy publisher/subscriber pair that must keep working throughout.
-struct Bystanders {
-    publisher: Client,
-    subscriber: Client,
-    events: Events,
-    _pub_events: Events,
-}
-
-impl Bystanders {
-    async fn new(server: &TestServer) -> Self {
-        let (publisher, _pub_events) = server.client().await;
-        let (subscriber, events) = server.client().await;
-        subscriber.join("healthy").await.unwrap();
-        let mut me = Bystanders {
-            publisher,
-            subscriber,
-            events,
-            _pub_events,
-        };
-        me.check("before").await;
-        me
-    }
-
-    async fn check(&mut self, label: &str) {
-        self.publisher
-            .emit_with_ack("healthy", label, label.to_string())
-            .await
-            .unwrap_or_else(|e| panic!("publisher broken {label}: {e}"));
-        let event = next_event(&mut self.events, label).await;
-        assert_eq!(event.name, label);
-        assert!(self.subscriber.stats().reliable_received > 0);
-    }
-}
 
 fn framed_raw(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -88,7 +88,8 @@ async fn a_retried_publish_is_published_once_across_a_resume() {
     };
     let (mut second, token2, _, outcome) = hello(&server, Some(resume.clone())).await;
     assert_eq!(outcome, ResumeOutcome::Resumed);
-    assert_eq!(token2, token);
+    assert_ne!(token2, token, "a resume rotates the token");
+    assert_eq!(token2.len(), 32);
     // The client did not see the ack of 3, so it retries 3, then goes on with 4.
     assert_eq!(publish(&mut second, "r", &[3, 4]).await, vec![3, 4]);
     assert_eq!(server.handle.stats().events_published, 4);
@@ -119,4 +120,48 @@ async fn a_retried_publish_is_published_once_across_a_resume() {
     // (A clean close forgetting the session is covered by the unit tests of
     // the session store.)
     drop(second);
+}
+
+#[tokio::test]
+async fn a_stolen_resume_token_is_dead_once_rotated_and_the_owner_loses_no_emit() {
+    let server = common::start().await;
+    let (mut owner, token, epoch, _) = hello(&server, None).await;
+    assert_eq!(publish(&mut owner, "r", &[1, 2]).await, vec![1, 2]);
+    // The owner's connection drops and it resumes: its token rotates.
+    owner.conn.close(42u32.into(), b"gone");
+    let stolen = Resume {
+        token: token.clone(),
+        epoch,
+    };
+    let (mut owner, rotated, _, outcome) = hello(&server, Some(stolen.clone())).await;
+    assert_eq!(outcome, ResumeOutcome::Resumed);
+    // A thief with the old token (read off the wire or a log) gets nothing:
+    // a new, empty session, and the owner is not disturbed.
+    let (mut thief, _, _, outcome) = hello(&server, Some(stolen)).await;
+    assert_eq!(
+        outcome,
+        ResumeOutcome::NotResumed {
+            reason: RecoveryFailure::TokenExpired
+        }
+    );
+    // Whatever ids the thief burns in its own session...
+    assert_eq!(publish(&mut thief, "r", &[3, 4, 5]).await, vec![3, 4, 5]);
+    // ...the owner's next emits are published, not answered `Duplicate`.
+    assert_eq!(publish(&mut owner, "r", &[3, 4]).await, vec![6, 7]);
+    assert_eq!(server.handle.stats().events_published, 7);
+    assert_eq!(server.handle.stats().dedup_hits, 0);
+    // And the rotated token is the owner's to resume with next time.
+    owner.conn.close(42u32.into(), b"gone again");
+    let (mut owner, _, _, outcome) = hello(
+        &server,
+        Some(Resume {
+            token: rotated,
+            epoch,
+        }),
+    )
+    .await;
+    assert_eq!(outcome, ResumeOutcome::Resumed);
+    // A retry of its last publish is answered as before.
+    assert_eq!(publish(&mut owner, "r", &[4]).await, vec![7]);
+    assert_eq!(server.handle.stats().dedup_hits, 1);
 }

@@ -209,3 +209,37 @@ pub fn quick(options: &mut quicbus::client::ClientOptions) {
     });
     options.connect_timeout = Duration::from_secs(5);
 }
+
+/// A healthy publisher/subscriber pair that must keep working throughout.
+pub struct Bystanders {
+    pub publisher: Client,
+    pub subscriber: Client,
+    pub events: Events,
+    _pub_events: Events,
+}
+
+impl Bystanders {
+    pub async fn new(server: &TestServer) -> Self {
+        let (publisher, _pub_events) = server.client().await;
+        let (subscriber, events) = server.client().await;
+        subscriber.join("healthy").await.unwrap();
+        let mut me = Bystanders {
+            publisher,
+            subscriber,
+            events,
+            _pub_events,
+        };
+        me.check("before").await;
+        me
+    }
+
+    pub async fn check(&mut self, label: &str) {
+        self.publisher
+            .emit_with_ack("healthy", label, label.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("publisher broken {label}: {e}"));
+        let event = next_event(&mut self.events, label).await;
+        assert_eq!(event.name, label);
+        assert!(self.subscriber.stats().reliable_received > 0);
+    }
+}
