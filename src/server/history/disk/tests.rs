@@ -377,12 +377,14 @@ fn interval_fsync_is_not_postponed_by_the_events_times() {
         0,
         "synced within the interval"
     );
-    // The same after the wall clock stepped back a day.
+    // The same after the wall clock stepped back a day. (The write happens
+    // between `before` and `after`: a loaded machine may take a while.)
+    let before = Instant::now();
     room.append(record(3, wall)).unwrap();
-    let written = Instant::now();
-    store.maintain_at(wall - DAY_MS, written + Duration::from_millis(999));
+    let after = Instant::now();
+    store.maintain_at(wall - DAY_MS, before + Duration::from_millis(999));
     assert!(store.shared.unsynced.pending() > 0, "not due yet");
-    store.maintain_at(wall - DAY_MS, written + Duration::from_secs(1));
+    store.maintain_at(wall - DAY_MS, after + Duration::from_secs(1));
     assert_eq!(store.shared.unsynced.pending(), 0);
 }
 
