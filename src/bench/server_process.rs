@@ -59,7 +59,13 @@ impl ServerProcess {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--certs")
             .arg(certs.path())
-            .args(["--worker-threads", &options.worker_threads.to_string()]);
+            .args(["--worker-threads", &options.worker_threads.to_string()])
+            // Every benchmark client comes from 127.0.0.1 and publishes as
+            // fast as it is asked to: the per-address and rate defences
+            // would measure themselves, not the relay. (`bench soak
+            // --attack` measures them.) Options in `extra` come later and win.
+            .args(["--max-connections-per-ip", "0"])
+            .args(["--handshake-rate-per-ip", "0", "--publish-rate", "0"]);
         match &options.data {
             Some(dir) => command.arg("--data").arg(dir),
             None => command.arg("--memory"),

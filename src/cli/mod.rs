@@ -26,6 +26,9 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a server.
+    // A flag given twice takes the last value (scripts and the benchmarks
+    // put their defaults first).
+    #[command(args_override_self = true)]
     Serve(serve::ServeArgs),
     /// Write a development CA and server certificate.
     Certs(serve::CertsArgs),
