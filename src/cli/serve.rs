@@ -140,11 +140,11 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = 10)]
     frame_timeout: u64,
     /// Bytes of partly received frames one connection may hold.
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
     partial_frame_bytes: usize,
     /// Bytes one connection may have in flight to the server, all streams
     /// together (QUIC's connection receive window).
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
     receive_window: u64,
 }
 

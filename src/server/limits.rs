@@ -85,7 +85,7 @@ impl Default for ConnectionLimits {
             },
             rate_strikes: 64,
             frame_timeout: Duration::from_secs(10),
-            partial_frame_bytes: 8 * 1024 * 1024,
+            partial_frame_bytes: 4 * 1024 * 1024,
         }
     }
 }

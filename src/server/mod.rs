@@ -157,7 +157,7 @@ impl Default for ServerConfig {
                 max_uni_streams: 256,
                 // What one connection may have in flight towards us, all
                 // streams together, before QUIC flow control holds it back.
-                receive_window: Some(8 * 1024 * 1024),
+                receive_window: Some(4 * 1024 * 1024),
                 ..TransportSettings::default()
             },
         }
