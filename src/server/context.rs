@@ -180,6 +180,12 @@ impl ConnectionShare {
         reader
     }
 
+    /// Takes one publish of the connection's rate if it is within it,
+    /// without counting a refusal.
+    pub fn try_publish(&self) -> bool {
+        crate::sync::lock(&self.publish_rate).try_take(std::time::Instant::now())
+    }
+
     /// Checks one publish against the connection's rate, counting refusals.
     pub fn check_publish(&self, stats: &ServerStats) -> Verdict {
         let verdict = crate::sync::lock(&self.publish_rate).check(std::time::Instant::now());

@@ -142,7 +142,7 @@ fn publish_copy(
     }
     // Over the rate, the copy is left to its stream frame, which is
     // answered as the rate says.
-    if share.check_publish(&ctx.stats) != Verdict::Allow {
+    if !share.try_publish() {
         return;
     }
     // Under the log's lock, so the stream frame of the same id waits and

@@ -208,6 +208,12 @@ impl Throttle {
         }
     }
 
+    /// Takes a token if there is one, without counting a refusal (for
+    /// work that is dropped quietly and done another way, like a copy).
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.bucket.take(now)
+    }
+
     pub fn check(&mut self, now: Instant) -> Verdict {
         if self.bucket.take(now) {
             self.strikes = 0;
