@@ -458,3 +458,59 @@ async fn failed_hellos_lock_out_an_address_and_the_token_is_checked_in_full() {
     good.send_control(&Frame::Ping { request: 1 }).await;
     assert_eq!(next_reply(&mut good).await, Frame::Pong { request: 1 });
 }
+
+#[tokio::test]
+async fn rooms_joined_from_one_address_are_capped_across_its_connections() {
+    let server = common::start_with(ServerConfig {
+        address_limits: AddressLimits {
+            rooms_joined: 5,
+            ..AddressLimits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut a = server.raw_session().await;
+    let mut b = server.raw_session().await;
+    for i in 0..3u64 {
+        a.send_control(&join(i, &format!("a.{i}"))).await;
+        assert!(matches!(next_reply(&mut a).await, Frame::Joined { .. }));
+    }
+    for i in 0..2u64 {
+        b.send_control(&join(i, &format!("b.{i}"))).await;
+        assert!(matches!(next_reply(&mut b).await, Frame::Joined { .. }));
+    }
+    b.send_control(&join(2, "b.2")).await;
+    let message = expect_error(&mut b, Some(2), ErrorCode::LimitReached).await;
+    assert!(message.contains("this address"), "{message}");
+    assert_eq!(server.handle.stats().limit(Limit::RoomsJoined), 1);
+    // A leave gives one back.
+    let Frame::Joined { room_id, .. } = ({
+        a.send_control(&join(9, "a.0")).await;
+        next_reply(&mut a).await
+    }) else {
+        panic!("expected Joined")
+    };
+    a.send_control(&Frame::Leave {
+        request: 10,
+        room_id,
+    })
+    .await;
+    assert!(matches!(next_reply(&mut a).await, Frame::Left { .. }));
+    b.send_control(&join(3, "b.2")).await;
+    assert!(matches!(
+        next_reply(&mut b).await,
+        Frame::Joined { request: 3, .. }
+    ));
+    // A connection's end gives back all of its rooms.
+    a.conn.close(0u32.into(), b"bye");
+    within("the session to end", async {
+        while server.handle.stats().active_sessions > 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    for i in 4..6u64 {
+        b.send_control(&join(i, &format!("b.{i}"))).await;
+        assert!(matches!(next_reply(&mut b).await, Frame::Joined { .. }));
+    }
+}

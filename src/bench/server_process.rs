@@ -64,7 +64,12 @@ impl ServerProcess {
             // fast as it is asked to: the per-address and rate defences
             // would measure themselves, not the relay. (`bench soak
             // --attack` measures them.) Options in `extra` come later and win.
-            .args(["--max-connections-per-ip", "0"])
+            .args([
+                "--max-connections-per-ip",
+                "0",
+                "--max-joined-rooms-per-ip",
+                "0",
+            ])
             .args(["--handshake-rate-per-ip", "0", "--publish-rate", "0"]);
         match &options.data {
             Some(dir) => command.arg("--data").arg(dir),

@@ -122,6 +122,10 @@ pub struct LimitArgs {
     /// Rooms one connection may have joined at once.
     #[arg(long, default_value_t = 1024)]
     max_joined_rooms: usize,
+    /// Rooms all connections from one IP address may have joined at once
+    /// (0 = no limit), so that no one client fills the room table.
+    #[arg(long, default_value_t = 16_384)]
+    max_joined_rooms_per_ip: usize,
     /// Room names one connection may have resolved or joined (at most 65536).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_room_names: u32,
@@ -158,6 +162,7 @@ impl LimitArgs {
             connections: self.max_connections_per_ip,
             handshake_rate: rate(self.handshake_rate_per_ip, 5.0),
             failed_hello_rate: rate(self.failed_hello_rate, 10.0),
+            rooms_joined: self.max_joined_rooms_per_ip,
         };
         config.limits = ConnectionLimits {
             rooms_joined: self.max_joined_rooms,

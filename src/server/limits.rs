@@ -101,6 +101,10 @@ pub struct AddressLimits {
     /// `Hello`s refused for a wrong token, from one address; once over, a
     /// `Hello` from there is refused without looking at its token.
     pub failed_hello_rate: Rate,
+    /// Rooms joined at once by all connections from one address together
+    /// (0: unlimited), so that many connections of one client cannot fill
+    /// the server's room table.
+    pub rooms_joined: usize,
 }
 
 impl Default for AddressLimits {
@@ -115,6 +119,7 @@ impl Default for AddressLimits {
                 per_second: 1.0,
                 burst: 10.0,
             },
+            rooms_joined: 16_384,
         }
     }
 }
@@ -247,6 +252,7 @@ pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
 
 struct AddressState {
     connections: usize,
+    rooms_joined: usize,
     handshakes: TokenBucket,
     failed_hellos: TokenBucket,
 }
@@ -282,6 +288,7 @@ impl AddressTable {
         let limits = &self.limits;
         self.entries.entry(key).or_insert_with(|| AddressState {
             connections: 0,
+            rooms_joined: 0,
             handshakes: TokenBucket::new(limits.handshake_rate, now),
             failed_hellos: TokenBucket::new(limits.failed_hello_rate, now),
         })
@@ -321,6 +328,25 @@ impl AddressTable {
         }
     }
 
+    /// A connection from `ip` joins one more room: `false` if the
+    /// address already has its share joined.
+    pub fn join_room(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let max = self.limits.rooms_joined;
+        let state = self.entry(address_key(ip), now);
+        if max != 0 && state.rooms_joined >= max {
+            return false;
+        }
+        state.rooms_joined += 1;
+        true
+    }
+
+    /// A connection from `ip` left `n` rooms (or ended with them joined).
+    pub fn leave_rooms(&mut self, ip: IpAddr, n: usize) {
+        if let Some(state) = self.entries.get_mut(&address_key(ip)) {
+            state.rooms_joined = state.rooms_joined.saturating_sub(n);
+        }
+    }
+
     /// Whether `ip` may try a token now (it has not failed too often).
     pub fn may_try_token(&mut self, ip: IpAddr, now: Instant) -> bool {
         self.entry(address_key(ip), now)
@@ -336,7 +362,10 @@ impl AddressTable {
     /// Forgets addresses with no connection and full buckets.
     pub fn sweep(&mut self, now: Instant) {
         self.entries.retain(|_, s| {
-            s.connections > 0 || !s.handshakes.is_full(now) || !s.failed_hellos.is_full(now)
+            s.connections > 0
+                || s.rooms_joined > 0
+                || !s.handshakes.is_full(now)
+                || !s.failed_hellos.is_full(now)
         });
     }
 
@@ -448,6 +477,22 @@ mod tests {
         assert_eq!(table.admit(ip, false, t0), Admit::Retry);
         assert_eq!(table.admit(ip, true, t0), Admit::Refuse);
         assert_eq!(table.admit(ip, true, t0 + secs(1.0)), Admit::Accept);
+    }
+
+    #[test]
+    fn rooms_joined_per_address_are_capped_and_released() {
+        let t0 = Instant::now();
+        let mut table = AddressTable::new(AddressLimits {
+            rooms_joined: 3,
+            ..AddressLimits::default()
+        });
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!((0..3).all(|_| table.join_room(ip, t0)));
+        assert!(!table.join_room(ip, t0));
+        assert!(table.join_room("10.0.0.2".parse().unwrap(), t0));
+        table.leave_rooms(ip, 2);
+        assert!(table.join_room(ip, t0) && table.join_room(ip, t0));
+        assert!(!table.join_room(ip, t0));
     }
 
     #[test]

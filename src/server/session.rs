@@ -129,6 +129,7 @@ pub(crate) async fn run(
         mut writers,
         ..
     } = rooms;
+    lock(&ctx.addresses).leave_rooms(conn.remote_address().ip(), joined.len());
     if !draining {
         // The connection is gone or being closed: nothing more to deliver.
         readers.abort_all();
@@ -415,6 +416,8 @@ impl Rooms<'_> {
         };
         if self.joined.remove(&room).is_some() {
             self.ctx.backplane.unsubscribe(&room, self.session);
+            let ip = self.conn.remote_address().ip();
+            lock(&self.ctx.addresses).leave_rooms(ip, 1);
             wire::encode_framed(&Frame::Left { request, room_id })
         } else {
             error_frame(
@@ -436,7 +439,19 @@ impl Rooms<'_> {
             Ok(named) => named,
             Err((code, message)) => return error_frame(Some(request), code, message),
         };
-        match self.subscribe(room_id, name, echo, since).await {
+        let new_room = !self.joined.contains_key(&name);
+        let ip = self.conn.remote_address().ip();
+        if new_room && !lock(&self.ctx.addresses).join_room(ip, std::time::Instant::now()) {
+            self.ctx.stats.limit_hit(Limit::RoomsJoined);
+            let max = self.ctx.config.address_limits.rooms_joined;
+            let message = format!("this address already has its maximum of {max} rooms joined");
+            return error_frame(Some(request), ErrorCode::LimitReached, message);
+        }
+        let subscribed = self.subscribe(room_id, name, echo, since).await;
+        if new_room && subscribed.is_err() {
+            lock(&self.ctx.addresses).leave_rooms(ip, 1);
+        }
+        match subscribed {
             Ok((offset, recovery)) => wire::encode_framed(&Frame::Joined {
                 request,
                 room_id,
