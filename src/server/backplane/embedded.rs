@@ -18,7 +18,7 @@ use super::{
     Backplane, BackplaneError, BoxFuture, EventCopy, Publisher, RoomSubscriber, SessionId,
     Subscribed,
 };
-use crate::server::history::{self, Gap, HistoryStore, Record, RoomHistory};
+use crate::server::history::{self, Gap, HistoryStore, HistoryUsage, Record, RoomHistory};
 use crate::sync::{lock, read, write};
 use crate::wire::{self, DatagramTemplate, Frame, Recovery, RecoveryFailure};
 
@@ -227,6 +227,7 @@ impl Backplane for EmbeddedBackplane {
                     Ok(Err(gap)) => {
                         let reason = match gap {
                             Gap::TooShort => RecoveryFailure::HistoryTooShort,
+                            Gap::Budget => RecoveryFailure::HistoryBudget,
                             Gap::UnknownPosition => RecoveryFailure::UnknownPosition,
                         };
                         (Recovery::NotRecovered { reason }, None)
@@ -341,6 +342,10 @@ impl Backplane for EmbeddedBackplane {
 
     fn sync(&self) {
         self.store.sync();
+    }
+
+    fn history_usage(&self) -> HistoryUsage {
+        self.store.usage()
     }
 
     fn close(&self) {

@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+mod budget;
 mod disk;
 mod memory;
 
+pub use budget::HistoryUsage;
 pub use disk::{DiskOptions, DiskStore, FsyncPolicy};
 pub use memory::MemoryStore;
 
@@ -79,6 +81,10 @@ pub enum Gap {
     /// Events after the position have been dropped (bounds, or damage found
     /// on disk).
     TooShort,
+    /// Events after the position have been dropped to keep the store under
+    /// its budget across rooms, where the room's own bounds would have kept
+    /// them.
+    Budget,
     /// The position is beyond the room's newest offset: it belongs to an
     /// earlier life of the room (evicted from a memory store and named
     /// again, or another data directory).
@@ -177,6 +183,9 @@ pub trait HistoryStore: Send + Sync {
     /// Makes everything written so far durable, whatever the fsync policy
     /// (a graceful stop calls it). Nothing to do for a memory store.
     fn sync(&self) {}
+    /// The bytes kept across all rooms, and the events dropped so far to
+    /// keep them under the store's budget.
+    fn usage(&self) -> HistoryUsage;
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -218,6 +227,32 @@ mod tests {
             fsync: FsyncPolicy::Never,
         };
         disk_with(limits, options)
+    }
+
+    /// Each store with a budget across rooms. The disk store's segments hold
+    /// one 100-byte event each, so that it sheds event by event like the
+    /// memory store (the default 16 MiB segments shed 16 MiB at a time).
+    pub type MakeBudgeted = dyn Fn(HistoryLimits, u64) -> TestStore;
+
+    fn memory_budgeted(limits: HistoryLimits, total_bytes: u64) -> TestStore {
+        TestStore {
+            store: Box::new(MemoryStore::new(limits).with_budget(total_bytes)),
+            _dir: None,
+        }
+    }
+
+    fn disk_budgeted(limits: HistoryLimits, total_bytes: u64) -> TestStore {
+        let options = DiskOptions {
+            segment_bytes: 200,
+            max_open_files: 2,
+            fsync: FsyncPolicy::Never,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), limits, options).unwrap();
+        TestStore {
+            store: Box::new(store.with_budget(total_bytes)),
+            _dir: Some(dir),
+        }
     }
 
     fn disk_with(limits: HistoryLimits, options: DiskOptions) -> TestStore {
@@ -510,6 +545,82 @@ mod tests {
         assert_eq!(replayed(&mut *room, 1, T0 + 21_000), Err(Gap::TooShort));
     }
 
+    /// Appends `offsets` to `room`, each a frame of 100 bytes.
+    fn append_100(room: &mut dyn RoomHistory, offsets: impl IntoIterator<Item = u64>, at: u64) {
+        for o in offsets {
+            let frame = frame_of(o, 100);
+            room.append(Record {
+                frame,
+                ..record(o, at)
+            })
+            .unwrap();
+        }
+    }
+
+    fn budget_drops_the_oldest_events_of_the_largest_room_first(make: &MakeBudgeted) {
+        let t = make(limits(100, 60, 1 << 20), 1_000);
+        let mut big = t.store.open_room("big").unwrap();
+        let mut small = t.store.open_room("small").unwrap();
+        append_100(&mut *big, 1..=6, T0);
+        append_100(&mut *small, 1..=3, T0);
+        append_100(&mut *big, 7..=7, T0);
+        let usage = t.store.usage();
+        assert_eq!(
+            (usage.bytes, usage.budget_drops),
+            (1_000, 0),
+            "at the budget"
+        );
+        append_100(&mut *big, 8..=8, T0);
+        assert_eq!(replayed(&mut *big, 0, T0), Err(Gap::Budget));
+        assert_eq!(replayed(&mut *big, 1, T0), Ok((2..=8).collect()));
+        assert_eq!(replayed(&mut *small, 0, T0), Ok(vec![1, 2, 3]));
+        // The small room grows: the big one gives way until they are even,
+        // then the one that is larger after each append.
+        append_100(&mut *small, 4..=8, T0);
+        assert_eq!(replayed(&mut *big, 3, T0), Ok((4..=8).collect()));
+        assert_eq!(replayed(&mut *big, 2, T0), Err(Gap::Budget));
+        assert_eq!(replayed(&mut *small, 3, T0), Ok((4..=8).collect()));
+        assert_eq!(replayed(&mut *small, 0, T0), Err(Gap::Budget));
+        assert_eq!(replayed(&mut *small, 9, T0), Err(Gap::UnknownPosition));
+        assert_eq!((big.last_offset(), small.last_offset()), (8, 8));
+        let usage = t.store.usage();
+        assert_eq!((usage.bytes, usage.budget_drops), (1_000, 6));
+        let held = big.stats(T0).bytes + small.stats(T0).bytes;
+        assert_eq!(held, usage.bytes, "usage counts what the rooms hold");
+    }
+
+    fn budget_gaps_are_told_apart_from_the_rooms_own_bounds(make: &MakeBudgeted) {
+        let t = make(limits(100, 10, 1 << 20), 350);
+        let mut room = t.store.open_room("r").unwrap();
+        append_100(&mut *room, 1..=3, T0);
+        append_100(&mut *room, 4..=4, T0 + 5_000);
+        assert_eq!(replayed(&mut *room, 0, T0 + 5_000), Err(Gap::Budget));
+        assert_eq!(replayed(&mut *room, 1, T0 + 5_000), Ok(vec![2, 3, 4]));
+        // Later the age bound would have dropped event 1 anyway: its own
+        // bounds, not the budget, are why the history is short now.
+        assert_eq!(replayed(&mut *room, 0, T0 + 12_000), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *room, 1, T0 + 12_000), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *room, 3, T0 + 12_000), Ok(vec![4]));
+        room.trim(T0 + 12_000);
+        assert_eq!(replayed(&mut *room, 0, T0 + 12_000), Err(Gap::TooShort));
+        assert_eq!(t.store.usage().budget_drops, 1);
+    }
+
+    fn without_a_budget_nothing_is_dropped_across_rooms(make: &MakeBudgeted) {
+        let t = make(limits(100, 60, 1 << 20), u64::MAX);
+        let mut rooms: Vec<_> = (0..5)
+            .map(|i| t.store.open_room(&format!("r{i}")).unwrap())
+            .collect();
+        for room in &mut rooms {
+            append_100(&mut **room, 1..=10, T0);
+        }
+        for room in &mut rooms {
+            assert_eq!(replayed(&mut **room, 0, T0), Ok((1..=10).collect()));
+        }
+        let usage = t.store.usage();
+        assert_eq!((usage.bytes, usage.budget_drops), (5_000, 0));
+    }
+
     /// Random appends, trims and replays give the same answers from every
     /// store as from the memory store.
     fn answers_match_the_memory_store(make: &MakeStore) {
@@ -600,6 +711,19 @@ mod tests {
                 disk_small_segments: [$($test),*],
             }
         };
+    }
+
+    behaviour_tests! {
+        memory_budgeted: [
+            budget_drops_the_oldest_events_of_the_largest_room_first,
+            budget_gaps_are_told_apart_from_the_rooms_own_bounds,
+            without_a_budget_nothing_is_dropped_across_rooms,
+        ],
+        disk_budgeted: [
+            budget_drops_the_oldest_events_of_the_largest_room_first,
+            budget_gaps_are_told_apart_from_the_rooms_own_bounds,
+            without_a_budget_nothing_is_dropped_across_rooms,
+        ],
     }
 
     for_every_store!(
