@@ -483,6 +483,27 @@ mod tests {
     }
 
     #[test]
+    fn history_dropped_for_the_budget_is_reported_as_such() {
+        let store = MemoryStore::new(HistoryLimits::default()).with_budget(200);
+        let bp = EmbeddedBackplane::new(10, Arc::new(store));
+        for _ in 0..20 {
+            publish(&bp, "r", 9).unwrap();
+        }
+        let usage = bp.history_usage();
+        assert!(usage.bytes <= 200, "{usage:?}");
+        assert!(usage.budget_drops > 0, "{usage:?}");
+        let got = now(bp.subscribe("r", Probe::new(1, false), Some(1))).unwrap();
+        assert_eq!(
+            got.recovery,
+            Recovery::NotRecovered {
+                reason: RecoveryFailure::HistoryBudget
+            }
+        );
+        let recent = now(bp.subscribe("r", Probe::new(2, false), Some(19))).unwrap();
+        assert_eq!(recent.recovery, Recovery::Recovered { replayed: 1 });
+    }
+
+    #[test]
     fn stored_publishers_are_found_again() {
         let bp = backplane(10, HistoryLimits::default());
         let me = Publisher { session: 42, id: 7 };

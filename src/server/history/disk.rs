@@ -69,6 +69,8 @@
 
 mod files;
 mod format;
+#[cfg(test)]
+pub(super) use format::RECORD_OVERHEAD;
 mod load;
 mod replay;
 mod room;

@@ -33,6 +33,11 @@ use crate::sync::lock;
 /// Dropped rooms remembered by name, for their offsets to go on.
 const MAX_FORGOTTEN: usize = 100_000;
 
+/// What an event costs the budget beyond its frame: its entry (64 bytes),
+/// the shared header of its `Bytes` and the allocator's headers. Counted
+/// so that many tiny events cannot hold far more RAM than the budget says.
+pub const EVENT_OVERHEAD: u64 = 128;
+
 /// Every room's history in RAM, bounded by the same [`HistoryLimits`] per
 /// room and, with [`MemoryStore::with_budget`], by one budget across all.
 pub struct MemoryStore {
@@ -259,11 +264,18 @@ impl Events {
     }
 }
 
+impl Events {
+    /// What the room costs the budget.
+    fn charged(&self) -> u64 {
+        self.bytes as u64 + self.entries.len() as u64 * EVENT_OVERHEAD
+    }
+}
+
 impl MemoryHistory {
     /// Tells the budget what the room holds now.
     fn account(&self, events: &Events) {
         let sheddable = !events.entries.is_empty();
-        (self.shared.budget).update(self.id, events.bytes as u64, sheddable);
+        (self.shared.budget).update(self.id, events.charged(), sheddable);
     }
 }
 
@@ -274,7 +286,7 @@ fn shed(budget: &Budget<Arc<Mutex<Events>>>, id: u64, room: &Mutex<Events>) -> b
         return false;
     };
     events.budget_through = offset;
-    budget.update(id, events.bytes as u64, !events.entries.is_empty());
+    budget.update(id, events.charged(), !events.entries.is_empty());
     budget.count_drops(1);
     true
 }
@@ -403,6 +415,43 @@ mod tests {
         // "busy" fell out of the table: any room now starts above it.
         assert_eq!(store.open_room("busy").unwrap().last_offset(), 50);
         assert_eq!(store.open_room("brand.new").unwrap().last_offset(), 50);
+    }
+
+    #[test]
+    fn the_budget_may_take_every_event_of_a_room_but_not_its_place() {
+        let one = 8 + EVENT_OVERHEAD;
+        let store = MemoryStore::new(limits(100, 60, 1 << 20)).with_budget(one + 1);
+        let mut room = store.open_room("r").unwrap();
+        append_all(&mut *room, 1..=3, T0); // 8 bytes each
+        assert_eq!(room.last_offset(), 3);
+        assert_eq!(replayed(&mut *room, 2, T0), Ok(vec![3]));
+        assert_eq!(replayed(&mut *room, 1, T0), Err(Gap::Budget));
+        let usage = store.usage();
+        assert_eq!((usage.bytes, usage.budget_drops), (one, 2));
+        // A budget smaller than one event keeps none, and still knows where
+        // the room is.
+        let store = MemoryStore::new(limits(100, 60, 1 << 20)).with_budget(one - 1);
+        let mut room = store.open_room("r").unwrap();
+        append_all(&mut *room, 1..=2, T0);
+        assert_eq!(room.last_offset(), 2);
+        assert_eq!(replayed(&mut *room, 2, T0), Ok(vec![]));
+        assert_eq!(replayed(&mut *room, 1, T0), Err(Gap::Budget));
+        assert_eq!(store.usage().bytes, 0);
+    }
+
+    #[test]
+    fn a_dropped_room_leaves_the_budget() {
+        let one = 8 + EVENT_OVERHEAD;
+        let store = MemoryStore::new(limits(100, 60, 1 << 20)).with_budget(12 * one);
+        let mut gone = store.open_room("gone").unwrap();
+        append_all(&mut *gone, 1..=10, T0);
+        assert_eq!(store.usage().bytes, 10 * one);
+        drop(gone);
+        assert_eq!(store.usage().bytes, 0);
+        let mut kept = store.open_room("kept").unwrap();
+        append_all(&mut *kept, 1..=12, T0);
+        assert_eq!(replayed(&mut *kept, 0, T0).unwrap().len(), 12);
+        assert_eq!(store.usage().budget_drops, 0);
     }
 
     #[test]

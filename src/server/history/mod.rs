@@ -229,19 +229,30 @@ mod tests {
         disk_with(limits, options)
     }
 
-    /// Each store with a budget across rooms. The disk store's segments hold
-    /// one 100-byte event each, so that it sheds event by event like the
-    /// memory store (the default 16 MiB segments shed 16 MiB at a time).
-    pub type MakeBudgeted = dyn Fn(HistoryLimits, u64) -> TestStore;
+    /// Each store with a budget across rooms of `hundredths` of a
+    /// 100-byte event (`u64::MAX`: none), and what such an event costs the
+    /// budget (its frame and the store's overhead per event). The disk
+    /// store's segments hold one such event each, so that it sheds event
+    /// by event like the memory store (its default 16 MiB segments shed
+    /// 16 MiB at a time).
+    pub type MakeBudgeted = dyn Fn(HistoryLimits, u64) -> (TestStore, u64);
 
-    fn memory_budgeted(limits: HistoryLimits, total_bytes: u64) -> TestStore {
-        TestStore {
-            store: Box::new(MemoryStore::new(limits).with_budget(total_bytes)),
-            _dir: None,
-        }
+    fn budget_of(hundredths: u64, cost: u64) -> u64 {
+        hundredths.checked_mul(cost).map_or(u64::MAX, |b| b / 100)
     }
 
-    fn disk_budgeted(limits: HistoryLimits, total_bytes: u64) -> TestStore {
+    fn memory_budgeted(limits: HistoryLimits, hundredths: u64) -> (TestStore, u64) {
+        let cost = 100 + super::memory::EVENT_OVERHEAD;
+        let store = MemoryStore::new(limits).with_budget(budget_of(hundredths, cost));
+        let t = TestStore {
+            store: Box::new(store),
+            _dir: None,
+        };
+        (t, cost)
+    }
+
+    fn disk_budgeted(limits: HistoryLimits, hundredths: u64) -> (TestStore, u64) {
+        let cost = 100 + super::disk::RECORD_OVERHEAD;
         let options = DiskOptions {
             segment_bytes: 200,
             max_open_files: 2,
@@ -249,10 +260,11 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path(), limits, options).unwrap();
-        TestStore {
-            store: Box::new(store.with_budget(total_bytes)),
+        let t = TestStore {
+            store: Box::new(store.with_budget(budget_of(hundredths, cost))),
             _dir: Some(dir),
-        }
+        };
+        (t, cost)
     }
 
     fn disk_with(limits: HistoryLimits, options: DiskOptions) -> TestStore {
@@ -558,7 +570,7 @@ mod tests {
     }
 
     fn budget_drops_the_oldest_events_of_the_largest_room_first(make: &MakeBudgeted) {
-        let t = make(limits(100, 60, 1 << 20), 1_000);
+        let (t, cost) = make(limits(100, 60, 1 << 20), 1_000);
         let mut big = t.store.open_room("big").unwrap();
         let mut small = t.store.open_room("small").unwrap();
         append_100(&mut *big, 1..=6, T0);
@@ -567,7 +579,7 @@ mod tests {
         let usage = t.store.usage();
         assert_eq!(
             (usage.bytes, usage.budget_drops),
-            (1_000, 0),
+            (10 * cost, 0),
             "at the budget"
         );
         append_100(&mut *big, 8..=8, T0);
@@ -584,13 +596,13 @@ mod tests {
         assert_eq!(replayed(&mut *small, 9, T0), Err(Gap::UnknownPosition));
         assert_eq!((big.last_offset(), small.last_offset()), (8, 8));
         let usage = t.store.usage();
-        assert_eq!((usage.bytes, usage.budget_drops), (1_000, 6));
-        let held = big.stats(T0).bytes + small.stats(T0).bytes;
-        assert_eq!(held, usage.bytes, "usage counts what the rooms hold");
+        assert_eq!((usage.bytes, usage.budget_drops), (10 * cost, 6));
+        let (b, s) = (big.stats(T0), small.stats(T0));
+        assert_eq!((b.events, b.bytes, s.events, s.bytes), (5, 500, 5, 500));
     }
 
     fn budget_gaps_are_told_apart_from_the_rooms_own_bounds(make: &MakeBudgeted) {
-        let t = make(limits(100, 10, 1 << 20), 350);
+        let (t, _) = make(limits(100, 10, 1 << 20), 350);
         let mut room = t.store.open_room("r").unwrap();
         append_100(&mut *room, 1..=3, T0);
         append_100(&mut *room, 4..=4, T0 + 5_000);
@@ -607,7 +619,7 @@ mod tests {
     }
 
     fn without_a_budget_nothing_is_dropped_across_rooms(make: &MakeBudgeted) {
-        let t = make(limits(100, 60, 1 << 20), u64::MAX);
+        let (t, cost) = make(limits(100, 60, 1 << 20), u64::MAX);
         let mut rooms: Vec<_> = (0..5)
             .map(|i| t.store.open_room(&format!("r{i}")).unwrap())
             .collect();
@@ -618,7 +630,7 @@ mod tests {
             assert_eq!(replayed(&mut **room, 0, T0), Ok((1..=10).collect()));
         }
         let usage = t.store.usage();
-        assert_eq!((usage.bytes, usage.budget_drops), (5_000, 0));
+        assert_eq!((usage.bytes, usage.budget_drops), (50 * cost, 0));
     }
 
     /// Random appends, trims and replays give the same answers from every

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::super::{Gap, HistoryError, HistoryLimits, HistoryStats, Record, Replay, RoomHistory};
 use super::format::{
-    encode_header, encode_record, segment_path, RecordHead, HEADER_LEN, MAX_FRAME,
+    encode_header, encode_record, segment_path, RecordHead, HEADER_LEN, MAX_FRAME, RECORD_OVERHEAD,
 };
 use super::replay::{DiskReplay, Part};
 use super::segment::{for_each_record, Segment, INDEX_STRIDE};
@@ -129,9 +129,12 @@ impl RoomLog {
         events
     }
 
-    /// Frame bytes in the room's segments, for the store's budget.
+    /// The bytes of the room's records (frames and their 40-byte heads;
+    /// not the segment headers), for the store's budget.
     pub fn kept_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.bytes).sum()
+        (self.segments.iter())
+            .map(|s| s.bytes + s.count * RECORD_OVERHEAD)
+            .sum()
     }
 
     /// Whether the budget can delete a segment: any but the newest.
@@ -319,10 +322,13 @@ impl RoomShared {
     }
 
     /// Deletes the oldest segment for the store's budget (never the
-    /// newest); whether it did.
+    /// newest); whether it did. A room with only its newest segment starts
+    /// a new one on its next append, so that the budget can then take the
+    /// old one: a room being written never holds a whole segment past it.
     pub fn shed(&self, shared: &Shared) -> bool {
         let mut log = lock(&self.log);
         let Some(seg) = log.segments.first().filter(|_| log.sheddable()) else {
+            log.roll_next = true;
             self.account(shared, &log);
             return false;
         };
@@ -367,10 +373,10 @@ impl Drop for DiskRoom {
     fn drop(&mut self) {
         // Under the table's lock, like the count's increments.
         let mut rooms = lock(&self.shared.rooms);
-        if self.room.handles.fetch_sub(1, Ordering::Relaxed) == 1 {
-            if rooms.forget_if_unwritten(&self.room) {
-                self.shared.budget.remove(self.room.id);
-            }
+        if self.room.handles.fetch_sub(1, Ordering::Relaxed) == 1
+            && rooms.forget_if_unwritten(&self.room)
+        {
+            self.shared.budget.remove(self.room.id);
         }
     }
 }
