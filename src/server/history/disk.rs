@@ -5,6 +5,25 @@
 //! the [`FsyncPolicy`]'s choice. No events are kept in RAM: per room only
 //! each segment's metadata and a sparse index.
 //!
+//! # Budget and RAM
+//!
+//! [`DiskStore::with_budget`] bounds the bytes of records on disk across
+//! all rooms: over it, the oldest segment of the largest room is deleted,
+//! then the next, re-reading which room is largest each time. A room's
+//! newest segment is never deleted (it carries the room's last offset); a
+//! room down to it starts a new segment on its next append, so a room being
+//! written gives up its old one too. On disk, then, at most the budget plus
+//! one segment (16 MiB by default) per room not written since the budget
+//! was reached.
+//!
+//! What RAM the store holds is small and bounded per room: its name and
+//! directory, a `Segment` of about 130 bytes per
+//! segment file plus a 40-byte index point per 64 KiB of it, an entry in
+//! the budget's ledger — in all about 1 KiB per room and 0.1% of the bytes
+//! on disk — and at most `max_open_files` open append handles across all
+//! rooms. No events, no read caches: replays read through their own handles
+//! in 256 KiB chunks.
+//!
 //! # Layout
 //!
 //! ```text

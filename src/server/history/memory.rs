@@ -15,6 +15,15 @@
 //! "offset + 1": the history remembers the newest offset it has dropped
 //! (`dropped_through`), and a position `since` is covered exactly when
 //! nothing after it has been dropped.
+//!
+//! With a budget ([`MemoryStore::with_budget`]) the total is a hard bound
+//! on what the rooms hold after every append: each event is charged its
+//! frame plus [`EVENT_OVERHEAD`], and the budget may take a room's every
+//! event, even its newest (its offsets go on all the same; the disk store
+//! keeps a room's newest segment, because its file carries the offset).
+//! Each room's events sit behind their own mutex, shared with the store's
+//! ledger, so that one room's append can shed another's; the newest offset
+//! the budget took (`budget_through`) tells its gaps apart.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,9 +15,15 @@
 //! argument (milliseconds since the Unix epoch), so the logic is tested
 //! without clocks.
 //!
+//! Besides each room's [`HistoryLimits`], a store may have a budget across
+//! all its rooms (`with_budget`, see `budget`): over it, the oldest events
+//! of the largest rooms go first. What a room has lost to the budget is
+//! told apart from what its own bounds dropped ([`Gap::Budget`]), so that a
+//! client learns the server ran short, not that it was away too long.
+//!
 //! Offsets are opaque and may be sparse: coverage is never computed as
 //! "offset + 1". A position `since` is covered exactly when no event after
-//! it has been dropped, by the bounds or by damage.
+//! it has been dropped, by the bounds, the budget or damage.
 
 use std::time::Duration;
 

@@ -137,9 +137,15 @@ impl RoomLog {
             .sum()
     }
 
-    /// Whether the budget can delete a segment: any but the newest.
+    /// Whether the budget can take something: a segment other than the
+    /// newest, or the newest one's events once the next append has started
+    /// a new segment.
     pub fn sheddable(&self) -> bool {
-        self.segments.len() > 1
+        match self.segments.as_slice() {
+            [] => false,
+            [only] => only.count > 0 && !self.roll_next,
+            _ => true,
+        }
     }
 
     /// Why `since`, before the budget floor, is not covered: the room's own
@@ -327,7 +333,7 @@ impl RoomShared {
     /// old one: a room being written never holds a whole segment past it.
     pub fn shed(&self, shared: &Shared) -> bool {
         let mut log = lock(&self.log);
-        let Some(seg) = log.segments.first().filter(|_| log.sheddable()) else {
+        let Some(seg) = log.segments.first().filter(|_| log.segments.len() > 1) else {
             log.roll_next = true;
             self.account(shared, &log);
             return false;
