@@ -60,6 +60,12 @@ pub struct ServeArgs {
     /// Bytes (of encoded events) each room keeps for recovery.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     history_bytes: usize,
+    /// Bytes (of encoded events) of history kept across all rooms: in RAM
+    /// with --memory, on disk otherwise. Over it, the oldest events of the
+    /// largest rooms are dropped first, and clients recovering from before
+    /// them are told so.
+    #[arg(long, default_value_t = quicbus::server::DEFAULT_HISTORY_TOTAL_BYTES)]
+    history_total_bytes: u64,
     /// Data directory: room history, the epoch and resumable sessions live
     /// here, so a restart (or a crash) on the same directory loses nothing
     /// that was acknowledged. Created on first run.
@@ -231,6 +237,7 @@ async fn run_server(args: ServeArgs) -> CliResult {
             max_age: std::time::Duration::from_secs(args.history_seconds),
             max_bytes: args.history_bytes,
         },
+        history_total_bytes: args.history_total_bytes,
         storage: if args.memory {
             Storage::Memory
         } else {

@@ -36,7 +36,9 @@ use tokio::task::JoinHandle;
 pub use backplane::{
     Backplane, BackplaneError, EmbeddedBackplane, RoomSubscriber, SessionId, Subscribed,
 };
-pub use history::{DiskOptions, DiskStore, FsyncPolicy, HistoryError, HistoryLimits, MemoryStore};
+pub use history::{
+    DiskOptions, DiskStore, FsyncPolicy, HistoryError, HistoryLimits, HistoryUsage, MemoryStore,
+};
 pub use limits::{AddressLimits, ConnectionLimits, Rate};
 pub use outbound::DatagramRing;
 pub use session::MAX_HELLO;
@@ -123,6 +125,10 @@ pub struct ServerConfig {
     pub address_limits: AddressLimits,
     /// How much history each room keeps for recovery.
     pub history: HistoryLimits,
+    /// Most bytes (of encoded events) of history kept across all rooms: in
+    /// RAM with [`Storage::Memory`], on disk with [`Storage::Disk`]. Over
+    /// it, the oldest events of the largest rooms are dropped first.
+    pub history_total_bytes: u64,
     /// How long a session whose connection dropped can be resumed.
     pub resume_window: Duration,
     /// Where history and sessions are kept.
@@ -148,6 +154,7 @@ impl Default for ServerConfig {
             limits: ConnectionLimits::default(),
             address_limits: AddressLimits::default(),
             history: HistoryLimits::default(),
+            history_total_bytes: DEFAULT_HISTORY_TOTAL_BYTES,
             resume_window: Duration::from_secs(120),
             storage: Storage::Memory,
             transport: TransportSettings {
@@ -163,6 +170,10 @@ impl Default for ServerConfig {
         }
     }
 }
+
+/// The default budget of history across all rooms: 1 GiB, so that the
+/// per-room limit (64 MiB) times many rooms cannot take a machine's memory.
+pub const DEFAULT_HISTORY_TOTAL_BYTES: u64 = 1 << 30;
 
 /// Where a server keeps room history and resumable sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,7 +240,8 @@ impl Server {
     pub fn bind(config: ServerConfig, identity: ServerIdentity) -> Result<Self, ServerError> {
         match &config.storage {
             Storage::Memory => {
-                let store = Arc::new(MemoryStore::new(config.history));
+                let store = MemoryStore::new(config.history);
+                let store = Arc::new(store.with_budget(config.history_total_bytes));
                 let backplane = Arc::new(EmbeddedBackplane::new(config.max_rooms, store));
                 Self::with_backplane(config, identity, backplane)
             }
@@ -238,7 +250,8 @@ impl Server {
                     fsync: *fsync,
                     ..DiskOptions::default()
                 };
-                let store = Arc::new(DiskStore::open(dir, config.history, options)?);
+                let store = DiskStore::open(dir, config.history, options)?;
+                let store = Arc::new(store.with_budget(config.history_total_bytes));
                 let backplane = Arc::new(EmbeddedBackplane::new(config.max_rooms, store));
                 let (journal, stored) = FileJournal::open(dir)?;
                 let sessions = resume::SessionStore::durable(
@@ -493,20 +506,31 @@ fn refuse_busy(incoming: quinn::Incoming, ctx: &Arc<SessionContext>, refusals: &
 }
 
 /// Once a second, off the async threads (it may delete, write and sync
-/// files): applies the history bounds and the fsync policy, and
-/// checkpoints the publish logs of the sessions.
+/// files): applies the history bounds and the fsync policy, checkpoints
+/// the publish logs of the sessions, and reads the history's size and
+/// budget drops into the stats.
 async fn maintain(ctx: Arc<SessionContext>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut budget_drops = 0;
     loop {
         tick.tick().await;
-        let ctx = ctx.clone();
         lock(&ctx.addresses).sweep(std::time::Instant::now());
-        let _ = tokio::task::spawn_blocking(move || {
-            ctx.sessions.checkpoint();
-            ctx.backplane.maintain();
+        let task = ctx.clone();
+        let usage = tokio::task::spawn_blocking(move || {
+            task.sessions.checkpoint();
+            task.backplane.maintain();
+            task.backplane.history_usage()
         })
         .await;
+        if let Ok(usage) = usage {
+            ctx.stats
+                .history_bytes
+                .store(usage.bytes, Ordering::Relaxed);
+            let new = usage.budget_drops.saturating_sub(budget_drops);
+            ctx.stats.limit_hits(Limit::HistoryBudget, new);
+            budget_drops = usage.budget_drops;
+        }
     }
 }
 

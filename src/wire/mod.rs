@@ -341,6 +341,10 @@ pub enum RecoveryFailure {
     /// Rejoining the room after a reconnect was refused (the client no
     /// longer counts it as joined).
     JoinRefused,
+    /// The room's history no longer reaches back to the position because
+    /// the server dropped it to stay under its memory budget across rooms
+    /// (the room's own limits would have kept it).
+    HistoryBudget,
 }
 
 impl std::fmt::Display for RecoveryFailure {
@@ -351,6 +355,9 @@ impl std::fmt::Display for RecoveryFailure {
             RecoveryFailure::EpochChanged => "server epoch changed",
             RecoveryFailure::TokenExpired => "session token expired",
             RecoveryFailure::JoinRefused => "rejoin refused",
+            RecoveryFailure::HistoryBudget => {
+                "history dropped to stay under the server's memory budget"
+            }
         })
     }
 }

@@ -18,7 +18,7 @@ use super::{
     Backplane, BackplaneError, BoxFuture, EventCopy, Publisher, RoomSubscriber, SessionId,
     Subscribed,
 };
-use crate::server::history::{self, Gap, HistoryStore, Record, RoomHistory};
+use crate::server::history::{self, Gap, HistoryStore, HistoryUsage, Record, RoomHistory};
 use crate::sync::{lock, read, write};
 use crate::wire::{self, DatagramTemplate, Frame, Recovery, RecoveryFailure};
 
@@ -227,6 +227,7 @@ impl Backplane for EmbeddedBackplane {
                     Ok(Err(gap)) => {
                         let reason = match gap {
                             Gap::TooShort => RecoveryFailure::HistoryTooShort,
+                            Gap::Budget => RecoveryFailure::HistoryBudget,
                             Gap::UnknownPosition => RecoveryFailure::UnknownPosition,
                         };
                         (Recovery::NotRecovered { reason }, None)
@@ -341,6 +342,10 @@ impl Backplane for EmbeddedBackplane {
 
     fn sync(&self) {
         self.store.sync();
+    }
+
+    fn history_usage(&self) -> HistoryUsage {
+        self.store.usage()
     }
 
     fn close(&self) {
@@ -475,6 +480,27 @@ mod tests {
         );
         assert!(got.replay.is_none());
         assert_ne!(bp.epoch(), 0);
+    }
+
+    #[test]
+    fn history_dropped_for_the_budget_is_reported_as_such() {
+        let store = MemoryStore::new(HistoryLimits::default()).with_budget(200);
+        let bp = EmbeddedBackplane::new(10, Arc::new(store));
+        for _ in 0..20 {
+            publish(&bp, "r", 9).unwrap();
+        }
+        let usage = bp.history_usage();
+        assert!(usage.bytes <= 200, "{usage:?}");
+        assert!(usage.budget_drops > 0, "{usage:?}");
+        let got = now(bp.subscribe("r", Probe::new(1, false), Some(1))).unwrap();
+        assert_eq!(
+            got.recovery,
+            Recovery::NotRecovered {
+                reason: RecoveryFailure::HistoryBudget
+            }
+        );
+        let recent = now(bp.subscribe("r", Probe::new(2, false), Some(19))).unwrap();
+        assert_eq!(recent.recovery, Recovery::Recovered { replayed: 1 });
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use super::history::Publisher;
-use super::history::Replay;
+use super::history::{HistoryUsage, Replay};
 use crate::wire::{DatagramTemplate, ErrorCode, Recovery};
 pub use embedded::EmbeddedBackplane;
 
@@ -181,6 +181,11 @@ pub trait Backplane: Send + Sync + 'static {
     /// Makes everything stored so far durable (a graceful stop calls it,
     /// whatever the fsync policy).
     fn sync(&self) {}
+    /// The history kept across all rooms, and the events dropped so far
+    /// to keep it under the budget (read once a second for the stats).
+    fn history_usage(&self) -> HistoryUsage {
+        HistoryUsage::default()
+    }
     /// Stops accepting events: every publish after this returns
     /// `ShuttingDown`. Events already accepted have been handed to subscribers.
     fn close(&self);

@@ -5,6 +5,25 @@
 //! the [`FsyncPolicy`]'s choice. No events are kept in RAM: per room only
 //! each segment's metadata and a sparse index.
 //!
+//! # Budget and RAM
+//!
+//! [`DiskStore::with_budget`] bounds the bytes of records on disk across
+//! all rooms: over it, the oldest segment of the largest room is deleted,
+//! then the next, re-reading which room is largest each time. A room's
+//! newest segment is never deleted (it carries the room's last offset); a
+//! room down to it starts a new segment on its next append, so a room being
+//! written gives up its old one too. On disk, then, at most the budget plus
+//! one segment (16 MiB by default) per room not written since the budget
+//! was reached.
+//!
+//! What RAM the store holds is small and bounded per room: its name and
+//! directory, a `Segment` of about 130 bytes per
+//! segment file plus a 40-byte index point per 64 KiB of it, an entry in
+//! the budget's ledger — in all about 1 KiB per room and 0.1% of the bytes
+//! on disk — and at most `max_open_files` open append handles across all
+//! rooms. No events, no read caches: replays read through their own handles
+//! in 256 KiB chunks.
+//!
 //! # Layout
 //!
 //! ```text
@@ -69,6 +88,8 @@
 
 mod files;
 mod format;
+#[cfg(test)]
+pub(super) use format::RECORD_OVERHEAD;
 mod load;
 mod replay;
 mod room;
@@ -85,6 +106,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::budget::{Budget, HistoryUsage};
 use super::{HistoryError, HistoryLimits, HistoryStore, RoomHistory};
 use crate::sync::lock;
 use files::{FileCache, Unsynced};
@@ -180,6 +202,16 @@ struct Shared {
     files: FileCache,
     unsynced: Unsynced,
     rooms: Mutex<Rooms>,
+    /// The bytes of every room with something on disk or a handle open.
+    budget: Budget<Arc<RoomShared>>,
+}
+
+impl Shared {
+    /// Deletes the oldest segments of the largest rooms while the total is
+    /// over the budget. Called with no room locked.
+    fn enforce_budget(&self) {
+        self.budget.enforce(|_, room| room.shed(self));
+    }
 }
 
 /// The rooms the store knows: those with something on disk, and those with
@@ -252,20 +284,37 @@ impl DiskStore {
             dir_names: dir_names.iter().cloned().collect(),
             next_id: 0,
         };
+        let budget = Budget::new(u64::MAX);
         for (dir_name, name, log) in loaded {
-            rooms.add(name, rooms_dir.join(dir_name), log);
+            let room = rooms.add(name, rooms_dir.join(dir_name), log);
+            budget.register(room.id, room.clone());
+        }
+        let shared = Arc::new(Shared {
+            limits,
+            options,
+            files: FileCache::new(options.max_open_files),
+            unsynced: Unsynced::default(),
+            rooms: Mutex::new(rooms),
+            budget,
+        });
+        for room in lock(&shared.rooms).by_name.values() {
+            room.account(&shared, &lock(&room.log));
         }
         Ok(DiskStore {
             _lock: dir_lock,
             epoch,
-            shared: Arc::new(Shared {
-                limits,
-                options,
-                files: FileCache::new(options.max_open_files),
-                unsynced: Unsynced::default(),
-                rooms: Mutex::new(rooms),
-            }),
+            shared,
         })
+    }
+
+    /// Bounds the bytes (of encoded frames) kept on disk across all rooms:
+    /// while the total is over `total_bytes`, the oldest segment of the
+    /// largest room is deleted (never a room's newest segment, which the
+    /// next appends go to). Applied at once to what is on disk.
+    pub fn with_budget(self, total_bytes: u64) -> Self {
+        self.shared.budget.set_limit(total_bytes);
+        self.shared.enforce_budget();
+        self
     }
 }
 
@@ -287,21 +336,23 @@ impl Rooms {
 
     /// Forgets `room`, whose last handle is gone, if nothing of it is on
     /// disk, and frees its directory name.
-    fn forget_if_unwritten(&mut self, room: &Arc<RoomShared>) {
+    /// Returns whether the room had nothing on disk.
+    fn forget_if_unwritten(&mut self, room: &Arc<RoomShared>) -> bool {
         if lock(&room.log).dir_created {
-            return;
+            return false;
         }
         if !self
             .by_name
             .get(&room.name)
             .is_some_and(|known| Arc::ptr_eq(known, room))
         {
-            return;
+            return true;
         }
         self.by_name.remove(&room.name);
         if let Some(dir_name) = room.dir.file_name().and_then(|n| n.to_str()) {
             self.dir_names.remove(dir_name);
         }
+        true
     }
 
     fn add(&mut self, name: String, dir: PathBuf, log: RoomLog) -> Arc<RoomShared> {
@@ -340,6 +391,7 @@ impl HistoryStore for DiskStore {
 
     fn open_room(&self, name: &str) -> Result<Box<dyn RoomHistory>, HistoryError> {
         let room = lock(&self.shared.rooms).open(name);
+        self.shared.budget.register(room.id, room.clone());
         Ok(Box::new(DiskRoom::new(room, self.shared.clone())))
     }
 
@@ -349,6 +401,10 @@ impl HistoryStore for DiskStore {
 
     fn sync(&self) {
         self.shared.unsynced.sync_all();
+    }
+
+    fn usage(&self) -> HistoryUsage {
+        self.shared.budget.usage()
     }
 }
 
@@ -360,7 +416,7 @@ impl DiskStore {
         let rooms: Vec<_> = lock(&self.shared.rooms).by_name.values().cloned().collect();
         for room in rooms {
             if room.handles.load(Ordering::Relaxed) == 0 {
-                room.trim(&self.shared.limits, now_ms);
+                room.trim(&self.shared, now_ms);
             }
         }
         if let FsyncPolicy::Interval(interval) = self.shared.options.fsync {

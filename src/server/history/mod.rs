@@ -15,17 +15,25 @@
 //! argument (milliseconds since the Unix epoch), so the logic is tested
 //! without clocks.
 //!
+//! Besides each room's [`HistoryLimits`], a store may have a budget across
+//! all its rooms (`with_budget`, see `budget`): over it, the oldest events
+//! of the largest rooms go first. What a room has lost to the budget is
+//! told apart from what its own bounds dropped ([`Gap::Budget`]), so that a
+//! client learns the server ran short, not that it was away too long.
+//!
 //! Offsets are opaque and may be sparse: coverage is never computed as
 //! "offset + 1". A position `since` is covered exactly when no event after
-//! it has been dropped, by the bounds or by damage.
+//! it has been dropped, by the bounds, the budget or damage.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
+mod budget;
 mod disk;
 mod memory;
 
+pub use budget::HistoryUsage;
 pub use disk::{DiskOptions, DiskStore, FsyncPolicy};
 pub use memory::MemoryStore;
 
@@ -79,6 +87,10 @@ pub enum Gap {
     /// Events after the position have been dropped (bounds, or damage found
     /// on disk).
     TooShort,
+    /// Events after the position have been dropped to keep the store under
+    /// its budget across rooms, where the room's own bounds would have kept
+    /// them.
+    Budget,
     /// The position is beyond the room's newest offset: it belongs to an
     /// earlier life of the room (evicted from a memory store and named
     /// again, or another data directory).
@@ -177,6 +189,9 @@ pub trait HistoryStore: Send + Sync {
     /// Makes everything written so far durable, whatever the fsync policy
     /// (a graceful stop calls it). Nothing to do for a memory store.
     fn sync(&self) {}
+    /// The bytes kept across all rooms, and the events dropped so far to
+    /// keep them under the store's budget.
+    fn usage(&self) -> HistoryUsage;
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -218,6 +233,44 @@ mod tests {
             fsync: FsyncPolicy::Never,
         };
         disk_with(limits, options)
+    }
+
+    /// Each store with a budget across rooms of `hundredths` of a
+    /// 100-byte event (`u64::MAX`: none), and what such an event costs the
+    /// budget (its frame and the store's overhead per event). The disk
+    /// store's segments hold one such event each, so that it sheds event
+    /// by event like the memory store (its default 16 MiB segments shed
+    /// 16 MiB at a time).
+    pub type MakeBudgeted = dyn Fn(HistoryLimits, u64) -> (TestStore, u64);
+
+    fn budget_of(hundredths: u64, cost: u64) -> u64 {
+        hundredths.checked_mul(cost).map_or(u64::MAX, |b| b / 100)
+    }
+
+    fn memory_budgeted(limits: HistoryLimits, hundredths: u64) -> (TestStore, u64) {
+        let cost = 100 + super::memory::EVENT_OVERHEAD;
+        let store = MemoryStore::new(limits).with_budget(budget_of(hundredths, cost));
+        let t = TestStore {
+            store: Box::new(store),
+            _dir: None,
+        };
+        (t, cost)
+    }
+
+    fn disk_budgeted(limits: HistoryLimits, hundredths: u64) -> (TestStore, u64) {
+        let cost = 100 + super::disk::RECORD_OVERHEAD;
+        let options = DiskOptions {
+            segment_bytes: 200,
+            max_open_files: 2,
+            fsync: FsyncPolicy::Never,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), limits, options).unwrap();
+        let t = TestStore {
+            store: Box::new(store.with_budget(budget_of(hundredths, cost))),
+            _dir: Some(dir),
+        };
+        (t, cost)
     }
 
     fn disk_with(limits: HistoryLimits, options: DiskOptions) -> TestStore {
@@ -510,6 +563,82 @@ mod tests {
         assert_eq!(replayed(&mut *room, 1, T0 + 21_000), Err(Gap::TooShort));
     }
 
+    /// Appends `offsets` to `room`, each a frame of 100 bytes.
+    fn append_100(room: &mut dyn RoomHistory, offsets: impl IntoIterator<Item = u64>, at: u64) {
+        for o in offsets {
+            let frame = frame_of(o, 100);
+            room.append(Record {
+                frame,
+                ..record(o, at)
+            })
+            .unwrap();
+        }
+    }
+
+    fn budget_drops_the_oldest_events_of_the_largest_room_first(make: &MakeBudgeted) {
+        let (t, cost) = make(limits(100, 60, 1 << 20), 1_000);
+        let mut big = t.store.open_room("big").unwrap();
+        let mut small = t.store.open_room("small").unwrap();
+        append_100(&mut *big, 1..=6, T0);
+        append_100(&mut *small, 1..=3, T0);
+        append_100(&mut *big, 7..=7, T0);
+        let usage = t.store.usage();
+        assert_eq!(
+            (usage.bytes, usage.budget_drops),
+            (10 * cost, 0),
+            "at the budget"
+        );
+        append_100(&mut *big, 8..=8, T0);
+        assert_eq!(replayed(&mut *big, 0, T0), Err(Gap::Budget));
+        assert_eq!(replayed(&mut *big, 1, T0), Ok((2..=8).collect()));
+        assert_eq!(replayed(&mut *small, 0, T0), Ok(vec![1, 2, 3]));
+        // The small room grows: the big one gives way until they are even,
+        // then the one that is larger after each append.
+        append_100(&mut *small, 4..=8, T0);
+        assert_eq!(replayed(&mut *big, 3, T0), Ok((4..=8).collect()));
+        assert_eq!(replayed(&mut *big, 2, T0), Err(Gap::Budget));
+        assert_eq!(replayed(&mut *small, 3, T0), Ok((4..=8).collect()));
+        assert_eq!(replayed(&mut *small, 0, T0), Err(Gap::Budget));
+        assert_eq!(replayed(&mut *small, 9, T0), Err(Gap::UnknownPosition));
+        assert_eq!((big.last_offset(), small.last_offset()), (8, 8));
+        let usage = t.store.usage();
+        assert_eq!((usage.bytes, usage.budget_drops), (10 * cost, 6));
+        let (b, s) = (big.stats(T0), small.stats(T0));
+        assert_eq!((b.events, b.bytes, s.events, s.bytes), (5, 500, 5, 500));
+    }
+
+    fn budget_gaps_are_told_apart_from_the_rooms_own_bounds(make: &MakeBudgeted) {
+        let (t, _) = make(limits(100, 10, 1 << 20), 350);
+        let mut room = t.store.open_room("r").unwrap();
+        append_100(&mut *room, 1..=3, T0);
+        append_100(&mut *room, 4..=4, T0 + 5_000);
+        assert_eq!(replayed(&mut *room, 0, T0 + 5_000), Err(Gap::Budget));
+        assert_eq!(replayed(&mut *room, 1, T0 + 5_000), Ok(vec![2, 3, 4]));
+        // Later the age bound would have dropped event 1 anyway: its own
+        // bounds, not the budget, are why the history is short now.
+        assert_eq!(replayed(&mut *room, 0, T0 + 12_000), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *room, 1, T0 + 12_000), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *room, 3, T0 + 12_000), Ok(vec![4]));
+        room.trim(T0 + 12_000);
+        assert_eq!(replayed(&mut *room, 0, T0 + 12_000), Err(Gap::TooShort));
+        assert_eq!(t.store.usage().budget_drops, 1);
+    }
+
+    fn without_a_budget_nothing_is_dropped_across_rooms(make: &MakeBudgeted) {
+        let (t, cost) = make(limits(100, 60, 1 << 20), u64::MAX);
+        let mut rooms: Vec<_> = (0..5)
+            .map(|i| t.store.open_room(&format!("r{i}")).unwrap())
+            .collect();
+        for room in &mut rooms {
+            append_100(&mut **room, 1..=10, T0);
+        }
+        for room in &mut rooms {
+            assert_eq!(replayed(&mut **room, 0, T0), Ok((1..=10).collect()));
+        }
+        let usage = t.store.usage();
+        assert_eq!((usage.bytes, usage.budget_drops), (50 * cost, 0));
+    }
+
     /// Random appends, trims and replays give the same answers from every
     /// store as from the memory store.
     fn answers_match_the_memory_store(make: &MakeStore) {
@@ -600,6 +729,19 @@ mod tests {
                 disk_small_segments: [$($test),*],
             }
         };
+    }
+
+    behaviour_tests! {
+        memory_budgeted: [
+            budget_drops_the_oldest_events_of_the_largest_room_first,
+            budget_gaps_are_told_apart_from_the_rooms_own_bounds,
+            without_a_budget_nothing_is_dropped_across_rooms,
+        ],
+        disk_budgeted: [
+            budget_drops_the_oldest_events_of_the_largest_room_first,
+            budget_gaps_are_told_apart_from_the_rooms_own_bounds,
+            without_a_budget_nothing_is_dropped_across_rooms,
+        ],
     }
 
     for_every_store!(

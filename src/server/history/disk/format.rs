@@ -20,6 +20,8 @@ const HEADER_CHECKED: usize = 16;
 pub const RECORD_HEAD: usize = 8;
 /// Offset, time, publisher session and publish id before the frame.
 pub const BODY_FIXED: usize = 32;
+/// The bytes of a record beyond its frame.
+pub const RECORD_OVERHEAD: u64 = (RECORD_HEAD + BODY_FIXED) as u64;
 /// The largest frame a record can hold (its body length is a `u32`).
 pub const MAX_FRAME: usize = u32::MAX as usize - BODY_FIXED;
 

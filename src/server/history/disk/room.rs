@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::super::{Gap, HistoryError, HistoryLimits, HistoryStats, Record, Replay, RoomHistory};
 use super::format::{
-    encode_header, encode_record, segment_path, RecordHead, HEADER_LEN, MAX_FRAME,
+    encode_header, encode_record, segment_path, RecordHead, HEADER_LEN, MAX_FRAME, RECORD_OVERHEAD,
 };
 use super::replay::{DiskReplay, Part};
 use super::segment::{for_each_record, Segment, INDEX_STRIDE};
@@ -40,9 +40,12 @@ pub struct RoomLog {
     pub last_offset: u64,
     /// The newest event's time; times are kept non-decreasing.
     pub last_at_ms: u64,
-    /// The newest offset that is gone (deleted or damaged): a position
-    /// before it is not covered.
+    /// The newest offset that is gone (deleted for the room's bounds, or
+    /// damaged): a position before it is not covered.
     pub floor: u64,
+    /// The newest offset deleted for the store's budget across rooms: a
+    /// position before it is not covered either, and told why.
+    pub budget_floor: u64,
     /// Whether the room's directory and name file exist.
     pub dir_created: bool,
     /// A failed write may have left bytes behind in the active segment
@@ -100,18 +103,67 @@ impl RoomLog {
         0
     }
 
-    /// Forgets the `n` oldest segments, whose files are gone.
-    pub fn forget_oldest(&mut self, n: usize) {
-        if n > 0 {
-            self.stats_cache = None;
+    /// Forgets the `n` oldest segments, whose files are gone (for the
+    /// store's budget if `budget`, else for the room's bounds); returns the
+    /// events they held.
+    pub fn forget_oldest(&mut self, n: usize, budget: bool) -> u64 {
+        if n == 0 {
+            return 0;
         }
+        self.stats_cache = None;
+        let floor = if budget {
+            &mut self.budget_floor
+        } else {
+            &mut self.floor
+        };
+        let mut events = 0;
         for seg in self.segments.drain(..n) {
             if seg.count > 0 {
-                self.floor = self.floor.max(seg.last_offset);
+                *floor = (*floor).max(seg.last_offset);
             }
+            events += seg.count;
         }
         if let Some(next) = self.segments.first() {
-            self.floor = self.floor.max(next.prev);
+            *floor = (*floor).max(next.prev);
+        }
+        events
+    }
+
+    /// The bytes of the room's records (frames and their 40-byte heads;
+    /// not the segment headers), for the store's budget.
+    pub fn kept_bytes(&self) -> u64 {
+        (self.segments.iter())
+            .map(|s| s.bytes + s.count * RECORD_OVERHEAD)
+            .sum()
+    }
+
+    /// Whether the budget can take something: a segment other than the
+    /// newest, or the newest one's events once the next append has started
+    /// a new segment.
+    pub fn sheddable(&self) -> bool {
+        match self.segments.as_slice() {
+            [] => false,
+            [only] => only.count > 0 && !self.roll_next,
+            _ => true,
+        }
+    }
+
+    /// Why `since`, before the budget floor, is not covered: the room's own
+    /// bounds would have dropped the oldest event left (and so every
+    /// earlier one too), or only the budget did.
+    fn budget_gap(&self, limits: &HistoryLimits, now_ms: u64) -> Gap {
+        let (count, bytes) = self
+            .segments
+            .iter()
+            .fold((0, 0), |(c, b), s| (c + s.count, b + s.bytes));
+        let oldest_ms = self
+            .segments
+            .iter()
+            .find(|s| s.count > 0)
+            .map(|s| s.first_at_ms);
+        match oldest_ms {
+            Some(oldest) if !within(limits, count, bytes, oldest, now_ms) => Gap::TooShort,
+            _ => Gap::Budget,
         }
     }
 
@@ -252,9 +304,9 @@ pub struct RoomShared {
 
 impl RoomShared {
     /// Deletes the segments that hold only events outside the bounds.
-    pub fn trim(&self, limits: &HistoryLimits, now_ms: u64) {
+    pub fn trim(&self, shared: &Shared, now_ms: u64) {
         let mut log = lock(&self.log);
-        let outdated = log.outdated(limits, now_ms);
+        let outdated = log.outdated(&shared.limits, now_ms);
         let mut deleted = 0;
         for seg in &log.segments[..outdated] {
             let path = segment_path(&self.dir, seg.base);
@@ -266,7 +318,38 @@ impl RoomShared {
                 _ => deleted += 1,
             }
         }
-        log.forget_oldest(deleted);
+        log.forget_oldest(deleted, false);
+        self.account(shared, &log);
+    }
+
+    /// Tells the store's budget what the room holds now.
+    pub fn account(&self, shared: &Shared, log: &RoomLog) {
+        (shared.budget).update(self.id, log.kept_bytes(), log.sheddable());
+    }
+
+    /// Deletes the oldest segment for the store's budget (never the
+    /// newest); whether it did. A room with only its newest segment starts
+    /// a new one on its next append, so that the budget can then take the
+    /// old one: a room being written never holds a whole segment past it.
+    pub fn shed(&self, shared: &Shared) -> bool {
+        let mut log = lock(&self.log);
+        let Some(seg) = log.segments.first().filter(|_| log.segments.len() > 1) else {
+            log.roll_next = true;
+            self.account(shared, &log);
+            return false;
+        };
+        let path = segment_path(&self.dir, seg.base);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(room = self.name, file = %path.display(), error = %e, "could not delete a segment to stay under the history budget");
+                return false;
+            }
+            _ => {}
+        }
+        let events = log.forget_oldest(1, true);
+        self.account(shared, &log);
+        shared.budget.count_drops(events);
+        true
     }
 }
 
@@ -296,8 +379,10 @@ impl Drop for DiskRoom {
     fn drop(&mut self) {
         // Under the table's lock, like the count's increments.
         let mut rooms = lock(&self.shared.rooms);
-        if self.room.handles.fetch_sub(1, Ordering::Relaxed) == 1 {
-            rooms.forget_if_unwritten(&self.room);
+        if self.room.handles.fetch_sub(1, Ordering::Relaxed) == 1
+            && rooms.forget_if_unwritten(&self.room)
+        {
+            self.shared.budget.remove(self.room.id);
         }
     }
 }
@@ -441,10 +526,14 @@ impl RoomHistory for DiskRoom {
         log.last_offset = record.offset;
         log.last_at_ms = at_ms;
         log.stats_cache = None;
-        if roll && log.segments.len() > 1 {
-            drop(log);
-            self.room.trim(&self.shared.limits, at_ms);
+        self.room.account(&self.shared, &log);
+        let rolled = roll && log.segments.len() > 1;
+        drop(log);
+        if rolled {
+            self.room.trim(&self.shared, at_ms);
         }
+        // Not under this room's lock: shedding takes another room's.
+        self.shared.enforce_budget();
         Ok(())
     }
 
@@ -456,6 +545,9 @@ impl RoomHistory for DiskRoom {
         }
         if since < log.floor {
             return Ok(Err(Gap::TooShort));
+        }
+        if since < log.budget_floor {
+            return Ok(Err(log.budget_gap(&self.shared.limits, now_ms)));
         }
         let Some(after) = log.locate(dir, since)? else {
             return Ok(Ok(Replay {
@@ -498,7 +590,7 @@ impl RoomHistory for DiskRoom {
     }
 
     fn trim(&mut self, now_ms: u64) {
-        self.room.trim(&self.shared.limits, now_ms);
+        self.room.trim(&self.shared, now_ms);
     }
 
     /// The same answer as after trimming at `now_ms`, but nothing is

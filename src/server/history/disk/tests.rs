@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::super::tests::{append_all, drain, limits, record, replayed, T0};
+use super::super::tests::{append_all, drain, frame_of, limits, record, replayed, T0};
 use super::super::{Gap, Publisher, Record};
 use super::format::{self, room_dir_name, segment_base, BODY_FIXED, HEADER_LEN, RECORD_HEAD};
 use super::segment::for_each_record;
@@ -728,4 +728,82 @@ fn disk_speed() {
         rss_kb(),
     );
     assert_eq!(store.open_room("copy9").unwrap().last_offset(), events);
+}
+
+#[test]
+fn the_budget_applies_to_what_is_on_disk_at_open_and_keeps_newest_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounds = limits(1000, 3600, 1 << 20);
+    {
+        let store = open(dir.path(), bounds, small_segments());
+        for (name, n) in [("big", 30), ("small", 5)] {
+            let mut room = store.open_room(name).unwrap();
+            for o in 1..=n {
+                room.append(tagged(name, o)).unwrap();
+            }
+        }
+    }
+    let all = open(dir.path(), bounds, small_segments()).usage().bytes;
+    let store = open(dir.path(), bounds, small_segments()).with_budget(all / 2);
+    let usage = store.usage();
+    assert!(usage.bytes <= all / 2, "{usage:?} of {all}");
+    assert!(usage.budget_drops > 0);
+    let mut small = store.open_room("small").unwrap();
+    let all_small = drain(small.replay(0, T0).unwrap().unwrap());
+    assert_eq!(all_small.len(), 5, "not touched");
+    let mut big = store.open_room("big").unwrap();
+    assert_eq!(replayed(&mut *big, 0, T0), Err(Gap::Budget));
+    drop(store);
+
+    // A budget below what the newest segments hold: each room keeps its
+    // newest segment, and with it its last offset.
+    let store = open(dir.path(), bounds, small_segments()).with_budget(1);
+    for (name, last) in [("big", 30), ("small", 5)] {
+        let mut room = store.open_room(name).unwrap();
+        assert_eq!(room.last_offset(), last);
+        assert_eq!(segments(dir.path(), name).len(), 1, "{name}");
+        let newest = drain(room.replay(last - 1, T0).unwrap().unwrap());
+        assert_eq!(newest, vec![tagged(name, last).frame], "{name}");
+        // Why "big" was cut in the store's previous life is not known now.
+        let why = if name == "big" {
+            Gap::TooShort
+        } else {
+            Gap::Budget
+        };
+        assert_eq!(replayed(&mut *room, 0, T0), Err(why), "{name}");
+    }
+}
+
+#[test]
+fn a_room_written_past_the_budget_in_one_segment_gives_it_up_at_its_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions {
+        segment_bytes: 4096,
+        ..DiskOptions::default()
+    };
+    let cost = 100 + RECORD_OVERHEAD;
+    let store = open(dir.path(), limits(1000, 3600, 1 << 20), options).with_budget(10 * cost);
+    let mut room = store.open_room("r").unwrap();
+    let append = |room: &mut Box<dyn RoomHistory>, o: u64| {
+        let frame = frame_of(o, 100);
+        room.append(Record {
+            frame,
+            ..record(o, T0)
+        })
+        .unwrap();
+    };
+    for o in 1..=11 {
+        append(&mut room, o);
+    }
+    // Over the budget, but all of it in the segment appends go to.
+    assert_eq!(store.usage().bytes, 11 * cost);
+    assert_eq!(segments(dir.path(), "r").len(), 1);
+    for o in 12..=20 {
+        append(&mut room, o);
+    }
+    assert_eq!(segments(dir.path(), "r").len(), 1, "the old one is gone");
+    let usage = store.usage();
+    assert_eq!((usage.bytes, usage.budget_drops), (9 * cost, 11));
+    assert_eq!(replayed(&mut *room, 0, T0), Err(Gap::Budget));
+    assert_eq!(replayed(&mut *room, 11, T0), Ok((12..=20).collect()));
 }
