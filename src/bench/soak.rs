@@ -37,7 +37,7 @@ use super::attack::{
 };
 use super::scratch::ScratchDir;
 use super::server_process::{ServeOptions, ServerProcess};
-use super::{ratio, udp_echo, BenchError, Percentiles, Progress};
+use super::{ratio, udp_echo, BenchError, Percentiles, Progress, StorageKind};
 use bystander::{Bystander, Measured};
 use crowd::{Crowd, Tally};
 
@@ -83,6 +83,8 @@ pub struct SoakConfig {
     pub bystander_rate: f64,
     /// The `quicbus` executable whose `serve` is measured.
     pub server_exe: PathBuf,
+    /// Where the server keeps history: on disk (`serve`'s default) or in memory.
+    pub storage: StorageKind,
     /// Arguments added to `serve` (e.g. generous per-IP limits: every
     /// client of the bench comes from 127.0.0.1).
     pub serve_args: Vec<String>,
@@ -108,6 +110,7 @@ impl SoakConfig {
             outage_len: Duration::from_millis(2500),
             bystander_rate: 200.0,
             server_exe,
+            storage: StorageKind::Disk,
             serve_args: Vec::new(),
         }
     }
@@ -202,6 +205,8 @@ pub struct SoakReport {
     pub duration_s: f64,
     pub warmup_s: f64,
     pub attack: bool,
+    /// Where the server kept history: `disk` (fsync `interval`) or `memory`.
+    pub storage: String,
     /// Arguments given to `serve` beyond the bench's own.
     pub serve_args: Vec<String>,
 
@@ -237,6 +242,11 @@ pub struct SoakReport {
     pub replayed: u64,
     /// New sessions (close, connect, rejoin from the last offset).
     pub renewals: u64,
+    /// First connections tried again during the connect storm at the start.
+    pub connect_retries: u64,
+    /// Operations of flaky clients tried again because their connection
+    /// was lost under them (as an application would).
+    pub retries: u64,
     /// Connections lost to an outage of a flaky path...
     pub disconnects: u64,
     /// ... and sessions resumed after them.
@@ -254,6 +264,10 @@ pub struct SoakReport {
     /// `(end of clean phase − warm-up) / warm-up`, percent (the same as
     /// `rss_growth_pct` without `--attack`).
     pub rss_clean_growth_pct: f64,
+    /// Growth over the second half of the clean phase, percent of the
+    /// value at its start: near 0 once memory has settled, whatever the
+    /// warm-up left to grow.
+    pub rss_settled_growth_pct: f64,
     pub rss: Vec<RssSample>,
     /// Server CPU time (user + system) over the run.
     pub server_cpu_s: f64,
@@ -293,7 +307,10 @@ pub fn run(config: &SoakConfig, progress: &Progress) -> Result<SoakReport, Bench
 
     let data = ScratchDir::new("soak-data")?;
     let server = ServerProcess::start(&ServeOptions {
-        data: Some(data.path().join("data")),
+        data: match config.storage {
+            StorageKind::Disk => Some(data.path().join("data")),
+            StorageKind::Memory => None,
+        },
         extra: config.serve_args.clone(),
         ..ServeOptions::new(config.server_exe.clone())
     })?;
@@ -306,6 +323,24 @@ pub fn run(config: &SoakConfig, progress: &Progress) -> Result<SoakReport, Bench
             _ => return Err(BenchError::Other("the server's CA is not in a file".into())),
         },
     };
+    // The flood's Initials are made first: each costs a TLS ClientHello,
+    // which would slow the crowd's connecting.
+    let initials = if config.attack {
+        progress.step("capturing Initial packets for the handshake flood");
+        let n = config.scaled(FloodConfig::default().initials as f64) as usize;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(BenchError::io("starting a runtime"))?;
+        let initials = runtime
+            .block_on(attack::capture_initials(&target, n))
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        progress.finish(&format!("{} packets", initials.len()));
+        initials
+    } else {
+        Vec::new()
+    };
+    let initials = &initials;
     let tally = Arc::new(Tally::default());
     let cpu_before = server.cpu_seconds()?;
 
@@ -364,21 +399,9 @@ pub fn run(config: &SoakConfig, progress: &Progress) -> Result<SoakReport, Bench
             let (ready, target) = (ready_tx.clone(), target.clone());
             scope.spawn(move || {
                 on_own_runtime(ready.clone(), async move {
-                    let initials = if config.attack {
-                        let n = config.scaled(FloodConfig::default().initials as f64) as usize;
-                        match attack::capture_initials(&target, n).await {
-                            Ok(initials) => initials,
-                            Err(e) => {
-                                let _ = ready.send(Err(BenchError::Other(e.to_string())));
-                                return Vec::new();
-                            }
-                        }
-                    } else {
-                        Vec::new()
-                    };
                     let _ = ready.send(Ok("attacker"));
                     match attack_timeline.recv() {
-                        Ok(timeline) => attacks(config, &target, &initials, timeline).await,
+                        Ok(timeline) => attacks(config, &target, initials, timeline).await,
                         Err(_) => Vec::new(),
                     }
                 })
@@ -631,13 +654,16 @@ fn build_report(
             .map_or(rss_end, |s| s.bytes),
         None => rss_end,
     };
-    let growth = |to: u64| {
-        if rss_warmup == 0 {
+    let growth_from = |from: u64, to: u64| {
+        if from == 0 {
             0.0
         } else {
-            ((to as f64 - rss_warmup as f64) / rss_warmup as f64 * 1000.0).round() / 10.0
+            ((to as f64 - from as f64) / from as f64 * 1000.0).round() / 10.0
         }
     };
+    let growth = |to: u64| growth_from(rss_warmup, to);
+    let clean_end = timeline.attack.unwrap_or(timeline.stop);
+    let settled_from = at_or_after(since(timeline.warmed + (clean_end - timeline.warmed) / 2));
     let clean = Percentiles::of(&measured.clean);
     let attack = timeline.attack.map(|_| Percentiles::of(&measured.attack));
     let attack_ratio = attack.map(|a| ratio2(a.p99_us, clean.p99_us));
@@ -655,6 +681,7 @@ fn build_report(
         duration_s: config.duration.as_secs_f64(),
         warmup_s: config.warmup.as_secs_f64(),
         attack: config.attack,
+        storage: config.storage.name().into(),
         serve_args: config.serve_args.clone(),
         errors,
         error_samples: tally
@@ -681,6 +708,8 @@ fn build_report(
         rejoins: get(&tally.rejoins),
         replayed: get(&tally.replayed),
         renewals: get(&tally.renewals),
+        retries: get(&tally.retries),
+        connect_retries: get(&tally.connect_retries),
         disconnects: get(&tally.disconnects),
         resumes: get(&tally.resumes),
         outages: get(&tally.outages),
@@ -690,6 +719,7 @@ fn build_report(
         rss_peak_bytes: rss.iter().map(|s| s.bytes).max().unwrap_or(0),
         rss_growth_pct,
         rss_clean_growth_pct,
+        rss_settled_growth_pct: growth_from(settled_from, rss_clean_end),
         rss,
         server_cpu_s: (cpu * 100.0).round() / 100.0,
         relay_sent: measured.sent,

@@ -284,6 +284,9 @@ pub struct SoakArgs {
     /// comes from 127.0.0.1, so per-IP limits need to be generous.
     #[arg(long = "serve-arg", value_name = "ARG", allow_hyphen_values = true)]
     serve_args: Vec<String>,
+    /// Serve with history in memory (`serve --memory`) instead of on disk.
+    #[arg(long)]
+    memory: bool,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -383,18 +386,24 @@ fn soak(args: SoakArgs) -> CliResult {
         renew_every: args.renew_every,
         flaky_every: args.flaky_every,
         serve_args: args.serve_args.clone(),
+        storage: if args.memory {
+            StorageKind::Memory
+        } else {
+            StorageKind::Disk
+        },
         ..SoakConfig::new(server_exe()?)
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
     let report = crate::bench::soak::run(&config, &progress)?;
     let title = format!(
-        "quicbus soak: {} clients, {} rooms × {} each, {:?} (warm-up {:?}){}",
+        "quicbus soak: {} clients, {} rooms × {} each, {:?} (warm-up {:?}), history {}{}",
         clients,
         rooms,
         rooms_per_client,
         args.duration,
         args.warmup,
+        if args.memory { "in memory" } else { "on disk" },
         if args.attack { ", attacks in the second half" } else { "" }
     );
     println!("{title}\nmachine: {}\n", machine());
@@ -440,8 +449,8 @@ fn print_soak(r: &SoakReport) {
         r.datagrams_sent, r.datagrams_unsent, r.datagrams_received, r.datagrams_lost, r.datagram_loss_pct
     );
     println!(
-        "churn         {} joins, {} rejoins ({} events replayed), {} new sessions, {} outages: {} disconnects, {} resumes",
-        r.joins, r.rejoins, r.replayed, r.renewals, r.outages, r.disconnects, r.resumes
+        "churn         {} joins, {} rejoins ({} events replayed), {} new sessions, {} outages: {} disconnects, {} resumes, {} retries",
+        r.joins, r.rejoins, r.replayed, r.renewals, r.outages, r.disconnects, r.resumes, r.retries
     );
     println!(
         "server RSS    {:.1} MB after warm-up, {:.1} MB at the end ({:+.1}%), peak {:.1} MB ({})",
@@ -458,7 +467,14 @@ fn print_soak(r: &SoakReport) {
             r.rss_clean_growth_pct
         );
     }
-    println!("server CPU    {:.2} s", r.server_cpu_s);
+    println!(
+        "              {:+.1}% over the second half of the clean phase",
+        r.rss_settled_growth_pct
+    );
+    println!(
+        "server CPU    {:.2} s; {} first connections tried again",
+        r.server_cpu_s, r.connect_retries
+    );
     println!(
         "\n{:<22} {:>9} {:>8} {:>8} {:>9} {:>9}",
         "relay (bystander)", "p50µs", "p90µs", "p99µs", "p99.9µs", "maxµs"

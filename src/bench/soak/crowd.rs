@@ -40,6 +40,22 @@ const PAYLOAD: usize = 64;
 const DRAIN: Duration = Duration::from_secs(30);
 /// Flaky paths (netsims) the flaky clients are spread over.
 const FLAKY_PATHS: usize = 4;
+/// Tries of an operation a flaky client's lost connection failed.
+const ATTEMPTS: usize = 5;
+/// How long a flaky client waits to be connected again before a retry.
+const RECONNECT_WAIT: Duration = Duration::from_secs(20);
+
+/// Whether `e` is the loss of the connection an operation was sent on (or
+/// of the path to the server), not a refusal.
+fn connection_lost(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Disconnected(_)
+            | ClientError::Timeout { .. }
+            | ClientError::ConnectTimeout { .. }
+            | ClientError::Handshake { .. }
+    )
+}
 
 /// What the crowd counted; every field of the report that is about it.
 #[derive(Debug, Default)]
@@ -59,6 +75,11 @@ pub(super) struct Tally {
     pub rejoins: AtomicU64,
     pub replayed: AtomicU64,
     pub renewals: AtomicU64,
+    /// First connections tried again (the connect storm at the start).
+    pub connect_retries: AtomicU64,
+    /// Operations of flaky clients tried again after their connection was
+    /// lost under them.
+    pub retries: AtomicU64,
     pub disconnects: AtomicU64,
     pub resumes: AtomicU64,
     pub outages: AtomicU64,
@@ -253,9 +274,21 @@ impl Member {
         shared: &Shared,
     ) -> Result<Self, BenchError> {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let (client, events) = Client::connect(options.clone())
-            .await
-            .map_err(BenchError::client(format!("connecting client {me}")))?;
+        // A connect storm may meet the server's handshake bounds: the
+        // bench tries again, as an application would, and counts it.
+        let mut attempt = 0;
+        let (client, events) = loop {
+            match Client::connect(options.clone()).await {
+                Ok(pair) => break pair,
+                Err(e) if attempt + 1 < ATTEMPTS => {
+                    tracing::debug!("client {me} connects again: {e}");
+                    shared.tally.connect_retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(BenchError::client(format!("connecting client {me}"))(e)),
+            }
+        };
         let receiver = tokio::spawn(receive(me, flaky, events, seen.clone(), shared.tally.clone()));
         let member = Member {
             me,
@@ -296,17 +329,41 @@ impl Member {
             .unwrap_or(0)
     }
 
+    /// Whether to try `e`'s operation again: a flaky client whose
+    /// connection was lost under it, connected again within
+    /// [`RECONNECT_WAIT`], on one of its first [`ATTEMPTS`] tries. What a
+    /// well-behaved application does.
+    async fn again(&self, e: &ClientError, attempt: usize, shared: &Shared) -> bool {
+        if !self.flaky || attempt + 1 >= ATTEMPTS || !connection_lost(e) {
+            return false;
+        }
+        shared.tally.retries.fetch_add(1, Ordering::Relaxed);
+        let until = Instant::now() + RECONNECT_WAIT;
+        // Bounded by RECONNECT_WAIT.
+        while Instant::now() < until {
+            if self.client.is_connected() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     async fn publish(&mut self, shared: &Shared, turn: u64) {
         let Some(&room) = self.rooms.get(turn as usize % self.rooms.len().max(1)) else {
             return;
         };
         let seq = self.sequences.get(&room).copied().unwrap_or(0) + 1;
         let name = room_name(room);
-        let ack = match self.client.emit_acked(&name, "r", payload(self.me, room, seq)).await {
-            Ok(ack) => ack,
-            Err(e) => {
-                shared.tally.error(format!("client {}: emit to {name}: {e}", self.me));
-                return;
+        let mut attempt = 0;
+        let ack = loop {
+            match self.client.emit_acked(&name, "r", payload(self.me, room, seq)).await {
+                Ok(ack) => break ack,
+                Err(e) if self.again(&e, attempt, shared).await => attempt += 1,
+                Err(e) => {
+                    shared.tally.error(format!("client {}: emit to {name}: {e}", self.me));
+                    return;
+                }
             }
         };
         // Queued: it will be published, acked or not.
@@ -347,9 +404,17 @@ impl Member {
             return;
         };
         let name = room_name(room);
-        if let Err(e) = self.client.leave(&name).await {
-            shared.tally.error(format!("client {}: leave {name}: {e}", self.me));
-            return;
+        match self.client.leave(&name).await {
+            Ok(()) => {}
+            // The room is left on this side at once, and the server
+            // forgets it with the lost connection: left all the same.
+            Err(e) if self.flaky && connection_lost(&e) => {
+                shared.tally.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                shared.tally.error(format!("client {}: leave {name}: {e}", self.me));
+                return;
+            }
         }
         tokio::time::sleep(pause).await;
         self.rejoin(shared, room).await;
@@ -357,12 +422,19 @@ impl Member {
 
     async fn rejoin(&self, shared: &Shared, room: u32) {
         let name = room_name(room);
-        let since = self.last_offset(room);
-        let options = JoinOptions {
-            echo: false,
-            since: Some(since),
+        let mut attempt = 0;
+        let (since, joined) = loop {
+            let since = self.last_offset(room);
+            let options = JoinOptions {
+                echo: false,
+                since: Some(since),
+            };
+            match self.client.join_with(&name, options).await {
+                Err(e) if self.again(&e, attempt, shared).await => attempt += 1,
+                other => break (since, other),
+            }
         };
-        match self.client.join_with(&name, options).await {
+        match joined {
             Ok(outcome) => match outcome.recovery {
                 Recovery::Recovered { replayed } => {
                     shared.tally.rejoins.fetch_add(1, Ordering::Relaxed);
@@ -383,11 +455,20 @@ impl Member {
         self.account_datagrams(shared);
         self.client.close().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.receiver).await;
-        let (client, events) = match Client::connect(self.options.clone()).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                shared.tally.error(format!("client {}: new session: {e}", self.me));
-                return;
+        let mut attempt = 0;
+        let (client, events) = loop {
+            match Client::connect(self.options.clone()).await {
+                Ok(pair) => break pair,
+                // A flaky path may be dark: try again a little later.
+                Err(e) if self.flaky && attempt + 1 < ATTEMPTS && connection_lost(&e) => {
+                    shared.tally.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    shared.tally.error(format!("client {}: new session: {e}", self.me));
+                    return;
+                }
             }
         };
         self.client = client;
