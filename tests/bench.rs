@@ -602,7 +602,10 @@ fn bench_soak_with_attacks_keeps_the_crowd_whole_and_says_what_the_server_answer
     for a in row["attacks"].as_array().unwrap() {
         assert!(u(a, "rounds") >= 1, "{a}");
         assert!(u(a, "attempted") >= 1, "{a}");
-        assert!(u(a, "accepted") + u(a, "refused") <= u(a, "attempted"), "{a}");
+        assert!(
+            u(a, "accepted") + u(a, "refused") <= u(a, "attempted"),
+            "{a}"
+        );
         let answers = a["answers"].as_object().unwrap();
         assert!(!answers.is_empty(), "the server's answers are missing: {a}");
         assert!(
@@ -689,7 +692,10 @@ async fn attacks_report_what_an_in_process_server_answered() {
     .unwrap();
     assert_eq!(report.attempted, 20, "{report:?}");
     assert_eq!(report.accepted + report.refused, 20, "{report:?}");
-    assert!(report.answers.contains_key("packets received"), "{report:?}");
+    assert!(
+        report.answers.contains_key("packets received"),
+        "{report:?}"
+    );
 
     // A small history hog is simply stored.
     let hog = attack::HogConfig {

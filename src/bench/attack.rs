@@ -148,7 +148,9 @@ pub fn close_answer(e: &quinn::ConnectionError) -> String {
 
 fn client_error_answer(e: &ClientError) -> String {
     match e {
-        ClientError::Closed { code, .. } => format!("close {code} ({})", close_code::describe(*code)),
+        ClientError::Closed { code, .. } => {
+            format!("close {code} ({})", close_code::describe(*code))
+        }
         ClientError::Rejected { code, .. } => format!("error {code}"),
         ClientError::Timeout { what, .. } => format!("{what} timed out"),
         ClientError::ConnectTimeout { .. } => "connect timed out".into(),
@@ -159,15 +161,17 @@ fn client_error_answer(e: &ClientError) -> String {
 
 /// A client endpoint on a fresh loopback socket that trusts `target`'s CA.
 fn endpoint(target: &Target) -> Result<Endpoint, AttackError> {
-    let roots = quicbus::tls::parse_certs(&target.ca_pem).map_err(|e| AttackError::Tls(e.to_string()))?;
+    let roots =
+        quicbus::tls::parse_certs(&target.ca_pem).map_err(|e| AttackError::Tls(e.to_string()))?;
     let config = quicbus::tls::client_config(&roots, &TransportSettings::default())
         .map_err(|e| AttackError::Tls(e.to_string()))?;
-    let mut endpoint = Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|source| {
-        AttackError::Io {
-            what: "binding the attack's socket",
-            source,
-        }
-    })?;
+    let mut endpoint =
+        Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|source| {
+            AttackError::Io {
+                what: "binding the attack's socket",
+                source,
+            }
+        })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
@@ -236,7 +240,9 @@ async fn hello(raw: &mut Raw, resume: Option<Resume>) -> Greeting {
         },
         Ok(Ok(Some(Frame::Reject { code, .. }))) => Greeting::Refused(format!("reject {code}")),
         Ok(Ok(Some(other))) => Greeting::Refused(format!("unexpected {}", other.name())),
-        Ok(Ok(None)) | Ok(Err(_)) => Greeting::Refused(closed_or(&raw.conn, "control stream ended")),
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            Greeting::Refused(closed_or(&raw.conn, "control stream ended"))
+        }
         Err(_) => Greeting::Refused("no answer to hello".into()),
     }
 }
@@ -367,10 +373,14 @@ fn classify_answer(packet: &[u8]) -> (&'static str, Option<&[u8]>) {
         return ("short header", None);
     }
     if packet.get(1..5) == Some(&[0, 0, 0, 0]) {
-        let dcid = packet.get(5).and_then(|&l| packet.get(6..6 + usize::from(l)));
+        let dcid = packet
+            .get(5)
+            .and_then(|&l| packet.get(6..6 + usize::from(l)));
         return ("version negotiation", dcid);
     }
-    let dcid = packet.get(5).and_then(|&l| packet.get(6..6 + usize::from(l)));
+    let dcid = packet
+        .get(5)
+        .and_then(|&l| packet.get(6..6 + usize::from(l)));
     let kind = match (first >> 4) & 0x3 {
         0 => "initial",
         1 => "0-rtt",
@@ -444,10 +454,7 @@ pub async fn handshake_flood(
     }
     tokio::time::sleep(config.linger).await;
     let _ = stop.send(());
-    let (first, packets) = match listener.await {
-        Ok(result) => result,
-        Err(_) => (HashMap::new(), 0),
-    };
+    let (first, packets) = listener.await.unwrap_or_default();
     let mut report = AttackReport::new("handshake-flood");
     report.attempted = sent;
     let mut answered = 0;
@@ -532,7 +539,7 @@ pub async fn room_flood(
             while next < config.rooms && next - answered < config.window {
                 let room = format!("attack-room-{tag:x}-{next}");
                 let request = next + 1;
-                let frame = if next % 2 == 0 {
+                let frame = if next.is_multiple_of(2) {
                     Frame::Join {
                         request,
                         room,
@@ -637,7 +644,9 @@ pub async fn history_hog(target: &Target, config: &HogConfig) -> Result<AttackRe
     let started = Instant::now();
     let deadline = started + config.time_limit;
     let mut report = AttackReport::new("history-hog");
-    let per_room = config.bytes_per_room.div_ceil(config.event_size.max(1) as u64);
+    let per_room = config
+        .bytes_per_room
+        .div_ceil(config.event_size.max(1) as u64);
     let total = per_room * config.rooms as u64;
     let mut options = ClientOptions::new(target.addr);
     options.trust = Trust::CaPem(target.ca_pem.clone());
@@ -672,7 +681,9 @@ pub async fn history_hog(target: &Target, config: &HogConfig) -> Result<AttackRe
         }
         sent += 1;
         while pending.len() >= config.in_flight.max(1) {
-            let Some(ack) = pending.pop_front() else { break };
+            let Some(ack) = pending.pop_front() else {
+                break;
+            };
             tally_ack(&mut report, ack.wait().await, &mut stop);
         }
     }
@@ -954,7 +965,10 @@ pub async fn session_takeover(
                 continue;
             }
         };
-        let forged = format!("{:032x}", u128::from(random_tag()) << 64 | u128::from(random_tag()));
+        let forged = format!(
+            "{:032x}",
+            u128::from(random_tag()) << 64 | u128::from(random_tag())
+        );
         for (what, token) in [("stolen", token), ("forged", forged)] {
             report.attempted += 1;
             let mut thief = match raw_connect(&endpoint, target).await {
@@ -1043,7 +1057,10 @@ mod tests {
         let retry = [0xf0, 0, 0, 0, 1, 1, 9, 0];
         assert_eq!(classify_answer(&retry), ("retry", Some(&[9][..])));
         assert_eq!(classify_answer(&[0x40, 1]).0, "short header");
-        assert_eq!(classify_answer(&[0x80, 0, 0, 0, 0, 1, 7]).0, "version negotiation");
+        assert_eq!(
+            classify_answer(&[0x80, 0, 0, 0, 0, 1, 7]).0,
+            "version negotiation"
+        );
         for short in [&[][..], &[0xc3][..], &[0xc3, 0, 0, 0, 1, 40, 1]] {
             assert_eq!(initial_dcid(short), None);
             let _ = long_scid(short);

@@ -119,7 +119,10 @@ impl SoakConfig {
     pub fn validate(&self) -> Result<(), BenchError> {
         let fail = |m: String| Err(BenchError::Other(m));
         if !(1..=10_000).contains(&self.clients) {
-            return fail(format!("--clients {} must be from 1 to 10,000", self.clients));
+            return fail(format!(
+                "--clients {} must be from 1 to 10,000",
+                self.clients
+            ));
         }
         if self.rooms == 0 || self.rooms_per_client == 0 || self.rooms_per_client > self.rooms {
             return fail(format!(
@@ -137,7 +140,10 @@ impl SoakConfig {
             return fail("--duration is limited to a day".into());
         }
         if !(self.attack_scale > 0.0 && self.attack_scale <= 10.0) {
-            return fail(format!("--attack-scale {} must be in (0, 10]", self.attack_scale));
+            return fail(format!(
+                "--attack-scale {} must be in (0, 10]",
+                self.attack_scale
+            ));
         }
         if !(self.bystander_rate >= 1.0 && self.bystander_rate <= 10_000.0) {
             return fail("the bystander rate must be from 1 to 10,000 a second".into());
@@ -169,9 +175,7 @@ impl Timeline {
         Timeline {
             start,
             warmed,
-            attack: config
-                .attack
-                .then(|| warmed + (stop - warmed) / 2),
+            attack: config.attack.then(|| warmed + (stop - warmed) / 2),
             stop,
         }
     }
@@ -242,7 +246,8 @@ pub struct SoakReport {
     pub replayed: u64,
     /// New sessions (close, connect, rejoin from the last offset).
     pub renewals: u64,
-    /// First connections tried again during the connect storm at the start.
+    /// Connections tried again (at the start, and for new sessions) after
+    /// the server turned a handshake away or a path was dark.
     pub connect_retries: u64,
     /// Operations of flaky clients tried again because their connection
     /// was lost under them (as an application would).
@@ -445,7 +450,11 @@ pub fn run(config: &SoakConfig, progress: &Progress) -> Result<SoakReport, Bench
             "soak: {} clients for {:?}{}",
             config.clients,
             config.duration,
-            if config.attack { ", attacks in the second half" } else { "" }
+            if config.attack {
+                ", attacks in the second half"
+            } else {
+                ""
+            }
         ));
         let rss = sample_rss(&server, &timeline, progress);
         let _ = crowd.join();
@@ -462,7 +471,16 @@ pub fn run(config: &SoakConfig, progress: &Progress) -> Result<SoakReport, Bench
     let cpu = server.cpu_seconds().unwrap_or(cpu_before) - cpu_before;
     drop(server);
     drop(data);
-    let report = build_report(config, &timeline, rss, &tally, measured, attacks, (udp_p50, udp_p99), cpu);
+    let report = build_report(
+        config,
+        &timeline,
+        rss,
+        &tally,
+        measured,
+        attacks,
+        (udp_p50, udp_p99),
+        cpu,
+    );
     progress.finish(&format!(
         "{} errors, {} reliable events delivered ({} missing), RSS growth {:.1}%",
         report.errors, report.reliable_delivered, report.reliable_missing, report.rss_growth_pct
@@ -491,7 +509,11 @@ fn on_own_runtime<T>(
 /// The server's resident memory once a second until the run stops.
 fn sample_rss(server: &ServerProcess, timeline: &Timeline, progress: &Progress) -> Vec<RssSample> {
     let mut samples = Vec::new();
-    let total = timeline.stop.duration_since(timeline.start).as_secs().max(1);
+    let total = timeline
+        .stop
+        .duration_since(timeline.start)
+        .as_secs()
+        .max(1);
     let mut next = timeline.start;
     // Bounded: one sample a second until stop.
     while next <= timeline.stop {
@@ -551,9 +573,9 @@ async fn attacks(
         attempts: s(10.0) as usize,
     };
     let (flood_r, rooms_r, hog_r, half_r, hellos_r, takeover_r) = tokio::join!(
-        repeat("handshake-flood", stop, usize::MAX, |_| attack::handshake_flood(
-            target, initials, &flood
-        )),
+        repeat("handshake-flood", stop, usize::MAX, |_| {
+            attack::handshake_flood(target, initials, &flood)
+        }),
         repeat("room-flood", stop, usize::MAX, |_| {
             let c = RoomFloodConfig {
                 time_limit: left(),
@@ -582,9 +604,9 @@ async fn attacks(
             };
             async move { attack::partial_hellos(target, &c).await }
         }),
-        repeat("session-takeover", stop, usize::MAX, |_| attack::session_takeover(
-            target, &takeover
-        )),
+        repeat("session-takeover", stop, usize::MAX, |_| {
+            attack::session_takeover(target, &takeover)
+        }),
     );
     vec![flood_r, rooms_r, hog_r, half_r, hellos_r, takeover_r]
 }
@@ -643,7 +665,12 @@ fn build_report(
         tally.error(e);
     }
     let since = |at: Instant| at.duration_since(timeline.start).as_secs_f64();
-    let at_or_after = |t: f64| rss.iter().find(|s| s.t_s >= t).or(rss.last()).map_or(0, |s| s.bytes);
+    let at_or_after = |t: f64| {
+        rss.iter()
+            .find(|s| s.t_s >= t)
+            .or(rss.last())
+            .map_or(0, |s| s.bytes)
+    };
     let rss_warmup = at_or_after(since(timeline.warmed));
     let rss_end = rss.last().map_or(0, |s| s.bytes);
     let rss_clean_end = match timeline.attack {

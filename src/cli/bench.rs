@@ -306,7 +306,11 @@ fn duration(s: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("'{s}' is not a duration: expected e.g. 60s, 500ms or 5m")),
+        _ => {
+            return Err(format!(
+                "'{s}' is not a duration: expected e.g. 60s, 500ms or 5m"
+            ))
+        }
     };
     if seconds.is_finite() && (0.0..=86_400.0).contains(&seconds) {
         Ok(Duration::from_secs_f64(seconds))
@@ -404,7 +408,11 @@ fn soak(args: SoakArgs) -> CliResult {
         args.duration,
         args.warmup,
         if args.memory { "in memory" } else { "on disk" },
-        if args.attack { ", attacks in the second half" } else { "" }
+        if args.attack {
+            ", attacks in the second half"
+        } else {
+            ""
+        }
     );
     println!("{title}\nmachine: {}\n", machine());
     print_soak(&report);
@@ -417,7 +425,11 @@ fn soak(args: SoakArgs) -> CliResult {
         return Err(format!(
             "the soak failed: {} errors, delivery {}",
             r.errors,
-            if r.delivery_complete { "complete" } else { "incomplete" }
+            if r.delivery_complete {
+                "complete"
+            } else {
+                "incomplete"
+            }
         )
         .into());
     }
@@ -427,11 +439,7 @@ fn soak(args: SoakArgs) -> CliResult {
 fn print_soak(r: &SoakReport) {
     let mb = |b: u64| b as f64 / 1e6;
     let verdict = |ok: bool| if ok { "ok" } else { "FAILED" };
-    println!(
-        "errors        {} ({})",
-        r.errors,
-        verdict(r.errors_ok)
-    );
+    println!("errors        {} ({})", r.errors, verdict(r.errors_ok));
     for e in &r.error_samples {
         println!("              {e}");
     }
@@ -442,11 +450,19 @@ fn print_soak(r: &SoakReport) {
         r.reliable_missing,
         r.reliable_duplicates,
         r.reliable_out_of_order,
-        if r.delivery_complete { "complete" } else { "INCOMPLETE" }
+        if r.delivery_complete {
+            "complete"
+        } else {
+            "INCOMPLETE"
+        }
     );
     println!(
         "datagrams     {} sent, {} not sent while disconnected, {} received, {} lost ({:.2}%)",
-        r.datagrams_sent, r.datagrams_unsent, r.datagrams_received, r.datagrams_lost, r.datagram_loss_pct
+        r.datagrams_sent,
+        r.datagrams_unsent,
+        r.datagrams_received,
+        r.datagrams_lost,
+        r.datagram_loss_pct
     );
     println!(
         "churn         {} joins, {} rejoins ({} events replayed), {} new sessions, {} outages: {} disconnects, {} resumes, {} retries",
@@ -472,7 +488,7 @@ fn print_soak(r: &SoakReport) {
         r.rss_settled_growth_pct
     );
     println!(
-        "server CPU    {:.2} s; {} first connections tried again",
+        "server CPU    {:.2} s; {} connections tried again",
         r.server_cpu_s, r.connect_retries
     );
     println!(

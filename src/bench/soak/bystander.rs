@@ -140,7 +140,10 @@ impl Bystander {
                         Phase::Warmup => {}
                     }
                     let second = at.saturating_duration_since(start).as_secs();
-                    record(m.per_second.entry(second).or_insert_with(histogram), latency);
+                    record(
+                        m.per_second.entry(second).or_insert_with(histogram),
+                        latency,
+                    );
                     m.received += 1;
                     expected += 1;
                 }

@@ -75,7 +75,8 @@ pub(super) struct Tally {
     pub rejoins: AtomicU64,
     pub replayed: AtomicU64,
     pub renewals: AtomicU64,
-    /// First connections tried again (the connect storm at the start).
+    /// Connections tried again: the connect storm at the start, and new
+    /// sessions a busy server (or a dark path) turned away.
     pub connect_retries: AtomicU64,
     /// Operations of flaky clients tried again after their connection was
     /// lost under them.
@@ -206,7 +207,13 @@ fn check_reliable(me: u32, event: &Event, offset: u64, seen: &mut Seen, tally: &
 }
 
 /// Reads one session's events until the client closes.
-async fn receive(me: u32, flaky: bool, mut events: Events, seen: Arc<Mutex<Seen>>, tally: Arc<Tally>) {
+async fn receive(
+    me: u32,
+    flaky: bool,
+    mut events: Events,
+    seen: Arc<Mutex<Seen>>,
+    tally: Arc<Tally>,
+) {
     while let Some(incoming) = events.next_incoming().await {
         match incoming {
             Incoming::Event(event) => match event.delivery {
@@ -237,7 +244,9 @@ async fn receive(me: u32, flaky: bool, mut events: Events, seen: Arc<Mutex<Seen>
                 ResumeOutcome::Resumed => {
                     tally.resumes.fetch_add(1, Ordering::Relaxed);
                 }
-                other => tally.error(format!("client {me}: reconnected without resume: {other:?}")),
+                other => tally.error(format!(
+                    "client {me}: reconnected without resume: {other:?}"
+                )),
             },
             Incoming::Recovery { room, recovery } => match recovery {
                 Recovery::Recovered { replayed } => {
@@ -260,7 +269,8 @@ struct Member {
     rooms: Vec<u32>,
     seen: Arc<Mutex<Seen>>,
     client: Client,
-    receiver: tokio::task::JoinHandle<()>,
+    /// The task reading the current session's events (taken when awaited).
+    receiver: Option<tokio::task::JoinHandle<()>>,
     /// Per room, the sequence of this client's last event there.
     sequences: HashMap<u32, u64>,
 }
@@ -289,7 +299,13 @@ impl Member {
                 Err(e) => return Err(BenchError::client(format!("connecting client {me}"))(e)),
             }
         };
-        let receiver = tokio::spawn(receive(me, flaky, events, seen.clone(), shared.tally.clone()));
+        let receiver = tokio::spawn(receive(
+            me,
+            flaky,
+            events,
+            seen.clone(),
+            shared.tally.clone(),
+        ));
         let member = Member {
             me,
             flaky,
@@ -297,7 +313,7 @@ impl Member {
             rooms,
             seen,
             client,
-            receiver,
+            receiver: Some(receiver),
             sequences: HashMap::new(),
         };
         for &room in &member.rooms {
@@ -357,11 +373,17 @@ impl Member {
         let name = room_name(room);
         let mut attempt = 0;
         let ack = loop {
-            match self.client.emit_acked(&name, "r", payload(self.me, room, seq)).await {
+            match self
+                .client
+                .emit_acked(&name, "r", payload(self.me, room, seq))
+                .await
+            {
                 Ok(ack) => break ack,
                 Err(e) if self.again(&e, attempt, shared).await => attempt += 1,
                 Err(e) => {
-                    shared.tally.error(format!("client {}: emit to {name}: {e}", self.me));
+                    shared
+                        .tally
+                        .error(format!("client {}: emit to {name}: {e}", self.me));
                     return;
                 }
             }
@@ -375,7 +397,9 @@ impl Member {
                     finals.insert((room, self.me), Last { seq, offset });
                 }
             }
-            Err(e) => shared.tally.error(format!("client {}: ack from {name}: {e}", self.me)),
+            Err(e) => shared
+                .tally
+                .error(format!("client {}: ack from {name}: {e}", self.me)),
         }
     }
 
@@ -384,17 +408,28 @@ impl Member {
             return;
         };
         let name = room_name(room);
-        match self.client.emit_datagram(&name, "d", payload(self.me, room, turn)).await {
+        match self
+            .client
+            .emit_datagram(&name, "d", payload(self.me, room, turn))
+            .await
+        {
             Ok(()) => {
                 shared.tally.datagrams_sent.fetch_add(1, Ordering::Relaxed);
             }
             // A datagram is not kept while disconnected, by design.
-            Err(ClientError::Disconnected(_) | ClientError::Closed { .. } | ClientError::Timeout { .. })
-                if self.flaky =>
-            {
-                shared.tally.datagrams_unsent.fetch_add(1, Ordering::Relaxed);
+            Err(
+                ClientError::Disconnected(_)
+                | ClientError::Closed { .. }
+                | ClientError::Timeout { .. },
+            ) if self.flaky => {
+                shared
+                    .tally
+                    .datagrams_unsent
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => shared.tally.error(format!("client {}: datagram to {name}: {e}", self.me)),
+            Err(e) => shared
+                .tally
+                .error(format!("client {}: datagram to {name}: {e}", self.me)),
         }
     }
 
@@ -412,7 +447,9 @@ impl Member {
                 shared.tally.retries.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                shared.tally.error(format!("client {}: leave {name}: {e}", self.me));
+                shared
+                    .tally
+                    .error(format!("client {}: leave {name}: {e}", self.me));
                 return;
             }
         }
@@ -445,7 +482,9 @@ impl Member {
                     self.me
                 )),
             },
-            Err(e) => shared.tally.error(format!("client {}: rejoin {name}: {e}", self.me)),
+            Err(e) => shared
+                .tally
+                .error(format!("client {}: rejoin {name}: {e}", self.me)),
         }
     }
 
@@ -454,31 +493,38 @@ impl Member {
     async fn renew(&mut self, shared: &Shared) {
         self.account_datagrams(shared);
         self.client.close().await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.receiver).await;
+        if let Some(receiver) = self.receiver.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), receiver).await;
+        }
         let mut attempt = 0;
         let (client, events) = loop {
             match Client::connect(self.options.clone()).await {
                 Ok(pair) => break pair,
-                // A flaky path may be dark: try again a little later.
-                Err(e) if self.flaky && attempt + 1 < ATTEMPTS && connection_lost(&e) => {
-                    shared.tally.retries.fetch_add(1, Ordering::Relaxed);
+                // A flaky path may be dark, a busy server may turn a
+                // handshake away: try again a little later, as an
+                // application would (counted).
+                Err(e) if attempt + 1 < ATTEMPTS => {
+                    tracing::debug!("client {} connects again: {e}", self.me);
+                    shared.tally.connect_retries.fetch_add(1, Ordering::Relaxed);
                     attempt += 1;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(e) => {
-                    shared.tally.error(format!("client {}: new session: {e}", self.me));
+                    shared
+                        .tally
+                        .error(format!("client {}: new session: {e}", self.me));
                     return;
                 }
             }
         };
         self.client = client;
-        self.receiver = tokio::spawn(receive(
+        self.receiver = Some(tokio::spawn(receive(
             self.me,
             self.flaky,
             events,
             self.seen.clone(),
             shared.tally.clone(),
-        ));
+        )));
         shared.tally.renewals.fetch_add(1, Ordering::Relaxed);
         for room in self.rooms.clone() {
             self.rejoin(shared, room).await;
@@ -501,7 +547,9 @@ impl Member {
         let Ok(seen) = self.seen.lock() else { return 0 };
         let mut lacking = 0;
         for &room in &self.rooms {
-            let Some(r) = seen.rooms.get(&room) else { continue };
+            let Some(r) = seen.rooms.get(&room) else {
+                continue;
+            };
             for (&(final_room, publisher), last) in finals {
                 if final_room != room || publisher == self.me || last.offset <= r.last_offset {
                     continue;
@@ -559,9 +607,14 @@ impl Crowd {
         let mut flaky_sockets: Vec<Option<(quinn::Endpoint, usize)>> = vec![None; netsims.len()];
         let mut plans = Vec::with_capacity(config.clients);
         for i in 0..config.clients {
-            let flaky = config.flaky_every > 0 && i % config.flaky_every == 0 && !netsims.is_empty();
+            let flaky =
+                config.flaky_every > 0 && i % config.flaky_every == 0 && !netsims.is_empty();
             let path = (i / config.flaky_every.max(1)) % netsims.len().max(1);
-            let slot = if flaky { &mut flaky_sockets[path] } else { &mut steady };
+            let slot = if flaky {
+                &mut flaky_sockets[path]
+            } else {
+                &mut steady
+            };
             if slot.as_ref().is_none_or(|(_, n)| *n >= CLIENTS_PER_SOCKET) {
                 let e = bind()?;
                 endpoints.push(e.clone());
@@ -643,12 +696,18 @@ impl Crowd {
         let mut tasks = Vec::new();
         for member in members {
             let (shared, config) = (shared.clone(), config.clone());
-            tasks.push(tokio::spawn(schedule(member, shared, config, timeline.stop)));
+            tasks.push(tokio::spawn(schedule(
+                member,
+                shared,
+                config,
+                timeline.stop,
+            )));
         }
         let mut members = Vec::new();
         for task in tasks {
-            if let Ok(member) = task.await {
-                members.push(member);
+            match task.await {
+                Ok(member) => members.push(member),
+                Err(e) => shared.tally.error(format!("a client's task failed: {e}")),
             }
         }
         let _ = outages.await;
@@ -677,7 +736,9 @@ impl Crowd {
             member.client.close().await;
         }
         for member in members {
-            let _ = tokio::time::timeout(Duration::from_secs(5), member.receiver).await;
+            if let Some(receiver) = member.receiver {
+                let _ = tokio::time::timeout(Duration::from_secs(5), receiver).await;
+            }
         }
         if let Ok(netsims) = Arc::try_unwrap(netsims) {
             for netsim in netsims {
@@ -714,7 +775,12 @@ async fn outages(
 }
 
 /// One client's actions until `stop`: publish, send datagrams, churn, renew.
-async fn schedule(mut member: Member, shared: Arc<Shared>, config: SoakConfig, stop: Instant) -> Member {
+async fn schedule(
+    mut member: Member,
+    shared: Arc<Shared>,
+    config: SoakConfig,
+    stop: Instant,
+) -> Member {
     let jittered = |period: Duration| {
         if period.is_zero() {
             None
@@ -786,7 +852,13 @@ mod tests {
         let tally = Tally::default();
         let mut seen = Seen::default();
         let ok = |seen: &mut Seen, seq, offset| {
-            check_reliable(1, &event("soak-3", payload(2, 3, seq), offset), offset, seen, &tally)
+            check_reliable(
+                1,
+                &event("soak-3", payload(2, 3, seq), offset),
+                offset,
+                seen,
+                &tally,
+            )
         };
         ok(&mut seen, 5, 10);
         ok(&mut seen, 6, 11);
@@ -807,8 +879,20 @@ mod tests {
     fn own_events_do_not_count_as_another_publisher() {
         let tally = Tally::default();
         let mut seen = Seen::default();
-        check_reliable(2, &event("soak-3", payload(2, 3, 1), 1), 1, &mut seen, &tally);
-        check_reliable(2, &event("soak-3", payload(2, 3, 5), 2), 2, &mut seen, &tally);
+        check_reliable(
+            2,
+            &event("soak-3", payload(2, 3, 1), 1),
+            1,
+            &mut seen,
+            &tally,
+        );
+        check_reliable(
+            2,
+            &event("soak-3", payload(2, 3, 5), 2),
+            2,
+            &mut seen,
+            &tally,
+        );
         assert_eq!(tally.errors.load(Ordering::Relaxed), 0);
     }
 }

@@ -80,7 +80,10 @@ fn memory_panel(
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], MEMORY.stroke_width(2)));
     for (t, label, color) in phases(report) {
         chart
-            .draw_series(LineSeries::new(vec![(t, 0.0), (t, y_max)], color.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                vec![(t, 0.0), (t, y_max)],
+                color.stroke_width(1),
+            ))
             .map_err(plot_error)?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
@@ -104,12 +107,15 @@ fn latency_panel(
         .map(|s| (s.t_s as f64 + 0.5, s.p99_us.max(1) as f64))
         .collect();
     let y_max = points.iter().map(|p| p.1).fold(100.0, f64::max) * 2.0;
-    let y_min = points.iter().map(|p| p.1).fold(f64::MAX, f64::min).clamp(1.0, 1e9) / 2.0;
+    let y_min = points
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::MAX, f64::min)
+        .clamp(1.0, 1e9)
+        / 2.0;
     let x_max = report.duration_s.max(1.0);
     let caption = match report.attack_p99_vs_clean {
-        Some(r) => format!(
-            "bystander relay p99 per second (attack ÷ clean p99 {r:.2}×)"
-        ),
+        Some(r) => format!("bystander relay p99 per second (attack ÷ clean p99 {r:.2}×)"),
         None => "bystander relay p99 per second".to_string(),
     };
     let mut chart = ChartBuilder::on(area)
@@ -142,7 +148,10 @@ fn latency_panel(
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], PHASE));
     for (t, _, color) in phases(report) {
         chart
-            .draw_series(LineSeries::new(vec![(t, y_min), (t, y_max)], color.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                vec![(t, y_min), (t, y_max)],
+                color.stroke_width(1),
+            ))
             .map_err(plot_error)?;
     }
     chart
