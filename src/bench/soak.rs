@@ -46,6 +46,40 @@ pub const RSS_GROWTH_LIMIT_PCT: f64 = 5.0;
 /// The bystander's p99 under attack may be this many times its clean p99.
 pub const ATTACK_P99_LIMIT: f64 = 2.0;
 
+/// The attacks a soak can run in its attack phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttackKind {
+    HandshakeFlood,
+    RoomFlood,
+    HistoryHog,
+    HalfSentFrames,
+    PartialHellos,
+    SessionTakeover,
+}
+
+impl AttackKind {
+    pub const ALL: [AttackKind; 6] = [
+        AttackKind::HandshakeFlood,
+        AttackKind::RoomFlood,
+        AttackKind::HistoryHog,
+        AttackKind::HalfSentFrames,
+        AttackKind::PartialHellos,
+        AttackKind::SessionTakeover,
+    ];
+
+    /// As in the report: `handshake-flood`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackKind::HandshakeFlood => "handshake-flood",
+            AttackKind::RoomFlood => "room-flood",
+            AttackKind::HistoryHog => "history-hog",
+            AttackKind::HalfSentFrames => "half-sent-frames",
+            AttackKind::PartialHellos => "partial-hellos",
+            AttackKind::SessionTakeover => "session-takeover",
+        }
+    }
+}
+
 /// Settings of a soak.
 #[derive(Debug, Clone)]
 pub struct SoakConfig {
@@ -61,6 +95,8 @@ pub struct SoakConfig {
     pub warmup: Duration,
     /// Run the attacks in the second half after warm-up.
     pub attack: bool,
+    /// Which attacks run (all by default).
+    pub attacks: Vec<AttackKind>,
     /// How big the attacks are: 1.0 is the full size of issue 9 (2,500
     /// Initials, 100,000 rooms, 20 × 64 MB, 100 streams, 40 Hellos).
     pub attack_scale: f64,
@@ -100,6 +136,7 @@ impl SoakConfig {
             duration: Duration::from_secs(60),
             warmup: Duration::from_secs(10),
             attack: false,
+            attacks: AttackKind::ALL.to_vec(),
             attack_scale: 1.0,
             reliable_every: Duration::from_secs(4),
             datagram_every: Duration::from_secs(2),
@@ -138,6 +175,9 @@ impl SoakConfig {
         }
         if self.duration > Duration::from_secs(24 * 3600) {
             return fail("--duration is limited to a day".into());
+        }
+        if self.attack && self.attacks.is_empty() {
+            return fail("--attacks: no attack chosen".into());
         }
         if !(self.attack_scale > 0.0 && self.attack_scale <= 10.0) {
             return fail(format!(
@@ -330,7 +370,7 @@ pub fn run(config: &SoakConfig, progress: &Progress) -> Result<SoakReport, Bench
     };
     // The flood's Initials are made first: each costs a TLS ClientHello,
     // which would slow the crowd's connecting.
-    let initials = if config.attack {
+    let initials = if config.attack && config.attacks.contains(&AttackKind::HandshakeFlood) {
         progress.step("capturing Initial packets for the handshake flood");
         let n = config.scaled(FloodConfig::default().initials as f64) as usize;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -572,43 +612,73 @@ async fn attacks(
     let takeover = TakeoverConfig {
         attempts: s(10.0) as usize,
     };
+    let on = |kind: AttackKind, rounds: usize| {
+        if config.attacks.contains(&kind) {
+            rounds
+        } else {
+            0
+        }
+    };
     let (flood_r, rooms_r, hog_r, half_r, hellos_r, takeover_r) = tokio::join!(
-        repeat("handshake-flood", stop, usize::MAX, |_| {
-            attack::handshake_flood(target, initials, &flood)
-        }),
-        repeat("room-flood", stop, usize::MAX, |_| {
-            let c = RoomFloodConfig {
-                time_limit: left(),
-                ..rooms.clone()
-            };
-            async move { attack::room_flood(target, &c).await }
-        }),
-        repeat("history-hog", stop, 1, |_| {
+        repeat(
+            "handshake-flood",
+            stop,
+            on(AttackKind::HandshakeFlood, usize::MAX),
+            |_| { attack::handshake_flood(target, initials, &flood) }
+        ),
+        repeat(
+            "room-flood",
+            stop,
+            on(AttackKind::RoomFlood, usize::MAX),
+            |_| {
+                let c = RoomFloodConfig {
+                    time_limit: left(),
+                    ..rooms.clone()
+                };
+                async move { attack::room_flood(target, &c).await }
+            }
+        ),
+        repeat("history-hog", stop, on(AttackKind::HistoryHog, 1), |_| {
             let c = HogConfig {
                 time_limit: left(),
                 ..hog.clone()
             };
             async move { attack::history_hog(target, &c).await }
         }),
-        repeat("half-sent-frames", stop, usize::MAX, |_| {
-            let c = HalfSentConfig {
-                hold: left().min(half.hold),
-                ..half.clone()
-            };
-            async move { attack::half_sent_frames(target, &c).await }
-        }),
-        repeat("partial-hellos", stop, usize::MAX, |_| {
-            let c = PartialHelloConfig {
-                hold: left().min(hellos.hold),
-                ..hellos.clone()
-            };
-            async move { attack::partial_hellos(target, &c).await }
-        }),
-        repeat("session-takeover", stop, usize::MAX, |_| {
-            attack::session_takeover(target, &takeover)
-        }),
+        repeat(
+            "half-sent-frames",
+            stop,
+            on(AttackKind::HalfSentFrames, usize::MAX),
+            |_| {
+                let c = HalfSentConfig {
+                    hold: left().min(half.hold),
+                    ..half.clone()
+                };
+                async move { attack::half_sent_frames(target, &c).await }
+            }
+        ),
+        repeat(
+            "partial-hellos",
+            stop,
+            on(AttackKind::PartialHellos, usize::MAX),
+            |_| {
+                let c = PartialHelloConfig {
+                    hold: left().min(hellos.hold),
+                    ..hellos.clone()
+                };
+                async move { attack::partial_hellos(target, &c).await }
+            }
+        ),
+        repeat(
+            "session-takeover",
+            stop,
+            on(AttackKind::SessionTakeover, usize::MAX),
+            |_| { attack::session_takeover(target, &takeover) }
+        ),
     );
-    vec![flood_r, rooms_r, hog_r, half_r, hellos_r, takeover_r]
+    let mut reports = vec![flood_r, rooms_r, hog_r, half_r, hellos_r, takeover_r];
+    reports.retain(|r| config.attacks.iter().any(|k| k.name() == r.name));
+    reports
 }
 
 /// Runs an attack round after round (at most one a second) until `stop`

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::bench::fanout::{FanoutConfig, FanoutRow};
 use crate::bench::latency::{Kind, LatencyConfig, LatencyRow, Scenario};
 use crate::bench::replay::{Fill, ReplayConfig, ReplayRow};
-use crate::bench::soak::{SoakConfig, SoakReport};
+use crate::bench::soak::{AttackKind, SoakConfig, SoakReport};
 use crate::bench::storage::{StorageConfig, StorageRow};
 use crate::bench::{machine, plot, write_json, Progress, StorageKind};
 use clap::{Subcommand, ValueEnum};
@@ -239,6 +239,35 @@ pub struct StorageArgs {
     quiet: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AttackArg {
+    /// 2,500 QUIC Initials from one socket, never followed up.
+    HandshakeFlood,
+    /// One connection joining and resolving 100,000 rooms.
+    RoomFlood,
+    /// 20 rooms × 64 MB of 1 MB reliable events.
+    HistoryHog,
+    /// 100 publish streams each holding half of a 1 MB frame.
+    HalfSentFrames,
+    /// 40 connections each sending part of a 1 MiB Hello.
+    PartialHellos,
+    /// Resuming with another live client's token, and a forged one.
+    SessionTakeover,
+}
+
+impl From<AttackArg> for AttackKind {
+    fn from(arg: AttackArg) -> Self {
+        match arg {
+            AttackArg::HandshakeFlood => AttackKind::HandshakeFlood,
+            AttackArg::RoomFlood => AttackKind::RoomFlood,
+            AttackArg::HistoryHog => AttackKind::HistoryHog,
+            AttackArg::HalfSentFrames => AttackKind::HalfSentFrames,
+            AttackArg::PartialHellos => AttackKind::PartialHellos,
+            AttackArg::SessionTakeover => AttackKind::SessionTakeover,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct SoakArgs {
     /// Well-behaved clients (sharing a UDP socket per eight).
@@ -253,6 +282,9 @@ pub struct SoakArgs {
     /// Run the attacks of issue 9 in the second half after warm-up.
     #[arg(long)]
     attack: bool,
+    /// Which attacks --attack runs; a comma-separated list (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', requires = "attack")]
+    attacks: Option<Vec<AttackArg>>,
     /// Size of the attacks: 1 is the full size (2,500 Initials, 100,000
     /// rooms, 20 × 64 MB, 100 half-sent frames, 40 partial Hellos).
     #[arg(long, default_value_t = 1.0)]
@@ -383,6 +415,10 @@ fn soak(args: SoakArgs) -> CliResult {
         duration: args.duration,
         warmup: args.warmup,
         attack: args.attack,
+        attacks: match &args.attacks {
+            Some(list) => list.iter().map(|&a| AttackKind::from(a)).collect(),
+            None => AttackKind::ALL.to_vec(),
+        },
         attack_scale: args.attack_scale,
         reliable_every: args.reliable_every,
         datagram_every: args.datagram_every,
