@@ -289,6 +289,8 @@ pub struct SoakReport {
     /// Connections tried again (at the start, and for new sessions) after
     /// the server turned a handshake away or a path was dark.
     pub connect_retries: u64,
+    /// Why, for the first few of them.
+    pub connect_retry_samples: Vec<String>,
     /// Operations of flaky clients tried again because their connection
     /// was lost under them (as an application would).
     pub retries: u64,
@@ -807,6 +809,11 @@ fn build_report(
         renewals: get(&tally.renewals),
         retries: get(&tally.retries),
         connect_retries: get(&tally.connect_retries),
+        connect_retry_samples: tally
+            .connect_retry_samples
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default(),
         disconnects: get(&tally.disconnects),
         resumes: get(&tally.resumes),
         outages: get(&tally.outages),

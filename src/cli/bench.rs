@@ -505,18 +505,23 @@ fn print_soak(r: &SoakReport) {
         r.joins, r.rejoins, r.replayed, r.renewals, r.outages, r.disconnects, r.resumes, r.retries
     );
     println!(
-        "server RSS    {:.1} MB after warm-up, {:.1} MB at the end ({:+.1}%), peak {:.1} MB ({})",
+        "server RSS    {:.1} MB after warm-up, {:.1} MB at the end ({:+.1}%), peak {:.1} MB{}",
         mb(r.rss_warmup_bytes),
         mb(r.rss_end_bytes),
         r.rss_growth_pct,
         mb(r.rss_peak_bytes),
-        verdict(r.rss_growth_ok)
+        if r.attack {
+            String::new()
+        } else {
+            format!(" ({})", verdict(r.rss_growth_ok))
+        }
     );
     if r.attack {
         println!(
-            "              {:.1} MB at the end of the clean phase ({:+.1}%)",
+            "              {:.1} MB at the end of the clean phase ({:+.1}%: {})",
             mb(r.rss_clean_end_bytes),
-            r.rss_clean_growth_pct
+            r.rss_clean_growth_pct,
+            verdict(r.rss_growth_ok)
         );
     }
     println!(
@@ -527,6 +532,9 @@ fn print_soak(r: &SoakReport) {
         "server CPU    {:.2} s; {} connections tried again",
         r.server_cpu_s, r.connect_retries
     );
+    for why in &r.connect_retry_samples {
+        println!("              {why}");
+    }
     println!(
         "\n{:<22} {:>9} {:>8} {:>8} {:>9} {:>9}",
         "relay (bystander)", "p50µs", "p90µs", "p99µs", "p99.9µs", "maxµs"

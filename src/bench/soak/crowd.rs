@@ -78,6 +78,7 @@ pub(super) struct Tally {
     /// Connections tried again: the connect storm at the start, and new
     /// sessions a busy server (or a dark path) turned away.
     pub connect_retries: AtomicU64,
+    pub connect_retry_samples: Mutex<Vec<String>>,
     /// Operations of flaky clients tried again after their connection was
     /// lost under them.
     pub retries: AtomicU64,
@@ -87,6 +88,15 @@ pub(super) struct Tally {
 }
 
 impl Tally {
+    pub(super) fn connect_retry(&self, why: String) {
+        self.connect_retries.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut samples) = self.connect_retry_samples.lock() {
+            if samples.len() < ERROR_SAMPLES {
+                samples.push(why);
+            }
+        }
+    }
+
     pub(super) fn error(&self, message: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut samples) = self.error_samples.lock() {
@@ -291,8 +301,9 @@ impl Member {
             match Client::connect(options.clone()).await {
                 Ok(pair) => break pair,
                 Err(e) if attempt + 1 < ATTEMPTS => {
-                    tracing::debug!("client {me} connects again: {e}");
-                    shared.tally.connect_retries.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .tally
+                        .connect_retry(format!("client {me}, first connection: {e}"));
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -504,8 +515,9 @@ impl Member {
                 // handshake away: try again a little later, as an
                 // application would (counted).
                 Err(e) if attempt + 1 < ATTEMPTS => {
-                    tracing::debug!("client {} connects again: {e}", self.me);
-                    shared.tally.connect_retries.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .tally
+                        .connect_retry(format!("client {}, new session: {e}", self.me));
                     attempt += 1;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
