@@ -4,6 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+/// The attacks of `bench soak --attack`, taken in as they are: they use
+/// only the library, so a test can aim them at an in-process server.
+#[allow(dead_code)]
+#[path = "../src/bench/attack.rs"]
+mod attack;
+
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -450,6 +458,258 @@ fn bench_storage_times_appends_under_each_fsync_policy() {
     }
 }
 
+/// Checks what every soak reports, attacks or not: no errors, nothing
+/// lost, every figure there and sane.
+fn assert_soak_row(row: &Value, clients: u64) {
+    assert_eq!(u(row, "clients"), clients, "{row}");
+    assert_eq!(u(row, "errors"), 0, "{row}");
+    assert_eq!(row["errors_ok"].as_bool(), Some(true), "{row}");
+    assert_eq!(row["delivery_complete"].as_bool(), Some(true), "{row}");
+    for field in [
+        "reliable_missing",
+        "reliable_duplicates",
+        "reliable_out_of_order",
+    ] {
+        assert_eq!(u(row, field), 0, "{field}: {row}");
+    }
+    assert!(u(row, "reliable_published") > 0, "{row}");
+    // Each event reaches the others in its room: more deliveries than events.
+    assert!(
+        u(row, "reliable_delivered") > u(row, "reliable_published"),
+        "{row}"
+    );
+    assert!(u(row, "datagrams_sent") > 0, "{row}");
+    assert!(u(row, "datagrams_received") > 0, "{row}");
+    let loss = f(row, "datagram_loss_pct");
+    assert!((0.0..=100.0).contains(&loss), "{row}");
+    assert_eq!(
+        u(row, "joins"),
+        clients * u(row, "rooms_per_client"),
+        "{row}"
+    );
+    assert!(u(row, "rejoins") > 0, "{row}");
+    assert!(u(row, "resumes") <= u(row, "disconnects"), "{row}");
+    assert!(u(row, "outages") >= 1, "{row}");
+    // Memory: sampled every second, the baseline and the end among them.
+    let rss = row["rss"].as_array().unwrap();
+    assert!(rss.len() >= 5, "{row}");
+    let (warm, end, peak) = (
+        u(row, "rss_warmup_bytes"),
+        u(row, "rss_end_bytes"),
+        u(row, "rss_peak_bytes"),
+    );
+    assert!(warm > 1_000_000 && end > 1_000_000, "{row}");
+    assert!(peak >= warm && peak >= end, "{row}");
+    let growth = f(row, "rss_growth_pct");
+    let expected = (end as f64 - warm as f64) / warm as f64 * 100.0;
+    assert!((growth - expected).abs() < 0.1, "{row}");
+    row["rss_growth_ok"].as_bool().unwrap();
+    // The bystander: every message back, percentiles in order, per second.
+    assert_eq!(u(row, "relay_received"), u(row, "relay_sent"), "{row}");
+    let clean = &row["relay_clean"];
+    assert!(u(clean, "p50_us") >= 1, "{row}");
+    assert!(u(clean, "p50_us") <= u(clean, "p99_us"), "{row}");
+    assert!(!row["relay_p99_per_second"].as_array().unwrap().is_empty());
+    assert!(u(row, "udp_p50_us") >= 1 && u(row, "udp_p99_us") >= u(row, "udp_p50_us"));
+    assert!(f(row, "relay_clean_p99_vs_udp") >= f(row, "relay_clean_p50_vs_udp"));
+    assert!(f(row, "server_cpu_s") > 0.0, "{row}");
+}
+
+#[test]
+fn bench_soak_checks_every_event_and_reports_memory_and_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("soak.json");
+    let svg = dir.path().join("soak.svg");
+    let (stdout, _) = quicbus_ok(&[
+        "bench",
+        "soak",
+        "--clients",
+        "50",
+        "--duration",
+        "9s",
+        "--warmup",
+        "2s",
+        "--churn-every",
+        "3s",
+        "--renew-every",
+        "4s",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("errors        0 (ok)"), "{stdout}");
+    let rows = rows(&json);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(s(row, "name"), "soak");
+    assert_eq!(s(row, "storage"), "disk", "{row}");
+    assert_eq!(row["attack"].as_bool(), Some(false));
+    assert_soak_row(row, 50);
+    assert!(u(row, "renewals") > 0, "{row}");
+    assert!(row["relay_attack"].is_null(), "{row}");
+    assert!(row["attacks"].as_array().unwrap().is_empty(), "{row}");
+    assert_eq!(u(row, "rss_clean_end_bytes"), u(row, "rss_end_bytes"));
+    assert_svg(&svg);
+}
+
+#[test]
+fn bench_soak_with_attacks_keeps_the_crowd_whole_and_says_what_the_server_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("soak-attack.json");
+    quicbus_ok(&[
+        "bench",
+        "soak",
+        "--clients",
+        "50",
+        "--duration",
+        "12s",
+        "--warmup",
+        "2s",
+        "--attack",
+        "--attack-scale",
+        "0.01",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let rows = rows(&json);
+    let row = &rows[0];
+    assert_eq!(s(row, "name"), "soak-attack");
+    assert_soak_row(row, 50);
+    let attack = &row["relay_attack"];
+    assert!(u(attack, "p50_us") >= 1 && u(attack, "p50_us") <= u(attack, "p99_us"));
+    assert!(f(row, "attack_p99_vs_clean") > 0.0, "{row}");
+    row["attack_p99_ok"].as_bool().unwrap();
+    let names: Vec<&str> = row["attacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| s(a, "name"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "handshake-flood",
+            "room-flood",
+            "history-hog",
+            "half-sent-frames",
+            "partial-hellos",
+            "session-takeover"
+        ]
+    );
+    for a in row["attacks"].as_array().unwrap() {
+        assert!(u(a, "rounds") >= 1, "{a}");
+        assert!(u(a, "attempted") >= 1, "{a}");
+        assert!(
+            u(a, "accepted") + u(a, "refused") <= u(a, "attempted"),
+            "{a}"
+        );
+        let answers = a["answers"].as_object().unwrap();
+        assert!(!answers.is_empty(), "the server's answers are missing: {a}");
+        assert!(
+            !answers.keys().any(|k| k.starts_with("attack failed")),
+            "{a}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn attacks_report_what_an_in_process_server_answered() {
+    let server = common::start().await;
+    let target = attack::Target {
+        addr: server.handle.local_addr(),
+        ca_pem: server.certs.ca_pem.clone(),
+    };
+    // A Hello may take 8 KiB: one announcing 1 MiB is closed.
+    let hellos = attack::PartialHelloConfig {
+        connections: 3,
+        hold: Duration::from_secs(10),
+        ..attack::PartialHelloConfig::default()
+    };
+    let report = common::within("partial hellos", attack::partial_hellos(&target, &hellos))
+        .await
+        .unwrap();
+    assert_eq!((report.attempted, report.refused), (3, 3), "{report:?}");
+    assert!(
+        report.answers.keys().all(|k| k.starts_with("close ")),
+        "{report:?}"
+    );
+
+    // Every room named is answered, one way or the other.
+    let rooms = attack::RoomFloodConfig {
+        rooms: 300,
+        window: 64,
+        time_limit: Duration::from_secs(15),
+    };
+    let report = common::within("room flood", attack::room_flood(&target, &rooms))
+        .await
+        .unwrap();
+    assert_eq!(report.attempted, 300, "{report:?}");
+    assert_eq!(report.accepted + report.refused, 300, "{report:?}");
+
+    // A forged resume token never resumes anything.
+    let takeover = attack::TakeoverConfig { attempts: 2 };
+    let report = common::within("takeover", attack::session_takeover(&target, &takeover))
+        .await
+        .unwrap();
+    assert_eq!(report.attempted, 4, "{report:?}");
+    let forged: u64 = report
+        .answers
+        .iter()
+        .filter(|(k, _)| k.starts_with("forged: not resumed"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(forged, 2, "{report:?}");
+
+    // Half-sent frames: each stream is either held or answered.
+    let half = attack::HalfSentConfig {
+        streams: 4,
+        frame_len: 100_000,
+        sent_len: 50_000,
+        hold: Duration::from_secs(2),
+    };
+    let report = common::within("half-sent frames", attack::half_sent_frames(&target, &half))
+        .await
+        .unwrap();
+    assert_eq!(report.attempted, 4, "{report:?}");
+    assert_eq!(report.accepted + report.refused, 4, "{report:?}");
+
+    // Captured Initials replayed raw get answers from the server.
+    let initials = attack::capture_initials(&target, 20).await.unwrap();
+    assert_eq!(initials.len(), 20);
+    let flood = attack::FloodConfig {
+        initials: 20,
+        rate: 1000,
+        linger: Duration::from_secs(1),
+    };
+    let report = common::within(
+        "handshake flood",
+        attack::handshake_flood(&target, &initials, &flood),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.attempted, 20, "{report:?}");
+    assert_eq!(report.accepted + report.refused, 20, "{report:?}");
+    assert!(
+        report.answers.contains_key("packets received"),
+        "{report:?}"
+    );
+
+    // A small history hog is simply stored.
+    let hog = attack::HogConfig {
+        rooms: 2,
+        bytes_per_room: 2_000_000,
+        time_limit: Duration::from_secs(15),
+        ..attack::HogConfig::default()
+    };
+    let report = common::within("history hog", attack::history_hog(&target, &hog))
+        .await
+        .unwrap();
+    assert_eq!((report.attempted, report.accepted), (4, 4), "{report:?}");
+}
+
 #[test]
 fn bench_refuses_bad_arguments_with_usage_errors() {
     for args in [
@@ -467,6 +727,11 @@ fn bench_refuses_bad_arguments_with_usage_errors() {
         &["bench", "replay", "--events", "10", "--bytes", "1M"],
         &["bench", "storage", "--fsync", "sometimes"],
         &["bench", "storage", "--events", "0"],
+        &["bench", "soak", "--clients", "0"],
+        &["bench", "soak", "--duration", "10x"],
+        &["bench", "soak", "--duration", "5s", "--warmup", "5s"],
+        &["bench", "soak", "--attack-scale", "0"],
+        &["bench", "soak", "--rooms", "2", "--rooms-per-client", "3"],
     ] {
         let out = quicbus(args);
         let stderr = String::from_utf8_lossy(&out.stderr);

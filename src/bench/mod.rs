@@ -1,4 +1,5 @@
-//! Benchmarks users run: `quicbus bench latency` and `quicbus bench fanout`.
+//! Benchmarks users run: `quicbus bench latency`, `fanout`, `replay`,
+//! `storage` and `soak`.
 //! Part of the binary, not of the library: a performance tool built on the
 //! library's public API, as a user's would be.
 //!
@@ -16,11 +17,16 @@
 //!   durable server, and what opening a large data directory costs.
 //! - [`storage`]: the cost of one append to the disk store under each
 //!   fsync policy.
+//! - [`soak`]: a thousand well-behaved clients for a set time, the
+//!   server's memory over time, every reliable event checked, and with
+//!   [`attack`]s in the background, a bystander's relay latency clean and
+//!   under attack.
 //! - [`plot`]: the SVG pictures of latency and fan-out.
 //!
 //! Durable history (`serve`'s default) is measured against memory storage
 //! where it matters: the latency relay runs on both, fan-out on either.
 
+pub mod attack;
 pub mod fanout;
 pub mod latency;
 pub mod plot;
@@ -28,6 +34,7 @@ mod progress;
 pub mod replay;
 pub mod scratch;
 mod server_process;
+pub mod soak;
 pub mod storage;
 mod udp;
 

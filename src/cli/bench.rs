@@ -1,4 +1,4 @@
-//! `quicbus bench latency`, `fanout`, `replay` and `storage`: arguments,
+//! `quicbus bench latency`, `fanout`, `replay`, `storage` and `soak`: arguments,
 //! the terminal table, `--json` and `--plot`. The measuring is in
 //! `crate::bench` (beside the CLI in the binary, not in the library).
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::bench::fanout::{FanoutConfig, FanoutRow};
 use crate::bench::latency::{Kind, LatencyConfig, LatencyRow, Scenario};
 use crate::bench::replay::{Fill, ReplayConfig, ReplayRow};
+use crate::bench::soak::{AttackKind, SoakConfig, SoakReport};
 use crate::bench::storage::{StorageConfig, StorageRow};
 use crate::bench::{machine, plot, write_json, Progress, StorageKind};
 use clap::{Subcommand, ValueEnum};
@@ -26,6 +27,11 @@ pub enum BenchCommand {
     Replay(ReplayArgs),
     /// The time of one append to the disk store under each fsync policy.
     Storage(StorageArgs),
+    /// Many clients joining, publishing, leaving and reconnecting for a set
+    /// time: server memory over time, errors, delivery; with --attack, the
+    /// attacks of issue 9 in the second half and a bystander's relay p99
+    /// clean vs under attack.
+    Soak(SoakArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -233,6 +239,118 @@ pub struct StorageArgs {
     quiet: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AttackArg {
+    /// 2,500 QUIC Initials from one socket, never followed up.
+    HandshakeFlood,
+    /// One connection joining and resolving 100,000 rooms.
+    RoomFlood,
+    /// 20 rooms × 64 MB of 1 MB reliable events.
+    HistoryHog,
+    /// 100 publish streams each holding half of a 1 MB frame.
+    HalfSentFrames,
+    /// 40 connections each sending part of a 1 MiB Hello.
+    PartialHellos,
+    /// Resuming with another live client's token, and a forged one.
+    SessionTakeover,
+}
+
+impl From<AttackArg> for AttackKind {
+    fn from(arg: AttackArg) -> Self {
+        match arg {
+            AttackArg::HandshakeFlood => AttackKind::HandshakeFlood,
+            AttackArg::RoomFlood => AttackKind::RoomFlood,
+            AttackArg::HistoryHog => AttackKind::HistoryHog,
+            AttackArg::HalfSentFrames => AttackKind::HalfSentFrames,
+            AttackArg::PartialHellos => AttackKind::PartialHellos,
+            AttackArg::SessionTakeover => AttackKind::SessionTakeover,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SoakArgs {
+    /// Well-behaved clients (sharing a UDP socket per eight).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    clients: u64,
+    /// The whole run, warm-up included: e.g. 60s, 5m.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    duration: Duration,
+    /// From the start to the memory baseline.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    warmup: Duration,
+    /// Run the attacks of issue 9 in the second half after warm-up.
+    #[arg(long)]
+    attack: bool,
+    /// Which attacks --attack runs; a comma-separated list (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', requires = "attack")]
+    attacks: Option<Vec<AttackArg>>,
+    /// Size of the attacks: 1 is the full size (2,500 Initials, 100,000
+    /// rooms, 20 × 64 MB, 100 half-sent frames, 40 partial Hellos).
+    #[arg(long, default_value_t = 1.0)]
+    attack_scale: f64,
+    /// Rooms the clients share (default: one per five clients).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rooms: Option<u64>,
+    /// Rooms each client is in.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=256))]
+    rooms_per_client: u64,
+    /// Each client publishes a reliable event (with ack) this often.
+    #[arg(long, default_value = "4s", value_parser = duration)]
+    reliable_every: Duration,
+    /// Each client sends a datagram this often.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    datagram_every: Duration,
+    /// Each client leaves a room and rejoins it (from its last offset) this often.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    churn_every: Duration,
+    /// Each client closes its session and opens a new one this often.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    renew_every: Duration,
+    /// Every N-th client is behind a flaky path that goes dark now and
+    /// then, so it loses its connection and resumes (0: none).
+    #[arg(long, default_value_t = 10)]
+    flaky_every: usize,
+    /// An argument for the measured `serve` (repeatable), e.g.
+    /// --serve-arg=--max-connections=20000. Every client of the bench
+    /// comes from 127.0.0.1, so per-IP limits need to be generous.
+    #[arg(long = "serve-arg", value_name = "ARG", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
+    /// Serve with history in memory (`serve --memory`) instead of on disk.
+    #[arg(long)]
+    memory: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// `60s`, `500ms`, `2m`, `1h` or plain seconds as a duration.
+fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration: expected e.g. 60s, 500ms or 5m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "'{s}' is not a duration: expected e.g. 60s, 500ms or 5m"
+            ))
+        }
+    };
+    if seconds.is_finite() && (0.0..=86_400.0).contains(&seconds) {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!("'{s}' must be from 0 to 24 hours"))
+    }
+}
+
 /// `1234`, `64K`, `512M`, `1G` (powers of 1024) as bytes.
 fn byte_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -279,6 +397,178 @@ pub fn bench(command: BenchCommand) -> CliResult {
         BenchCommand::Fanout(a) => fanout(a),
         BenchCommand::Replay(a) => replay(a),
         BenchCommand::Storage(a) => storage(a),
+        BenchCommand::Soak(a) => soak(a),
+    }
+}
+
+fn soak(args: SoakArgs) -> CliResult {
+    let clients = usize::try_from(args.clients)?;
+    let rooms_per_client = usize::try_from(args.rooms_per_client)?;
+    let rooms = match args.rooms {
+        Some(n) => usize::try_from(n)?,
+        None => (clients / 5).max(rooms_per_client),
+    };
+    let config = SoakConfig {
+        clients,
+        rooms,
+        rooms_per_client,
+        duration: args.duration,
+        warmup: args.warmup,
+        attack: args.attack,
+        attacks: match &args.attacks {
+            Some(list) => list.iter().map(|&a| AttackKind::from(a)).collect(),
+            None => AttackKind::ALL.to_vec(),
+        },
+        attack_scale: args.attack_scale,
+        reliable_every: args.reliable_every,
+        datagram_every: args.datagram_every,
+        churn_every: args.churn_every,
+        renew_every: args.renew_every,
+        flaky_every: args.flaky_every,
+        serve_args: args.serve_args.clone(),
+        storage: if args.memory {
+            StorageKind::Memory
+        } else {
+            StorageKind::Disk
+        },
+        ..SoakConfig::new(server_exe()?)
+    };
+    config.validate()?;
+    let progress = Progress::new(!args.output.quiet);
+    let report = crate::bench::soak::run(&config, &progress)?;
+    let title = format!(
+        "quicbus soak: {} clients, {} rooms × {} each, {:?} (warm-up {:?}), history {}{}",
+        clients,
+        rooms,
+        rooms_per_client,
+        args.duration,
+        args.warmup,
+        if args.memory { "in memory" } else { "on disk" },
+        if args.attack {
+            ", attacks in the second half"
+        } else {
+            ""
+        }
+    );
+    println!("{title}\nmachine: {}\n", machine());
+    print_soak(&report);
+    let rows = [report];
+    write_outputs(&args.output, &rows, |path| {
+        crate::bench::soak::plot::soak_svg(path, &rows, &title)
+    })?;
+    let r = &rows[0];
+    if !(r.errors_ok && r.delivery_complete) {
+        return Err(format!(
+            "the soak failed: {} errors, delivery {}",
+            r.errors,
+            if r.delivery_complete {
+                "complete"
+            } else {
+                "incomplete"
+            }
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn print_soak(r: &SoakReport) {
+    let mb = |b: u64| b as f64 / 1e6;
+    let verdict = |ok: bool| if ok { "ok" } else { "FAILED" };
+    println!("errors        {} ({})", r.errors, verdict(r.errors_ok));
+    for e in &r.error_samples {
+        println!("              {e}");
+    }
+    println!(
+        "reliable      {} published, {} delivered, {} missing, {} duplicates, {} out of order ({})",
+        r.reliable_published,
+        r.reliable_delivered,
+        r.reliable_missing,
+        r.reliable_duplicates,
+        r.reliable_out_of_order,
+        if r.delivery_complete {
+            "complete"
+        } else {
+            "INCOMPLETE"
+        }
+    );
+    println!(
+        "datagrams     {} sent, {} not sent while disconnected, {} received, {} lost ({:.2}%)",
+        r.datagrams_sent,
+        r.datagrams_unsent,
+        r.datagrams_received,
+        r.datagrams_lost,
+        r.datagram_loss_pct
+    );
+    println!(
+        "churn         {} joins, {} rejoins ({} events replayed), {} new sessions, {} outages: {} disconnects, {} resumes, {} retries",
+        r.joins, r.rejoins, r.replayed, r.renewals, r.outages, r.disconnects, r.resumes, r.retries
+    );
+    println!(
+        "server RSS    {:.1} MB after warm-up, {:.1} MB at the end ({:+.1}%), peak {:.1} MB{}",
+        mb(r.rss_warmup_bytes),
+        mb(r.rss_end_bytes),
+        r.rss_growth_pct,
+        mb(r.rss_peak_bytes),
+        if r.attack {
+            String::new()
+        } else {
+            format!(" ({})", verdict(r.rss_growth_ok))
+        }
+    );
+    if r.attack {
+        println!(
+            "              {:.1} MB at the end of the clean phase ({:+.1}%: {})",
+            mb(r.rss_clean_end_bytes),
+            r.rss_clean_growth_pct,
+            verdict(r.rss_growth_ok)
+        );
+    }
+    println!(
+        "              {:+.1}% over the second half of the clean phase",
+        r.rss_settled_growth_pct
+    );
+    println!(
+        "server CPU    {:.2} s; {} connections tried again",
+        r.server_cpu_s, r.connect_retries
+    );
+    for why in &r.connect_retry_samples {
+        println!("              {why}");
+    }
+    println!(
+        "\n{:<22} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "relay (bystander)", "p50µs", "p90µs", "p99µs", "p99.9µs", "maxµs"
+    );
+    let row = |name: &str, p: &crate::bench::Percentiles| {
+        println!(
+            "{:<22} {:>9} {:>8} {:>8} {:>9} {:>9}",
+            name, p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us
+        );
+    };
+    row("clean", &r.relay_clean);
+    if let Some(attack) = &r.relay_attack {
+        row("under attack", attack);
+    }
+    println!(
+        "raw UDP echo           {:>9} {:>8} {:>8}",
+        r.udp_p50_us, "", r.udp_p99_us
+    );
+    println!(
+        "\nclean relay ÷ UDP echo p50: p50 {:.1}x, p99 {:.1}x",
+        r.relay_clean_p50_vs_udp, r.relay_clean_p99_vs_udp
+    );
+    if let (Some(ratio), Some(ok)) = (r.attack_p99_vs_clean, r.attack_p99_ok) {
+        println!(
+            "attack p99 ÷ clean p99: {ratio:.2}x (limit {:.0}x: {})",
+            crate::bench::soak::ATTACK_P99_LIMIT,
+            verdict(ok)
+        );
+    }
+    if !r.attacks.is_empty() {
+        println!("\nattacks (what the server answered):");
+        for a in &r.attacks {
+            println!("  {:<18} {} rounds: {}", a.name, a.rounds, a.summary());
+        }
     }
 }
 
@@ -639,6 +929,18 @@ fn write_outputs<T: serde::Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_with_units() {
+        assert_eq!(duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(duration("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "10x", "-1s", "25h"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn byte_sizes_read_with_binary_units() {
