@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Largest stream frame (one event with its name) accepted, in bytes.
     #[arg(long, default_value_t = quicbus::wire::DEFAULT_MAX_FRAME as u32, value_parser = clap::value_parser!(u32).range(1024..))]
     max_frame: u32,
+    /// Bytes the OS may buffer for the server's UDP socket (capped by
+    /// net.core.rmem_max); too small, and a busy server drops packets.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    udp_receive_buffer: usize,
     /// Most rooms held; when full, rooms nobody subscribes to are evicted.
     #[arg(long, default_value_t = 100_000)]
     max_rooms: usize,
@@ -232,6 +236,7 @@ async fn run_server(args: ServeArgs) -> CliResult {
         token,
         max_frame: args.max_frame as usize,
         max_rooms: args.max_rooms,
+        udp_receive_buffer: args.udp_receive_buffer,
         history: HistoryLimits {
             max_events: args.history_events,
             max_age: std::time::Duration::from_secs(args.history_seconds),

@@ -103,6 +103,9 @@ pub struct ServerConfig {
     pub max_handshakes: usize,
     /// Most rooms the server holds.
     pub max_rooms: usize,
+    /// Bytes the OS may buffer for the server's UDP socket (`SO_RCVBUF`;
+    /// the OS caps it at `net.core.rmem_max`).
+    pub udp_receive_buffer: usize,
     /// Reliable events queued per room per connection before `slow consumer`.
     pub reliable_queue: usize,
     /// Bytes of reliable events queued per connection, all its rooms
@@ -144,6 +147,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_handshakes: 256,
             max_rooms: 100_000,
+            udp_receive_buffer: 4 * 1024 * 1024,
             reliable_queue: 8192,
             reliable_queue_bytes: 16 * 1024 * 1024,
             datagram_queue: 1024,
@@ -289,11 +293,27 @@ impl Server {
         sessions: resume::SessionStore,
     ) -> Result<Self, ServerError> {
         let quic = tls::server_config(identity.chain, identity.key, &config.transport)?;
-        let endpoint =
-            quinn::Endpoint::server(quic, config.listen).map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let bind_error = |source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+        // Every client's packets land in this one socket: the OS default
+        // (about 208 KB on Linux) overflows with a thousand clients and
+        // drops what QUIC must then retransmit. The OS caps the request
+        // (`net.core.rmem_max`); a smaller buffer only costs drops.
+        if let Err(e) =
+            socket2::SockRef::from(&socket).set_recv_buffer_size(config.udp_receive_buffer)
+        {
+            tracing::warn!("cannot set the UDP receive buffer: {e}");
+        }
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(quic),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         Ok(Server {
             endpoint,
             ctx: Arc::new(SessionContext {
