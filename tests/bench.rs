@@ -743,3 +743,108 @@ fn bench_refuses_bad_arguments_with_usage_errors() {
         assert!(!stderr.trim().is_empty(), "{args:?} said nothing");
     }
 }
+
+#[test]
+fn bench_attack_measures_each_target_of_issue_9_against_its_own_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("attack.json");
+    let (stdout, _) = quicbus_ok(&[
+        "bench",
+        "attack",
+        "--attack-scale",
+        "0.01",
+        "--hold",
+        "2s",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let names = [
+        "handshake-flood",
+        "room-flood",
+        "half-sent-frames",
+        "partial-hellos",
+    ];
+    for name in names {
+        assert!(stdout.contains(name), "{stdout}");
+    }
+    assert!(stdout.contains("--max-connections-per-ip 0"), "{stdout}");
+    assert!(stdout.contains("raw UDP echo"), "{stdout}");
+    let rows = rows(&json);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(s(row, "name"), "attack-targets");
+    assert_eq!(s(row, "storage"), "disk");
+    assert_eq!(f(row, "attack_scale"), 0.01);
+    assert!(s(row, "serve_flags").contains("--data"), "{row}");
+    assert!(!s(row, "machine").is_empty());
+    assert!(u(row, "udp_p50_us") >= 1 && u(row, "udp_p50_us") <= u(row, "udp_p99_us"));
+    let targets = row["targets"].as_array().unwrap();
+    let run: Vec<&str> = targets.iter().map(|t| s(t, "attack")).collect();
+    assert_eq!(run, names);
+    let all_ok = targets.iter().all(|t| t["ok"].as_bool().unwrap());
+    assert_eq!(row["all_ok"].as_bool(), Some(all_ok), "{row}");
+    let limits = [
+        ("ms", 5000.0),
+        ("ms", 300.0),
+        ("KiB", 32768.0),
+        ("KiB", 128.0),
+    ];
+    for (t, (unit, limit)) in targets.iter().zip(limits) {
+        assert_eq!((s(t, "unit"), f(t, "limit")), (unit, limit), "{t}");
+        assert!(!s(t, "measure").is_empty(), "{t}");
+        assert!(f(t, "measured") >= 0.0, "{t}");
+        let (baseline, peak) = (u(t, "rss_baseline_bytes"), u(t, "rss_peak_bytes"));
+        assert!(baseline > 1 << 20, "an RSS under 1 MiB: {t}");
+        assert_eq!(u(t, "rss_growth_bytes"), peak.saturating_sub(baseline));
+        let report = &t["attack_report"];
+        assert_eq!(s(report, "name"), s(t, "attack"));
+        assert!(u(report, "attempted") >= 1, "{t}");
+        assert!(
+            u(report, "accepted") + u(report, "refused") <= u(report, "attempted"),
+            "{t}"
+        );
+        let answers = report["answers"].as_object().unwrap();
+        assert!(!answers.is_empty(), "the server's answers are missing: {t}");
+        assert!(
+            !answers.keys().any(|k| k.starts_with("attack failed")),
+            "{t}"
+        );
+        let probes = t["probes"].as_array().unwrap();
+        if unit == "ms" {
+            // The bystander is a well-behaved client: every try succeeds.
+            assert_eq!(u(t, "probes_failed"), 0, "{t}");
+            let least = if s(t, "attack") == "handshake-flood" {
+                5
+            } else {
+                20
+            };
+            assert!(probes.len() >= least, "{t}");
+            for p in probes {
+                assert!(p["error"].is_null(), "{p}");
+                assert!(f(p, "took_ms") > 0.0 && f(p, "at_ms") >= 0.0, "{p}");
+                p["during_attack"].as_bool().unwrap();
+            }
+            let worst = probes.iter().map(|p| f(p, "took_ms")).fold(0.0, f64::max);
+            assert_eq!(f(t, "measured"), worst, "{t}");
+            assert!(f(t, "probe_p50_ms") <= worst, "{t}");
+        } else {
+            assert!(probes.is_empty(), "{t}");
+            assert!(u(t, "held") >= 1, "{t}");
+        }
+    }
+
+    for args in [
+        &["bench", "attack", "--attacks", "history-hog"][..],
+        &["bench", "attack", "--attack-scale", "0"],
+        &["bench", "attack", "--hold", "10x"],
+    ] {
+        let out = quicbus(args);
+        let code = out.status.code();
+        assert!(
+            code == Some(2) || code == Some(1),
+            "{args:?} exited {code:?}"
+        );
+        assert!(!out.stderr.is_empty(), "{args:?} said nothing");
+    }
+}

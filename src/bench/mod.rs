@@ -27,6 +27,7 @@
 //! where it matters: the latency relay runs on both, fan-out on either.
 
 pub mod attack;
+pub mod attack_targets;
 pub mod fanout;
 pub mod latency;
 pub mod plot;

@@ -32,6 +32,11 @@ pub enum BenchCommand {
     /// attacks of issue 9 in the second half and a bystander's relay p99
     /// clean vs under attack.
     Soak(SoakArgs),
+    /// The targets of issue 9 ("Hostile clients"), each against a fresh
+    /// server while its attack runs: a bystander's connect and publish
+    /// under a handshake flood, its join and publish under a room flood,
+    /// and the server's memory held by half-sent frames and partial Hellos.
+    Attack(AttackArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -323,6 +328,34 @@ pub struct SoakArgs {
     output: OutputArgs,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct AttackArgs {
+    /// Which attacks; a comma-separated list (default: handshake-flood,
+    /// room-flood, half-sent-frames, partial-hellos).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    attacks: Option<Vec<AttackArg>>,
+    /// Size of the attacks: 1 is the full size (2,500 Initials, 100,000
+    /// rooms, 100 half-sent frames, 40 partial Hellos).
+    #[arg(long, default_value_t = 1.0)]
+    attack_scale: f64,
+    /// How long half-sent frames and partial Hellos are held (default:
+    /// 20 s and 10 s, past the server's frame timeout).
+    #[arg(long, value_parser = duration)]
+    hold: Option<Duration>,
+    /// An argument for the measured `serve` (repeatable).
+    #[arg(long = "serve-arg", value_name = "ARG", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
+    /// Serve with history in memory (`serve --memory`) instead of on disk.
+    #[arg(long)]
+    memory: bool,
+    /// Write the results as a JSON array (one object).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// No progress on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
 /// `60s`, `500ms`, `2m`, `1h` or plain seconds as a duration.
 fn duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -398,7 +431,37 @@ pub fn bench(command: BenchCommand) -> CliResult {
         BenchCommand::Replay(a) => replay(a),
         BenchCommand::Storage(a) => storage(a),
         BenchCommand::Soak(a) => soak(a),
+        BenchCommand::Attack(a) => attack(a),
     }
+}
+
+fn attack(args: AttackArgs) -> CliResult {
+    use crate::bench::attack_targets::{self, AttackTargetsConfig};
+    let config = AttackTargetsConfig {
+        attacks: match &args.attacks {
+            Some(list) => list.iter().map(|&a| AttackKind::from(a)).collect(),
+            None => attack_targets::TARGETED.to_vec(),
+        },
+        attack_scale: args.attack_scale,
+        hold: args.hold,
+        serve_args: args.serve_args.clone(),
+        storage: if args.memory {
+            StorageKind::Memory
+        } else {
+            StorageKind::Disk
+        },
+        ..AttackTargetsConfig::new(server_exe()?)
+    };
+    config.validate()?;
+    let progress = Progress::new(!args.quiet);
+    let report = attack_targets::run(&config, &progress)?;
+    println!("{}", report.table());
+    let output = OutputArgs {
+        json: args.json,
+        plot: None,
+        quiet: args.quiet,
+    };
+    write_outputs(&output, &[report], |_| Ok(()))
 }
 
 fn soak(args: SoakArgs) -> CliResult {
