@@ -615,7 +615,8 @@ async fn read_control(recv: RecvStream, pongs: mpsc::UnboundedSender<u64>) -> Re
         };
         if !fits {
             return Err(format!(
-                "the server sent {frame:?} as control frame {}",
+                "the server sent {} as control frame {}",
+                brief(&frame),
                 if first { "one" } else { "two or later" }
             ));
         }
@@ -663,7 +664,8 @@ async fn read_event_stream(recv: RecvStream) -> Result<(), String> {
         };
         if !fits {
             return Err(format!(
-                "the server sent {frame:?} on an event stream after offset {last_offset:?}"
+                "the server sent {} on an event stream after offset {last_offset:?}",
+                brief(&frame)
             ));
         }
         last_offset = Some(match frame {
@@ -678,9 +680,20 @@ async fn read_datagrams(conn: Connection) -> Result<(), String> {
     while let Ok(bytes) = conn.read_datagram().await {
         match wire::decode(&bytes) {
             Ok(frame) if frame.kind() == FrameKind::ServerDatagram => {}
-            Ok(frame) => return Err(format!("the server sent {frame:?} as a datagram")),
+            Ok(frame) => return Err(format!("the server sent {} as a datagram", brief(&frame))),
             Err(e) => return Err(format!("the server sent a malformed datagram: {e}")),
         }
     }
     Ok(())
+}
+
+/// A frame for a failure message: its fields, cut short (a pad or a
+/// payload can be a kilobyte of zeros).
+fn brief(frame: &Frame) -> String {
+    let mut text = format!("{frame:?}");
+    if let Some((cut, _)) = text.char_indices().nth(200) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
