@@ -42,6 +42,8 @@
 pub mod certs;
 pub mod client;
 mod copies;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod game;
 pub mod metrics;
 pub mod netsim;
