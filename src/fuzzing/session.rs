@@ -22,7 +22,10 @@ use tokio::time::{timeout, Instant};
 use super::Choices;
 use crate::certs;
 use crate::client::{Client, ClientOptions, Trust};
-use crate::server::{HistoryLimits, Server, ServerConfig, ServerHandle, ServerIdentity, Storage};
+use crate::server::{
+    AddressLimits, ConnectionLimits, HistoryLimits, Rate, Server, ServerConfig, ServerHandle,
+    ServerIdentity, Storage,
+};
 use crate::sync::lock;
 use crate::tls::{self, TransportSettings};
 use crate::wire::{
@@ -235,6 +238,32 @@ fn server_config() -> ServerConfig {
         },
         resume_window: Duration::from_secs(2),
         storage: Storage::Memory,
+        // Small per-connection limits, so inputs reach them; none per
+        // address, because every input comes from 127.0.0.1 and a locked
+        // out address would hide the session from the fuzzer.
+        limits: ConnectionLimits {
+            rooms_joined: 8,
+            room_names: 16,
+            publish_streams: 4,
+            publish_log_entries: 64,
+            control_rate: Rate {
+                per_second: 200.0,
+                burst: 50.0,
+            },
+            publish_rate: Rate {
+                per_second: 500.0,
+                burst: 100.0,
+            },
+            rate_strikes: 8,
+            frame_timeout: Duration::from_secs(1),
+            partial_frame_bytes: 2 * MAX_FRAME,
+        },
+        address_limits: AddressLimits {
+            connections: 0,
+            handshake_rate: Rate::UNLIMITED,
+            failed_hello_rate: Rate::UNLIMITED,
+            rooms_joined: 0,
+        },
         ..ServerConfig::default()
     };
     config.transport.max_uni_streams = 16;
@@ -589,7 +618,8 @@ fn payload(choices: &mut Choices<'_>, max: usize) -> Bytes {
 fn malformed(e: ReadFrameError) -> Option<wire::WireError> {
     match e {
         ReadFrameError::Wire(e) => Some(e),
-        ReadFrameError::Read(_) => None,
+        // The client never leaves a frame half-sent to the reader.
+        ReadFrameError::Read(_) | ReadFrameError::Stalled(_) => None,
     }
 }
 
@@ -620,8 +650,17 @@ async fn read_control(recv: RecvStream, pongs: mpsc::UnboundedSender<u64>) -> Re
                 if first { "one" } else { "two or later" }
             ));
         }
-        if let Frame::Pong { request } = frame {
-            let _ = pongs.send(request);
+        match frame {
+            Frame::Pong { request }
+            // Over the control rate, a Ping is answered with this refusal.
+            | Frame::Error {
+                request: Some(request),
+                code: wire::ErrorCode::RateLimited,
+                ..
+            } => {
+                let _ = pongs.send(request);
+            }
+            _ => {}
         }
         first = false;
     }

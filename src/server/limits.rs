@@ -44,11 +44,10 @@ pub struct ConnectionLimits {
     pub rooms_joined: usize,
     /// Room names given an id on this connection (`Join`, `Resolve`).
     pub room_names: usize,
-    /// Publish streams open at once; a stream beyond it is stopped and
-    /// its publishes are answered `LimitReached`.
+    /// Rooms a session publishes reliable events to: one publish stream
+    /// and one publish log each. A stream for a room beyond it has every
+    /// publish answered `LimitReached`.
     pub publish_streams: usize,
-    /// Rooms a session publishes reliable events to (one publish log each).
-    pub publish_rooms: usize,
     /// Publish outcomes a session remembers across all its rooms for
     /// answering retries; beyond it each room keeps only its newest.
     pub publish_log_entries: usize,
@@ -73,7 +72,6 @@ impl Default for ConnectionLimits {
             rooms_joined: 1024,
             room_names: 4096,
             publish_streams: 256,
-            publish_rooms: 256,
             publish_log_entries: 16_384,
             control_rate: Rate {
                 per_second: 500.0,
