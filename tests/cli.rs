@@ -430,3 +430,64 @@ async fn wait_for_line(
     })
     .await
 }
+
+#[tokio::test]
+async fn the_shared_token_comes_from_a_file_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "open-sesame\n").unwrap();
+    let file_arg = token_file.to_str().unwrap();
+    let server =
+        common::process::ServeProcess::start(dir.path(), &["--memory", "--token-file", file_arg])
+            .await;
+    let addr = server.addr.to_string();
+    let ca = server.ca();
+    let publish = |token: Option<&str>| {
+        let mut cmd = quicbus();
+        cmd.args([
+            "pub", "--ack", "--room", "r", "--event", "e", "--server", &addr,
+        ])
+        .arg("--ca")
+        .arg(&ca)
+        .arg("x")
+        .env_remove("QUICBUS_TOKEN");
+        if let Some(token) = token {
+            cmd.env("QUICBUS_TOKEN", token);
+        }
+        cmd
+    };
+    // The client takes the token from QUICBUS_TOKEN, as --token.
+    let (code, stdout, stderr) = run(&mut publish(Some("open-sesame"))).await;
+    assert_eq!((code, stdout.trim()), (0, "1"), "{stderr}");
+    assert_one_line_failure(run(&mut publish(Some("open-sesam"))).await, "unauthorized");
+    assert_one_line_failure(run(&mut publish(None)).await, "unauthorized");
+    // A token file that holds no token ends serve with one line.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    assert_one_line_failure(
+        run(quicbus()
+            .args([
+                "serve",
+                "--memory",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-file",
+            ])
+            .arg(&empty))
+        .await,
+        "holds no token",
+    );
+    assert_one_line_failure(
+        run(quicbus()
+            .args([
+                "serve",
+                "--memory",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-file",
+            ])
+            .arg(dir.path().join("missing")))
+        .await,
+        "--token-file",
+    );
+}

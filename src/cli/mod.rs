@@ -82,8 +82,9 @@ pub struct ConnectArgs {
     /// Seconds to wait for the connection and handshake.
     #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
     connect_timeout: f64,
-    /// Token for servers started with --token.
-    #[arg(long)]
+    /// Token for servers started with --token (from the environment, it
+    /// stays out of `ps`).
+    #[arg(long, env = "QUICBUS_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Seconds of silence after which the connection counts as lost (and
     /// the client reconnects).
