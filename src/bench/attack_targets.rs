@@ -312,7 +312,8 @@ async fn handshake_flood(
         initials: initials.len(),
         ..FloodConfig::default()
     };
-    // The probes are spread over the time the Initials are being sent.
+    // The probes are spread over the time the Initials are being sent,
+    // the first a little after the flood has begun.
     let sending = Duration::from_secs_f64(initials.len() as f64 / flood.rate.max(1) as f64);
     let baseline = settled_rss(server).await?;
     let run = Background::start(move || async move {
@@ -323,7 +324,7 @@ async fn handshake_flood(
     let probing = async {
         let mut probes = Vec::new();
         for i in 0..FLOOD_PROBES {
-            let at = started + sending.mul_f64(i as f64 / FLOOD_PROBES as f64);
+            let at = started + sending.mul_f64((i as f64 + 0.5) / FLOOD_PROBES as f64);
             tokio::time::sleep_until(at.into()).await;
             let during = !*done.borrow();
             probes.push(timed(started, during, connect_and_publish(options)).await);

@@ -50,8 +50,9 @@ pub struct TargetResult {
     pub rss_baseline_bytes: u64,
     pub rss_peak_bytes: u64,
     pub rss_growth_bytes: u64,
-    /// Connections (or streams) the RSS growth is shared by.
-    pub held: u64,
+    /// Streams (half-sent frames) or connections (partial Hellos) the
+    /// attack opened on the server: what the RSS growth is shared by.
+    pub opened: u64,
     /// What the attack tried and what the server answered.
     pub attack_report: AttackReport,
 }
@@ -99,7 +100,7 @@ pub(super) fn probe_result(
         rss_baseline_bytes: baseline,
         rss_peak_bytes: peak,
         rss_growth_bytes: peak.saturating_sub(baseline),
-        held: 0,
+        opened: 0,
         attack_report,
     }
 }
@@ -109,7 +110,7 @@ pub(super) fn rss_result(
     measure: String,
     limit: u64,
     measured: u64,
-    held: u64,
+    opened: u64,
     (baseline, peak): (u64, u64),
     attack_report: AttackReport,
 ) -> TargetResult {
@@ -126,7 +127,7 @@ pub(super) fn rss_result(
         rss_baseline_bytes: baseline,
         rss_peak_bytes: peak,
         rss_growth_bytes: peak.saturating_sub(baseline),
-        held,
+        opened,
         attack_report,
     }
 }
@@ -189,8 +190,13 @@ impl AttackTargetsReport {
                 mib(t.rss_baseline_bytes),
                 mib(t.rss_peak_bytes),
                 kib(t.rss_growth_bytes),
-                if t.held > 0 {
-                    format!(", {} held", t.held)
+                if t.opened > 0 {
+                    let what = if t.attack == "half-sent-frames" {
+                        "streams"
+                    } else {
+                        "connections"
+                    };
+                    format!(" over {} {what}", t.opened)
                 } else {
                     String::new()
                 }
