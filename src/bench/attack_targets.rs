@@ -37,11 +37,11 @@ use super::attack::{
     self, AttackError, FloodConfig, HalfSentConfig, PartialHelloConfig, RoomFloodConfig, Target,
 };
 use super::scratch::ScratchDir;
-use super::server_process::{ServeOptions, ServerProcess};
+use super::server_process::{ServeOptions, ServerProcess, LIFTED_DEFENCES};
 use super::soak::AttackKind;
 use super::{machine, udp_echo, BenchError, Progress, StorageKind};
 use background::{settled_rss, Background};
-use quicbus::client::{Client, ClientOptions, Trust};
+use quicbus::client::{Client, ClientOptions};
 use report::{fmt_value, ms, probe_result, rss_result, verdict};
 pub use report::{AttackTargetsReport, Probe, TargetResult};
 
@@ -68,11 +68,6 @@ pub const RSS_EVERY: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the RSS baseline waits to settle.
 const SETTLE_LIMIT: Duration = Duration::from_secs(3);
-
-/// What `ServerProcess::start` (src/bench/server_process.rs) passes to
-/// `serve` besides the data directory; repeated here for the report.
-const SERVER_PROCESS_FLAGS: &str = "--worker-threads 0 --max-connections-per-ip 0 \
-     --max-joined-rooms-per-ip 0 --handshake-rate-per-ip 0 --publish-rate 0";
 
 /// The attacks that have a target here, in the order they run.
 pub const TARGETED: [AttackKind; 4] = [
@@ -153,7 +148,7 @@ impl AttackTargetsConfig {
             StorageKind::Disk => "--data <temporary dir>",
             StorageKind::Memory => "--memory",
         };
-        let mut flags = format!("{SERVER_PROCESS_FLAGS} {storage}");
+        let mut flags = format!("--worker-threads 0 {} {storage}", LIFTED_DEFENCES.join(" "));
         for arg in &self.serve_args {
             flags.push(' ');
             flags.push_str(arg);
@@ -219,7 +214,7 @@ fn measure(
     options.client_name = "attack-bystander".into();
     options.connect_timeout = PROBE_TIMEOUT;
     options.request_timeout = PROBE_TIMEOUT;
-    let target = target_of(&options)?;
+    let target = server.attack_target()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -283,18 +278,6 @@ fn measure(
 }
 
 /// The server's address and CA, for the attacks.
-fn target_of(options: &ClientOptions) -> Result<Target, BenchError> {
-    let ca_pem = match &options.trust {
-        Trust::CaFile(path) => std::fs::read_to_string(path)
-            .map_err(BenchError::io(format!("reading {}", path.display())))?,
-        _ => return Err(BenchError::Other("the server's CA is not in a file".into())),
-    };
-    Ok(Target {
-        addr: options.server,
-        ca_pem,
-    })
-}
-
 fn attack_failed(e: AttackError) -> BenchError {
     BenchError::Other(format!("the attack could not be carried out: {e}"))
 }

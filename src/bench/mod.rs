@@ -1,5 +1,5 @@
 //! Benchmarks users run: `quicbus bench latency`, `fanout`, `replay`,
-//! `storage` and `soak`.
+//! `storage`, `soak` and `attack`.
 //! Part of the binary, not of the library: a performance tool built on the
 //! library's public API, as a user's would be.
 //!
@@ -21,6 +21,9 @@
 //!   server's memory over time, every reliable event checked, and with
 //!   [`attack`]s in the background, a bystander's relay latency clean and
 //!   under attack.
+//! - [`attack_targets`]: each attack alone against a fresh server, measured
+//!   against the targets of issue 9 (a bystander's connect and join times,
+//!   the server's memory per attack).
 //! - [`plot`]: the SVG pictures of latency and fan-out.
 //!
 //! Durable history (`serve`'s default) is measured against memory storage

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::attack::Target;
 use super::scratch::ScratchDir;
 use super::BenchError;
 use quicbus::client::{ClientOptions, Trust};
@@ -39,6 +40,22 @@ impl ServeOptions {
         }
     }
 }
+
+/// What every benchmark's `serve` gets: all its clients come from
+/// 127.0.0.1 and publish as fast as they are asked to, so the per-address
+/// and rate defences would measure themselves, not the relay (`bench
+/// attack` and `bench soak --attack` measure the per-connection ones).
+/// Options in `ServeOptions::extra` come later and win.
+pub const LIFTED_DEFENCES: [&str; 8] = [
+    "--max-connections-per-ip",
+    "0",
+    "--max-joined-rooms-per-ip",
+    "0",
+    "--handshake-rate-per-ip",
+    "0",
+    "--publish-rate",
+    "0",
+];
 
 /// A `quicbus serve` child process on a free loopback port, with its own
 /// development certificates in a scratch directory. Killed when dropped.
@@ -117,6 +134,17 @@ impl ServerProcess {
         options.connect_timeout = Duration::from_secs(30);
         options.reconnect = None;
         options
+    }
+
+    /// The server as the attacks of `attack.rs` aim at it.
+    pub fn attack_target(&self) -> Result<Target, BenchError> {
+        let path = self.certs.path().join("ca.pem");
+        let ca_pem = std::fs::read_to_string(&path)
+            .map_err(BenchError::io(format!("reading {}", path.display())))?;
+        Ok(Target {
+            addr: self.addr,
+            ca_pem,
+        })
     }
 
     /// Resident memory now, bytes.

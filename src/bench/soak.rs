@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use super::attack::{self, FloodConfig, Target};
+use super::attack::{self, FloodConfig};
 use super::scratch::ScratchDir;
 use super::server_process::{ServeOptions, ServerProcess};
 use super::{udp_echo, BenchError, Progress, StorageKind};
@@ -244,14 +244,7 @@ pub fn run(config: &SoakConfig, progress: &Progress) -> Result<SoakReport, Bench
         ..ServeOptions::new(config.server_exe.clone())
     })?;
     let options = server.client_options();
-    let target = Target {
-        addr: options.server,
-        ca_pem: match &options.trust {
-            quicbus::client::Trust::CaFile(path) => std::fs::read_to_string(path)
-                .map_err(BenchError::io(format!("reading {}", path.display())))?,
-            _ => return Err(BenchError::Other("the server's CA is not in a file".into())),
-        },
-    };
+    let target = server.attack_target()?;
     // The flood's Initials are made first: each costs a TLS ClientHello,
     // which would slow the crowd's connecting.
     let initials = if config.attack && config.attacks.contains(&AttackKind::HandshakeFlood) {

@@ -1,4 +1,5 @@
-//! `quicbus bench latency`, `fanout`, `replay`, `storage` and `soak`: arguments,
+//! `quicbus bench latency`, `fanout`, `replay`, `storage`, `soak` and
+//! `attack`: arguments,
 //! the terminal table, `--json` and `--plot`. The measuring is in
 //! `crate::bench` (beside the CLI in the binary, not in the library).
 
