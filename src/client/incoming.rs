@@ -185,6 +185,12 @@ impl Tasks {
                 if !rooms.accept_reliable(&room, at, offset) {
                     continue;
                 }
+                // Counted before the application can see it, so a count
+                // read after an event was received includes it.
+                self.core
+                    .counters
+                    .reliable_received
+                    .fetch_add(1, Ordering::Relaxed);
                 slot.send(Incoming::Event(Event {
                     room: room.clone(),
                     name,
@@ -192,10 +198,6 @@ impl Tasks {
                     payload,
                 }));
             }
-            self.core
-                .counters
-                .reliable_received
-                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -240,6 +242,9 @@ impl Tasks {
         if !rooms.accept_copy(&room, self.at(room_id), previous, offset) {
             return;
         }
+        let c = &self.core.counters;
+        c.reliable_received.fetch_add(1, Ordering::Relaxed);
+        c.reliable_copies.fetch_add(1, Ordering::Relaxed);
         slot.send(Incoming::Event(Event {
             room,
             name,
@@ -247,9 +252,6 @@ impl Tasks {
             payload,
         }));
         drop(rooms);
-        let c = &self.core.counters;
-        c.reliable_received.fetch_add(1, Ordering::Relaxed);
-        c.reliable_copies.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn read_datagrams(self: Arc<Self>) {
@@ -297,15 +299,17 @@ impl Tasks {
                 delivery: Delivery::Datagram { seq },
                 payload,
             };
-            match self.events.try_send(Incoming::Event(event)) {
-                Ok(()) => {
+            // Counted before the application can see it.
+            match self.events.try_reserve() {
+                Ok(slot) => {
                     c.datagrams_received.fetch_add(1, Ordering::Relaxed);
+                    slot.send(Incoming::Event(event));
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(mpsc::error::TrySendError::Full(())) => {
                     c.datagrams_dropped_queue_full
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(())) => return,
             }
         }
     }
