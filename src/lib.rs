@@ -39,6 +39,7 @@
 //!
 //! `docs/PROTOCOL.md` specifies the wire protocol.
 
+pub mod auth;
 pub mod certs;
 pub mod client;
 mod copies;

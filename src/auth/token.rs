@@ -1,0 +1,1 @@
+//! Signed tokens (JSON Web Tokens): verifying and minting.
