@@ -15,6 +15,7 @@ mod context;
 pub mod history;
 mod ingest;
 pub mod limits;
+pub mod namespaces;
 mod outbound;
 mod resume;
 mod room_ids;
@@ -40,6 +41,7 @@ pub use history::{
     DiskOptions, DiskStore, FsyncPolicy, HistoryError, HistoryLimits, HistoryUsage, MemoryStore,
 };
 pub use limits::{AddressLimits, ConnectionLimits, Rate};
+pub use namespaces::{Namespace, NamespaceError, NamespaceSettings, Namespaces};
 pub use outbound::DatagramRing;
 pub use session::MAX_HELLO;
 pub use session_journal::{FileJournal, SessionJournal, StoredSession};
@@ -122,6 +124,12 @@ pub struct ServerConfig {
     /// When set, `Hello` must carry exactly this token (compared in
     /// constant time).
     pub token: Option<String>,
+    /// Signed tokens: who may connect and what each client may do. Without
+    /// a key every client may do everything (or, with `token`, every
+    /// client holding the shared token).
+    pub auth: AuthConfig,
+    /// Per-namespace settings; `history` is the default for the others.
+    pub namespaces: Namespaces,
     /// What each connection may hold and do.
     pub limits: ConnectionLimits,
     /// What each client address may do.
@@ -155,6 +163,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
             token: None,
+            auth: AuthConfig::default(),
+            namespaces: Namespaces::default(),
             limits: ConnectionLimits::default(),
             address_limits: AddressLimits::default(),
             history: HistoryLimits::default(),
@@ -173,6 +183,16 @@ impl Default for ServerConfig {
             },
         }
     }
+}
+
+/// How the server checks tokens.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Verifies `Hello`'s token; `None`: no signed tokens.
+    pub verifier: Option<crate::auth::token::TokenVerifier>,
+    /// With a verifier: clients without a token are let in with the
+    /// anonymous permissions (server-wide and per namespace).
+    pub allow_anonymous: bool,
 }
 
 /// The default budget of history across all rooms: 1 GiB, so that the
