@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::server::{Limit, ServerStats, StatsSnapshot};
+use crate::server::{Limit, Refusal, ServerStats, StatsSnapshot};
 
 /// The one page served.
 pub const PATH: &str = "/metrics";
@@ -243,6 +243,18 @@ impl Collector for StatsCollector {
             "Refusals by each defence (kind); history_budget counts events dropped early.",
             "kind",
             Limit::ALL.map(|kind| (kind.name(), s.limit(kind))),
+        )?;
+        labelled_counters(
+            &mut encoder,
+            "refusals",
+            "What clients were not allowed (kind): tokens refused at Hello or Refresh \
+             (token_required, token_expired, token_invalid), connections closed when their \
+             token expired (expired_live), actions their permissions do not allow \
+             (forbidden_publish, forbidden_subscribe, forbidden_history), resumes of \
+             another user's session, and namespace rules (datagrams_disabled, \
+             payload_too_large).",
+            "kind",
+            Refusal::ALL.map(|kind| (kind.name(), s.refusal(kind))),
         )
     }
 }
@@ -377,6 +389,16 @@ mod tests {
             };
             let line = format!(
                 "quicbus_limits_hit_total{{kind=\"{}\"}} {want}\n",
+                kind.name()
+            );
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        stats.refused(Refusal::Subscribe);
+        let text = scrape(&stats, prometheus_text::encode);
+        for kind in Refusal::ALL {
+            let want = u64::from(kind == Refusal::Subscribe);
+            let line = format!(
+                "quicbus_refusals_total{{kind=\"{}\"}} {want}\n",
                 kind.name()
             );
             assert!(text.contains(&line), "missing {line:?} in\n{text}");

@@ -49,7 +49,7 @@ fn join(request: u64, room: &str) -> Frame {
     Frame::Join {
         request,
         room: room.into(),
-        echo: false,
+        echo: Some(false),
         since: None,
     }
 }

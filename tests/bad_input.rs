@@ -77,7 +77,7 @@ async fn unknown_room_id_in_a_datagram_is_a_typed_error_and_the_session_lives() 
     peer.send_control(&Frame::Join {
         request: 5,
         room: "healthy".into(),
-        echo: false,
+        echo: Some(false),
         since: None,
     })
     .await;
@@ -93,7 +93,7 @@ async fn bad_utf8_in_room_or_event_name_closes_with_a_reason() {
     let server = common::start().await;
     let mut others = Bystanders::new(&server).await;
 
-    // Join { request: 1, room: [0xff, 0xfe], echo: false }
+    // Join { request: 1, room: [0xff, 0xfe], echo: Some(false) }
     let mut peer = server.raw_session().await;
     peer.send_control_bytes(&framed_raw(&[1, 1, 2, 0xff, 0xfe, 0]))
         .await;
@@ -122,7 +122,7 @@ async fn invalid_names_are_typed_errors_not_closes() {
     peer.send_control(&Frame::Join {
         request: 1,
         room: "x".repeat(300),
-        echo: false,
+        echo: Some(false),
         since: None,
     })
     .await;
@@ -203,7 +203,7 @@ async fn frames_of_the_wrong_kind_close_the_connection() {
     peer.send_control(&Frame::Join {
         request: 1,
         room: "r".into(),
-        echo: false,
+        echo: Some(false),
         since: None,
     })
     .await;
@@ -382,7 +382,7 @@ async fn room_ids_belong_to_a_connection_and_a_guessed_one_reaches_nobody() {
         .send_control(&Frame::Join {
             request: 4,
             room: "mine".into(),
-            echo: true,
+            echo: Some(true),
             since: None,
         })
         .await;
@@ -437,7 +437,7 @@ async fn a_hello_gets_a_few_kib_not_the_full_frame_limit() {
     fits.send_control(&Frame::Join {
         request: 1,
         room: "r".repeat(20_000),
-        echo: false,
+        echo: Some(false),
         since: None,
     })
     .await;

@@ -102,6 +102,7 @@ async fn twenty_thousand_events_survive_three_long_outages_exactly_once_in_order
                 awaiting_recovery = false;
             }
             Incoming::Reconnected { resumed } => assert_eq!(resumed, ResumeOutcome::Resumed),
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!((outages, recoveries), (3, 3));

@@ -104,7 +104,7 @@ async fn echo_is_off_by_default_and_on_when_asked() {
     loud.join_with(
         "e",
         JoinOptions {
-            echo: true,
+            echo: Some(true),
             ..Default::default()
         },
     )
@@ -217,7 +217,7 @@ async fn rejoining_to_change_echo_loses_and_reorders_nothing() {
             sub.join_with(
                 "r",
                 JoinOptions {
-                    echo: true,
+                    echo: Some(true),
                     ..Default::default()
                 },
             )
@@ -306,7 +306,7 @@ async fn the_server_finishes_a_left_room_and_opens_no_stream_for_other_rooms() {
     let join = |request: u64, room: &str| Frame::Join {
         request,
         room: room.into(),
-        echo: false,
+        echo: Some(false),
         since: None,
     };
     peer.send_control(&join(1, "mine")).await;

@@ -64,6 +64,7 @@ async fn expect_recovered(events: &mut Events, rooms: &[String]) {
                 return;
             }
             Incoming::Event(e) => panic!("event before the recovery notices: {e:?}"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 }

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub use pattern::{namespace_of, Pattern, PatternError};
 
-/// What a permission allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a permission allows. On the wire in `Frame::Forbidden`: the
+/// variant order is the tag, never reorder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Action {
     /// Publish reliable events and datagrams to a room.
     Publish,
@@ -87,7 +88,11 @@ impl Permissions {
     /// Compiles every pattern; the first bad one is the error.
     pub fn compile(lists: &PermissionLists) -> Result<Permissions, PatternError> {
         let compile = |action: Action| -> Result<Vec<Pattern>, PatternError> {
-            lists.list(action).iter().map(|p| Pattern::parse(p)).collect()
+            lists
+                .list(action)
+                .iter()
+                .map(|p| Pattern::parse(p))
+                .collect()
         };
         Ok(Permissions {
             lists: [
@@ -187,9 +192,7 @@ mod tests {
             .expect("valid");
         assert_eq!(
             p.allowed("game.lobby"),
-            Allowed::NONE
-                .with(Action::Subscribe)
-                .with(Action::History)
+            Allowed::NONE.with(Action::Subscribe).with(Action::History)
         );
         assert_eq!(
             p.allowed("game.p1.input"),

@@ -119,7 +119,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn matches(pattern: &str, room: &str) -> bool {
-        Pattern::parse(pattern).expect("valid pattern").matches(room)
+        Pattern::parse(pattern)
+            .expect("valid pattern")
+            .matches(room)
     }
 
     #[test]

@@ -59,7 +59,10 @@ pub enum TokenError {
     #[error("token not valid before {from} (Unix time)")]
     NotYetValid { from: u64 },
     #[error("invalid token: claim {claim}: {message}")]
-    BadClaim { claim: &'static str, message: String },
+    BadClaim {
+        claim: &'static str,
+        message: String,
+    },
     #[error("invalid token: permission pattern: {0}")]
     BadPattern(PatternError),
 }
@@ -82,6 +85,11 @@ impl TokenVerifier {
     pub fn with_leeway(mut self, seconds: u64) -> TokenVerifier {
         self.leeway = seconds;
         self
+    }
+
+    /// Seconds of clock difference tolerated on `exp` and `nbf`.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
     }
 
     /// Verifies a token at `now` (seconds since the Unix epoch).

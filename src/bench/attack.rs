@@ -543,7 +543,7 @@ pub async fn room_flood(
                     Frame::Join {
                         request,
                         room,
-                        echo: false,
+                        echo: Some(false),
                         since: None,
                     }
                 } else {

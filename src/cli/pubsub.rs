@@ -129,6 +129,12 @@ pub async fn subscribe(args: SubArgs) -> CliResult {
                 eprintln!("reconnected ({resumed:?})");
                 continue;
             }
+            Some(Incoming::Forbidden { room, action }) => {
+                return Err(format!(
+                    "forbidden: the token no longer allows {action} on room {room}"
+                )
+                .into());
+            }
         };
         let mut out = stdout.lock();
         let written = writeln!(out, "{line}").and_then(|()| out.flush());

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::Action;
 use crate::tls::TlsError;
 use crate::wire::{close_code, ErrorCode, WireError};
 
@@ -27,6 +28,9 @@ pub enum ClientError {
     /// The server refused the session or a request (an ack included).
     #[error("rejected by the server ({code}): {reason}")]
     Rejected { code: ErrorCode, reason: String },
+    /// The connection's token does not allow `action` on `room`.
+    #[error("forbidden: the token does not allow {action} on room {room}")]
+    Forbidden { room: String, action: Action },
     /// The server closed the connection with a quicbus close code.
     #[error("connection closed by the server: {} (code {code}): {reason}", close_code::describe(*code))]
     Closed { code: u64, reason: String },

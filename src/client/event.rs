@@ -70,6 +70,14 @@ pub enum Incoming {
     /// (they follow on the stream, before live ones), or must the
     /// application resynchronize?
     Recovery { room: Arc<str>, recovery: Recovery },
+    /// The server refused something no request waited for: a datagram or
+    /// a publish without ack to a room the token may not publish to
+    /// (`Publish`), or a joined room a refreshed token no longer allows
+    /// (`Subscribe`: the room is left).
+    Forbidden {
+        room: Arc<str>,
+        action: crate::auth::Action,
+    },
 }
 
 /// The incoming events of one client, in arrival order (reliable events in

@@ -37,6 +37,7 @@ struct Welcomed {
 /// within `options.connect_timeout`.
 pub(crate) async fn establish(
     options: &ClientOptions,
+    token: Option<String>,
     resume: Option<Resume>,
 ) -> Result<Established, ClientError> {
     let roots = match &options.trust {
@@ -92,7 +93,7 @@ pub(crate) async fn establish(
         let mut send = send;
         let hello = wire::encode_framed(&Frame::Hello {
             version: options.protocol_version,
-            token: options.token.clone(),
+            token: token.clone(),
             client_name: options.client_name.clone(),
             resume: resume.clone(),
             copies: options.copies,

@@ -51,6 +51,21 @@ pub(crate) fn spawn(
 }
 
 impl Tasks {
+    /// The server refused something no request waits for: a datagram or a
+    /// publish without ack (`Publish`), or a joined room the refreshed
+    /// token no longer allows (`Subscribe`: the server has left it).
+    async fn forbidden(&self, room: String, action: crate::auth::Action) {
+        self.core.counters.forbidden.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("forbidden: the token does not allow {action} on room {room}");
+        let room: Arc<str> = Arc::from(room);
+        if action == crate::auth::Action::Subscribe {
+            lock(&self.core.rooms).joined.remove(&room);
+        }
+        // Informational, like connection notices: never blocks the control
+        // stream on an application that does not read its events.
+        let _ = self.events.try_send(Incoming::Forbidden { room, action });
+    }
+
     fn violation(&self, reason: String) {
         tracing::warn!("closing: {reason}");
         self.conn
@@ -92,6 +107,20 @@ impl Tasks {
                 Frame::Resolved { request, room_id } => (request, Reply::Resolved { room_id }),
                 Frame::Ack { request, offset } => (request, Reply::Ack { offset }),
                 Frame::Pong { request } => (request, Reply::Pong),
+                Frame::Refreshed { request, expires } => (request, Reply::Refreshed { expires }),
+                Frame::Forbidden {
+                    request: Some(request),
+                    room,
+                    action,
+                } => (request, Reply::Forbidden { room, action }),
+                Frame::Forbidden {
+                    request: None,
+                    room,
+                    action,
+                } => {
+                    self.forbidden(room, action).await;
+                    continue;
+                }
                 Frame::Progress { room, through } => {
                     self.core.outbox.confirm(&room, through);
                     continue;

@@ -60,7 +60,7 @@ impl Link {
             epoch,
             resume_token,
             resumed,
-        } = handshake::establish(&core.options, resume).await?;
+        } = handshake::establish(&core.options, core.token(), resume).await?;
         let (control_tx, control_rx) = mpsc::channel(256);
         tokio::spawn(write_frames(control_send, control_rx));
         // The server refuses events over its own limit, so accept up to it.

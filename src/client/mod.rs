@@ -57,6 +57,7 @@ use options::Counters;
 use outbox::Outbox;
 use rooms::RoomTable;
 
+use crate::auth::Action;
 use crate::sync::lock;
 use crate::wire::{self, validate_name, ErrorCode, Frame, RoomId};
 
@@ -75,9 +76,16 @@ pub(crate) enum Reply {
         offset: u64,
     },
     Pong,
+    Refreshed {
+        expires: u64,
+    },
     Error {
         code: ErrorCode,
         message: String,
+    },
+    Forbidden {
+        room: String,
+        action: Action,
     },
 }
 
@@ -120,6 +128,9 @@ pub(crate) struct Core {
     resolving: Mutex<HashSet<Arc<str>>>,
     /// The next `Link::id`.
     next_link: AtomicU64,
+    /// The token `Hello` carries: [`ClientOptions::token`], then the one of
+    /// the newest [`Client::refresh_token`].
+    token: Mutex<Option<String>>,
 }
 
 impl Core {
@@ -141,6 +152,11 @@ impl Core {
             }
             _ => Err(ClientError::Protocol("unexpected answer to Resolve".into())),
         }
+    }
+
+    /// The token the next `Hello` carries.
+    pub(crate) fn token(&self) -> Option<String> {
+        lock(&self.token).clone()
     }
 
     fn current(&self) -> Option<Arc<Link>> {
@@ -268,6 +284,9 @@ impl Core {
                 code,
                 reason: message,
             }),
+            Ok(Ok(Reply::Forbidden { room, action })) => {
+                Err(ClientError::Forbidden { room, action })
+            }
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(self.gone()),
             Err(_) => {
@@ -314,6 +333,7 @@ impl Client {
     /// retried: a wrong address or CA fails here. Later losses are.)
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
         let (events_tx, events_rx) = mpsc::channel(options.event_queue.max(1));
+        let options_token = options.token.clone();
         let core = Arc::new(Core {
             outbox: Outbox::new(options.outbox_events, options.outbox_bytes),
             options,
@@ -335,6 +355,7 @@ impl Client {
             last_emit: Mutex::new(HashMap::new()),
             resolving: Mutex::new(HashSet::new()),
             next_link: AtomicU64::new(1),
+            token: Mutex::new(options_token),
         });
         let link = Link::open(&core, None, events_tx.clone()).await?;
         core.adopt(&link);
@@ -598,6 +619,28 @@ impl Client {
         }
     }
 
+    /// Gives the connection a new token before the current one expires (the
+    /// server closes a connection whose token expires with `token expired`).
+    /// The token must be for the same user; its permissions apply at once,
+    /// and rooms it no longer lets the client subscribe to are left (each
+    /// announced as [`Incoming::Forbidden`]). Returns the new expiry,
+    /// seconds since the Unix epoch. Later reconnects present this token.
+    pub async fn refresh_token(&self, token: &str) -> Result<u64, ClientError> {
+        let reply = self
+            .request("refresh", |request| Frame::Refresh {
+                request,
+                token: token.to_string(),
+            })
+            .await?;
+        match reply {
+            Reply::Refreshed { expires } => {
+                *lock(&self.core().token) = Some(token.to_string());
+                Ok(expires)
+            }
+            _ => Err(ClientError::Protocol("unexpected answer to Refresh".into())),
+        }
+    }
+
     /// How many reliable emits the server has not confirmed yet.
     pub fn outbox_len(&self) -> usize {
         self.core().outbox.len()
@@ -630,6 +673,7 @@ impl Client {
             datagrams_dropped_queue_full: get(&c.datagrams_dropped_queue_full),
             server_errors: get(&c.server_errors),
             reconnects: get(&c.reconnects),
+            forbidden: get(&c.forbidden),
         }
     }
 

@@ -121,8 +121,9 @@ impl ClientOptions {
 /// Options of one `join`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JoinOptions {
-    /// Also receive the events this client publishes to the room.
-    pub echo: bool,
+    /// Also receive the events this client publishes to the room (`None`:
+    /// as the room's namespace says on the server, off unless configured).
+    pub echo: Option<bool>,
     /// Replay the events after this offset first (from the room's history).
     pub since: Option<u64>,
 }
@@ -162,6 +163,9 @@ pub struct ClientStats {
     pub server_errors: u64,
     /// Connections re-established after a loss.
     pub reconnects: u64,
+    /// Refusals by the connection's permissions that answered no request
+    /// (see [`crate::client::Incoming::Forbidden`]).
+    pub forbidden: u64,
 }
 
 #[derive(Default)]
@@ -174,4 +178,5 @@ pub(crate) struct Counters {
     pub datagrams_dropped_queue_full: AtomicU64,
     pub server_errors: AtomicU64,
     pub reconnects: AtomicU64,
+    pub forbidden: AtomicU64,
 }

@@ -221,7 +221,8 @@ async fn rejoin(
             }
             // The server refused the room (say, its room table is full of
             // rooms in use): report it and carry on with the others.
-            Err(ClientError::Rejected { .. }) => {
+            // (A token that no longer allows the room is a refusal too.)
+            Err(ClientError::Rejected { .. } | ClientError::Forbidden { .. }) => {
                 lock(&core.rooms).joined.remove(&room);
                 Recovery::NotRecovered {
                     reason: RecoveryFailure::JoinRefused,

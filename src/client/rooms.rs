@@ -87,7 +87,7 @@ pub(crate) struct RoomTable {
     /// overtake the `Joined` reply, and those events must not be lost.
     pub joined: HashSet<Arc<str>>,
     /// Whether each joined room was joined with echo (to rejoin it alike).
-    echo: HashMap<Arc<str>, bool>,
+    echo: HashMap<Arc<str>, Option<bool>>,
     /// The newest reliable event delivered, per room. Events at or below it
     /// (the tail of a stream replaced by a re-join, or an event its datagram
     /// copy delivered first) are dropped.
@@ -98,7 +98,7 @@ impl RoomTable {
     /// Marks a room joined from the moment its `Join` is sent; returns
     /// whether it already was. A fresh join forgets the delivery position:
     /// the room may have been evicted and started over meanwhile.
-    pub(crate) fn start_joining(&mut self, name: &Arc<str>, echo: bool) -> bool {
+    pub(crate) fn start_joining(&mut self, name: &Arc<str>, echo: Option<bool>) -> bool {
         let already = !self.joined.insert(name.clone());
         if !already {
             self.delivered.remove(name);
@@ -136,11 +136,11 @@ impl RoomTable {
 
     /// Every joined room with its echo and the offset of the newest event
     /// delivered from it: what a reconnect rejoins and replays from.
-    pub(crate) fn rejoin_list(&self) -> Vec<(Arc<str>, bool, Option<u64>)> {
+    pub(crate) fn rejoin_list(&self) -> Vec<(Arc<str>, Option<bool>, Option<u64>)> {
         self.joined
             .iter()
             .map(|room| {
-                let echo = self.echo.get(room).copied().unwrap_or(false);
+                let echo = self.echo.get(room).copied().flatten();
                 (
                     room.clone(),
                     echo,
@@ -253,7 +253,7 @@ mod tests {
     fn a_room_counts_as_joined_before_its_reply() {
         let mut rooms = RoomTable::default();
         let name: Arc<str> = Arc::from("r");
-        assert!(!rooms.start_joining(&name, false));
+        assert!(!rooms.start_joining(&name, Some(false)));
         // The event stream names the room; its events pass before `Joined`.
         assert!(rooms.accept_reliable(&name, on(1, 4), 1));
     }
@@ -262,30 +262,36 @@ mod tests {
     fn a_fresh_join_resets_the_position_and_epochs_forget_it() {
         let mut rooms = RoomTable::default();
         let kept: Arc<str> = Arc::from("kept");
-        assert!(!rooms.start_joining(&kept, false));
+        assert!(!rooms.start_joining(&kept, Some(false)));
         assert!(
-            rooms.start_joining(&kept, true),
+            rooms.start_joining(&kept, Some(true)),
             "second join of the same room"
         );
         assert!(rooms.accept_reliable(&kept, on(1, 1), 10));
-        assert_eq!(rooms.rejoin_list(), vec![(kept.clone(), true, Some(10))]);
+        assert_eq!(
+            rooms.rejoin_list(),
+            vec![(kept.clone(), Some(true), Some(10))]
+        );
         rooms.joined.remove(&kept);
-        assert!(!rooms.start_joining(&kept, false));
+        assert!(!rooms.start_joining(&kept, Some(false)));
         assert!(
             rooms.accept_reliable(&kept, on(1, 1), 1),
             "a fresh join starts over"
         );
         rooms.settle(&kept, on(1, 1), 0, None, Recovery::Live);
-        assert_eq!(rooms.rejoin_list(), vec![(kept.clone(), false, Some(1))]);
+        assert_eq!(
+            rooms.rejoin_list(),
+            vec![(kept.clone(), Some(false), Some(1))]
+        );
         rooms.forget_positions();
-        assert_eq!(rooms.rejoin_list(), vec![(kept, false, None)]);
+        assert_eq!(rooms.rejoin_list(), vec![(kept, Some(false), None)]);
     }
 
     #[test]
     fn the_position_never_moves_back_on_one_connection() {
         let mut rooms = RoomTable::default();
         let name: Arc<str> = Arc::from("r");
-        assert!(!rooms.start_joining(&name, false));
+        assert!(!rooms.start_joining(&name, Some(false)));
         // The stream and a copy overtake the `Joined { offset: 10 }` reply.
         assert!(rooms.accept_reliable(&name, on(1, 7), 11));
         assert!(rooms.accept_copy(&name, on(1, 7), 11, 12));
@@ -309,7 +315,10 @@ mod tests {
                 reason: RecoveryFailure::UnknownPosition,
             },
         );
-        assert_eq!(rooms.rejoin_list(), vec![(name.clone(), false, Some(2))]);
+        assert_eq!(
+            rooms.rejoin_list(),
+            vec![(name.clone(), Some(false), Some(2))]
+        );
         assert!(rooms.accept_reliable(&name, on(2, 1), 3));
         // A gap the history no longer covers moves the position forward.
         rooms.settle(
@@ -321,7 +330,7 @@ mod tests {
                 reason: RecoveryFailure::HistoryTooShort,
             },
         );
-        assert_eq!(rooms.rejoin_list(), vec![(name, false, Some(50))]);
+        assert_eq!(rooms.rejoin_list(), vec![(name, Some(false), Some(50))]);
     }
 
     #[test]

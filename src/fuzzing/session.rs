@@ -508,7 +508,7 @@ fn control_frame(choices: &mut Choices<'_>) -> Frame {
         0 | 1 => Frame::Join {
             request,
             room: room_name(choices),
-            echo: choices.flag(),
+            echo: Some(choices.flag()),
             since: choices.flag().then(|| choices.number()),
         },
         2 => Frame::Leave {
@@ -550,7 +550,7 @@ fn publish_frame(last_id: &mut u64, choices: &mut Choices<'_>) -> Frame {
         1 => Frame::Join {
             request: choices.number(),
             room: room_name(choices),
-            echo: false,
+            echo: None,
             since: None,
         },
         _ => Frame::Publish {

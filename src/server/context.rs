@@ -10,6 +10,7 @@ use bytes::Bytes;
 use quinn::Connection;
 use tokio::sync::{mpsc, watch};
 
+use super::access::{Access, Identity};
 use super::backplane::Backplane;
 use super::limits::{AddressTable, Throttle, Verdict};
 use super::resume::SessionStore;
@@ -83,6 +84,22 @@ pub(crate) fn read_failure(what: &str, err: ReadFrameError) -> Option<Closing> {
     }
 }
 
+/// The answer to something the connection's token does not allow,
+/// counted.
+pub(crate) fn forbidden(
+    stats: &ServerStats,
+    request: Option<u64>,
+    room: &str,
+    action: crate::auth::Action,
+) -> Bytes {
+    stats.refused(super::stats::Refusal::forbidden(action));
+    wire::encode_framed(&Frame::Forbidden {
+        request,
+        room: room.to_string(),
+        action,
+    })
+}
+
 pub(crate) fn error_frame(request: Option<u64>, code: ErrorCode, message: String) -> Bytes {
     wire::encode_framed(&Frame::Error {
         request,
@@ -151,10 +168,12 @@ pub(crate) struct ConnectionShare {
     pub publish_rate: std::sync::Mutex<Throttle>,
     /// Bytes of partly received frames the connection's readers may hold.
     pub frame_budget: Arc<tokio::sync::Semaphore>,
+    /// Who the connection is and what it may do.
+    pub access: Access,
 }
 
 impl ConnectionShare {
-    pub fn new(control: Control, config: &ServerConfig) -> Self {
+    pub fn new(control: Control, config: &ServerConfig, identity: Identity) -> Self {
         let limits = &config.limits;
         // Never less than one whole frame and a read, or a frame of the
         // maximum size could never complete.
@@ -169,6 +188,7 @@ impl ConnectionShare {
                 std::time::Instant::now(),
             )),
             frame_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
+            access: Access::new(identity),
         }
     }
 

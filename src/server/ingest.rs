@@ -9,13 +9,14 @@ use tokio::sync::watch;
 
 use super::backplane::{Publisher, SessionId};
 use super::context::{
-    error_frame, over_rate, read_failure, stopping, unknown_id, Closing, ConnectionShare, Control,
-    SessionContext,
+    error_frame, forbidden, over_rate, read_failure, stopping, unknown_id, Closing,
+    ConnectionShare, Control, SessionContext,
 };
 use super::limits::Verdict;
 use super::resume::{Outcome, PublishLog, Seen, SessionState};
-use super::room_ids::RoomIds;
-use super::stats::{Limit, ServerStats};
+use super::room_ids::{Named, RoomIds};
+use super::stats::{Limit, Refusal, ServerStats};
+use crate::auth::{namespace_of, Action};
 use crate::sync::lock;
 use crate::wire::{self, close_code, validate_name, ErrorCode, Frame, FrameReader};
 
@@ -26,7 +27,7 @@ pub(crate) fn handle_datagram(
     ctx: &SessionContext,
     share: &ConnectionShare,
     session_state: &SessionState,
-    ids: &RoomIds,
+    ids: &mut RoomIds,
 ) -> Result<(), Closing> {
     let control = &share.control;
     let frame = wire::decode(bytes).map_err(|e| Closing {
@@ -47,12 +48,18 @@ pub(crate) fn handle_datagram(
             ack,
             pad: _,
         } => {
-            let Some(room) = ids.name(room_id) else {
+            let Some(named) = ids.named(room_id) else {
                 control.send(unknown_id(&ctx.stats, None, room_id));
                 return Ok(());
             };
+            // A copy the connection may not publish is left to its stream
+            // frame, which is answered with the refusal.
+            let grant = named.grant;
+            if !grant.allows(Action::Publish) || payload.len() > grant.max_payload {
+                return Ok(());
+            }
             publish_copy(
-                room,
+                &named.name,
                 id,
                 event,
                 payload,
@@ -71,10 +78,19 @@ pub(crate) fn handle_datagram(
             )))
         }
     };
-    let Some(room) = ids.name(room_id) else {
+    let Some(named) = ids.named(room_id) else {
         control.send(unknown_id(&ctx.stats, None, room_id));
         return Ok(());
     };
+    if let Some(refusal) = datagram_refusal(ctx, named, payload.len()) {
+        // Told once per room, counted every time.
+        if !named.told {
+            named.told = true;
+            control.send(refusal);
+        }
+        return Ok(());
+    }
+    let room = &named.name;
     match share.check_publish(&ctx.stats) {
         Verdict::Allow => {}
         verdict => {
@@ -109,6 +125,42 @@ pub(crate) fn handle_datagram(
         }
     }
     Ok(())
+}
+
+/// Why a datagram to a room is refused (the reply to send), if it is: the
+/// connection may not publish there, the namespace takes no datagrams, or
+/// the payload is over the namespace's maximum. Counted.
+fn datagram_refusal(ctx: &SessionContext, named: &Named, payload: usize) -> Option<Bytes> {
+    let grant = &named.grant;
+    let room = &named.name;
+    if !grant.allows(Action::Publish) {
+        return Some(forbidden(&ctx.stats, None, room, Action::Publish));
+    }
+    if !grant.datagrams {
+        ctx.stats.refused(Refusal::DatagramsDisabled);
+        let message = format!(
+            "room {room}: namespace '{}' takes no datagrams",
+            namespace_of(room)
+        );
+        return Some(error_frame(None, ErrorCode::DatagramsDisabled, message));
+    }
+    if payload > grant.max_payload {
+        ctx.stats.refused(Refusal::PayloadTooLarge);
+        return Some(error_frame(
+            None,
+            ErrorCode::TooLarge,
+            payload_message(room, payload, grant.max_payload),
+        ));
+    }
+    None
+}
+
+/// The refusal of a payload over its namespace's maximum.
+fn payload_message(room: &str, payload: usize, max: usize) -> String {
+    format!(
+        "room {room}: payload of {payload} bytes is over namespace '{}''s maximum of {max} bytes",
+        namespace_of(room)
+    )
 }
 
 /// Publishes the datagram copy of a stream publish, if it is the next one
@@ -226,6 +278,10 @@ pub(crate) async fn read_publish_stream(
         closing.apply(&conn, &ctx.stats);
         return;
     }
+    // What the connection may do in the room, computed again when its
+    // token is refreshed.
+    let namespaces = &ctx.config.namespaces;
+    let (mut grant, mut generation) = share.access.grant(&room, namespaces);
     let mut reported = 0;
     loop {
         let frame = tokio::select! {
@@ -256,8 +312,32 @@ pub(crate) async fn read_publish_stream(
         } else {
             lock(&log).claim(id)
         };
-        let (outcome, message) = match seen {
-            Seen::New => match share.check_publish(&ctx.stats) {
+        if share.access.generation() != generation {
+            (grant, generation) = share.access.grant(&room, namespaces);
+        }
+        // Refusals are recorded like outcomes, so a retry is answered the
+        // same and nothing after it is published out of order.
+        let refused = match seen {
+            Seen::Duplicate(_) => None,
+            Seen::New if !grant.allows(Action::Publish) => {
+                ctx.stats.refused(Refusal::Publish);
+                Some((ErrorCode::Forbidden, None))
+            }
+            Seen::New if payload.len() > grant.max_payload => {
+                ctx.stats.refused(Refusal::PayloadTooLarge);
+                let message = payload_message(&room, payload.len(), grant.max_payload);
+                Some((ErrorCode::TooLarge, Some(message)))
+            }
+            Seen::New => None,
+        };
+        let (outcome, message) = match (seen, refused) {
+            (Seen::New, Some((code, message))) => {
+                if id != 0 {
+                    lock(&log).record(id, Err(code));
+                }
+                (Err(code), message)
+            }
+            (Seen::New, None) => match share.check_publish(&ctx.stats) {
                 Verdict::Allow => {
                     let publisher = Publisher {
                         session: session_state.key(),
@@ -299,13 +379,18 @@ pub(crate) async fn read_publish_stream(
                     return closing.apply(&conn, &ctx.stats);
                 }
             },
-            Seen::Duplicate(outcome) => {
+            (Seen::Duplicate(outcome), _) => {
                 ctx.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
                 (outcome.unwrap_or(Err(ErrorCode::Duplicate)), None)
             }
         };
         let reply = match outcome {
             Ok(offset) => ack.map(|request| wire::encode_framed(&Frame::Ack { request, offset })),
+            Err(ErrorCode::Forbidden) => Some(wire::encode_framed(&Frame::Forbidden {
+                request: ack,
+                room: room.clone(),
+                action: Action::Publish,
+            })),
             Err(code) => {
                 let message = message.unwrap_or_else(|| format!("publish {id}: {code}"));
                 Some(error_frame(ack, code, message))

@@ -10,6 +10,7 @@
 //! Shutdown follows mini-redis: a broadcast (`watch`) tells every session to
 //! drain, and a drop-guard channel closes when the last one has finished.
 
+mod access;
 pub mod backplane;
 mod context;
 pub mod history;
@@ -45,7 +46,7 @@ pub use namespaces::{Namespace, NamespaceError, NamespaceSettings, Namespaces};
 pub use outbound::DatagramRing;
 pub use session::MAX_HELLO;
 pub use session_journal::{FileJournal, SessionJournal, StoredSession};
-pub use stats::{Limit, ServerStats, StatsSnapshot};
+pub use stats::{Limit, Refusal, ServerStats, StatsSnapshot};
 
 use crate::certs::DevCerts;
 use crate::sync::lock;

@@ -216,6 +216,9 @@ pub struct SessionState {
     token: Mutex<String>,
     /// Names the session in stored events; never sent to anyone.
     key: u64,
+    /// The token's `sub` of the connection that began the session: only a
+    /// connection of the same user may resume it.
+    user: Option<String>,
     /// Loaded from the journal after a restart: its publish logs must be
     /// learned from history.
     restored: bool,
@@ -282,10 +285,17 @@ impl SessionState {
         self.entries.used()
     }
 
-    fn new(token: String, key: u64, restored: bool, log_limits: LogLimits) -> Self {
+    fn new(
+        token: String,
+        key: u64,
+        user: Option<String>,
+        restored: bool,
+        log_limits: LogLimits,
+    ) -> Self {
         SessionState {
             token: Mutex::new(token),
             key,
+            user,
             restored,
             checkpoints: HashMap::new(),
             logs: Mutex::new(HashMap::new()),
@@ -344,7 +354,7 @@ impl SessionStore {
         {
             let sessions = store.sessions.get_mut().unwrap_or_else(|e| e.into_inner());
             for s in stored {
-                let mut state = SessionState::new(s.token.clone(), s.key, true, log_limits);
+                let mut state = SessionState::new(s.token.clone(), s.key, s.user, true, log_limits);
                 state.checkpoints = s.progress.into_iter().collect();
                 lock(&state.attachment).parked_until = Some(now + window);
                 sessions.insert(s.token, Arc::new(state));
@@ -401,6 +411,7 @@ impl SessionStore {
     pub fn attach(
         &self,
         resume: Option<&Resume>,
+        user: Option<&str>,
         epoch: u64,
         close: impl FnOnce() + Send + 'static,
         now: Instant,
@@ -415,8 +426,18 @@ impl SessionStore {
                     reason: RecoveryFailure::EpochChanged,
                 },
             ),
-            Some(r) => match sessions.remove(&r.token) {
+            Some(r) => match sessions.get(&r.token) {
+                // Someone else's session (a token copied from another
+                // user's client) stays theirs, untouched.
+                Some(state) if state.user.as_deref() != user => (
+                    None,
+                    ResumeOutcome::NotResumed {
+                        reason: RecoveryFailure::AnotherUser,
+                    },
+                ),
                 Some(state) => {
+                    let state = state.clone();
+                    sessions.remove(&r.token);
                     // A token resumes once: whoever holds the old one (a
                     // thief, or a client that lost the race) is refused.
                     let token = new_token();
@@ -439,11 +460,19 @@ impl SessionStore {
         };
         let state = state.unwrap_or_else(|| {
             let key = rand::random::<u64>().max(1);
-            let state = Arc::new(SessionState::new(new_token(), key, false, self.log_limits));
+            let user = user.map(str::to_string);
+            let state = Arc::new(SessionState::new(
+                new_token(),
+                key,
+                user.clone(),
+                false,
+                self.log_limits,
+            ));
             if let Some(journal) = &self.journal {
                 let stored = StoredSession {
                     key,
                     token: state.token(),
+                    user,
                     progress: Vec::new(),
                 };
                 // Without the record the session only cannot outlive a
@@ -594,7 +623,7 @@ mod tests {
             Vec::new(),
             t0,
         );
-        let first = store.attach(None, EPOCH, || {}, t0);
+        let first = store.attach(None, None, EPOCH, || {}, t0);
         for id in 1..=3 {
             first
                 .state
@@ -618,6 +647,7 @@ mod tests {
         let stored = StoredSession {
             key,
             token: first.state.token().to_string(),
+            user: None,
             progress: vec![("r".to_string(), 3)],
         };
         let restarted = SessionStore::durable(
@@ -628,7 +658,13 @@ mod tests {
             vec![stored],
             t0,
         );
-        let again = restarted.attach(Some(&resume(&first.state.token(), EPOCH)), EPOCH, || {}, t0);
+        let again = restarted.attach(
+            Some(&resume(&first.state.token(), EPOCH)),
+            None,
+            EPOCH,
+            || {},
+            t0,
+        );
         assert_eq!(again.outcome, ResumeOutcome::Resumed);
         let log = again.state.log("r").unwrap();
         let mut log = log.lock().unwrap();
@@ -672,7 +708,7 @@ mod tests {
     fn a_dropped_session_resumes_within_the_window_and_keeps_its_log() {
         let store = SessionStore::new(Duration::from_secs(120), 100, LOGS);
         let t0 = Instant::now();
-        let first = store.attach(None, EPOCH, || {}, t0);
+        let first = store.attach(None, None, EPOCH, || {}, t0);
         assert_eq!(first.outcome, ResumeOutcome::New);
         first
             .state
@@ -685,7 +721,7 @@ mod tests {
         store.detach(&first, false, t0);
 
         let later = t0 + Duration::from_secs(60);
-        let again = store.attach(Some(&resume(&token, EPOCH)), EPOCH, || {}, later);
+        let again = store.attach(Some(&resume(&token, EPOCH)), None, EPOCH, || {}, later);
         assert_eq!(again.outcome, ResumeOutcome::Resumed);
         assert_eq!(
             again.state.log("r").unwrap().lock().unwrap().check(1),
@@ -695,7 +731,7 @@ mod tests {
         let rotated = again.state.token();
         assert_ne!(rotated, token);
         store.detach(&again, false, later);
-        let stolen = store.attach(Some(&resume(&token, EPOCH)), EPOCH, || {}, later);
+        let stolen = store.attach(Some(&resume(&token, EPOCH)), None, EPOCH, || {}, later);
         assert_eq!(
             stolen.outcome,
             ResumeOutcome::NotResumed {
@@ -703,9 +739,39 @@ mod tests {
             }
         );
         assert_ne!(stolen.state.key(), again.state.key(), "a new session");
-        let owner = store.attach(Some(&resume(&rotated, EPOCH)), EPOCH, || {}, later);
+        let owner = store.attach(Some(&resume(&rotated, EPOCH)), None, EPOCH, || {}, later);
         assert_eq!(owner.outcome, ResumeOutcome::Resumed);
         assert_eq!(owner.state.key(), again.state.key());
+    }
+
+    #[test]
+    fn only_the_user_who_began_a_session_resumes_it() {
+        let store = SessionStore::new(Duration::from_secs(120), 100, LOGS);
+        let t0 = Instant::now();
+        let alice = store.attach(None, Some("alice"), EPOCH, || {}, t0);
+        let token = alice.state.token();
+        store.detach(&alice, false, t0);
+        for thief in [Some("mallory"), None] {
+            let tried = store.attach(Some(&resume(&token, EPOCH)), thief, EPOCH, || {}, t0);
+            assert_eq!(
+                tried.outcome,
+                ResumeOutcome::NotResumed {
+                    reason: RecoveryFailure::AnotherUser
+                }
+            );
+            assert_ne!(tried.state.key(), alice.state.key());
+            store.detach(&tried, true, t0);
+        }
+        // The refusals left the session and its token as they were.
+        let again = store.attach(
+            Some(&resume(&token, EPOCH)),
+            Some("alice"),
+            EPOCH,
+            || {},
+            t0,
+        );
+        assert_eq!(again.outcome, ResumeOutcome::Resumed);
+        assert_eq!(again.state.key(), alice.state.key());
     }
 
     #[test]
@@ -713,7 +779,7 @@ mod tests {
     {
         let store = SessionStore::new(Duration::from_secs(120), 100, LOGS);
         let t0 = Instant::now();
-        let s = store.attach(None, EPOCH, || {}, t0);
+        let s = store.attach(None, None, EPOCH, || {}, t0);
         let logs: Vec<_> = (0..LOGS.rooms)
             .map(|r| s.state.log(&format!("r{r}")).unwrap())
             .collect();
@@ -749,11 +815,11 @@ mod tests {
     fn expired_unknown_and_other_epoch_tokens_start_new_sessions() {
         let store = SessionStore::new(Duration::from_secs(10), 100, LOGS);
         let t0 = Instant::now();
-        let first = store.attach(None, EPOCH, || {}, t0);
+        let first = store.attach(None, None, EPOCH, || {}, t0);
         let token = first.state.token().to_string();
         store.detach(&first, false, t0);
         let late = t0 + Duration::from_secs(11);
-        let expired = store.attach(Some(&resume(&token, EPOCH)), EPOCH, || {}, late);
+        let expired = store.attach(Some(&resume(&token, EPOCH)), None, EPOCH, || {}, late);
         assert_eq!(
             expired.outcome,
             ResumeOutcome::NotResumed {
@@ -761,7 +827,7 @@ mod tests {
             }
         );
         assert_ne!(expired.state.token(), token);
-        let other = store.attach(Some(&resume("x", EPOCH + 1)), EPOCH, || {}, late);
+        let other = store.attach(Some(&resume("x", EPOCH + 1)), None, EPOCH, || {}, late);
         assert_eq!(
             other.outcome,
             ResumeOutcome::NotResumed {
@@ -776,10 +842,16 @@ mod tests {
         let t0 = Instant::now();
         let closed = Arc::new(AtomicBool::new(false));
         let flag = closed.clone();
-        let first = store.attach(None, EPOCH, move || flag.store(true, Ordering::SeqCst), t0);
+        let first = store.attach(
+            None,
+            None,
+            EPOCH,
+            move || flag.store(true, Ordering::SeqCst),
+            t0,
+        );
         let token = first.state.token().to_string();
         // The client reconnects before the server noticed the old connection died.
-        let second = store.attach(Some(&resume(&token, EPOCH)), EPOCH, || {}, t0);
+        let second = store.attach(Some(&resume(&token, EPOCH)), None, EPOCH, || {}, t0);
         assert_eq!(second.outcome, ResumeOutcome::Resumed);
         assert!(closed.load(Ordering::SeqCst), "old connection closed");
         // The old connection's end changes nothing now.
@@ -794,7 +866,7 @@ mod tests {
         let store = SessionStore::new(Duration::from_secs(120), 3, LOGS);
         let t0 = Instant::now();
         for i in 0..10 {
-            let s = store.attach(None, EPOCH, || {}, t0 + Duration::from_secs(i));
+            let s = store.attach(None, None, EPOCH, || {}, t0 + Duration::from_secs(i));
             store.detach(&s, false, t0 + Duration::from_secs(i));
         }
         assert!(store.len() <= 3, "{}", store.len());

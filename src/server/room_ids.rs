@@ -6,10 +6,14 @@
 //! no id can be guessed into a room the connection never named, and ids
 //! never outlive the connection they were given on (a client resolves
 //! names again after every reconnect).
+//!
+//! Each id keeps what the connection may do in its room ([`RoomGrant`]),
+//! so a datagram's permission check is part of the id lookup.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::access::RoomGrant;
 use crate::wire::RoomId;
 
 /// Most room names one connection may hold ids for.
@@ -18,7 +22,7 @@ pub const MAX_ROOM_IDS: usize = 65_536;
 /// The ids handed out on one connection. Owned by its session task.
 pub(crate) struct RoomIds {
     by_name: HashMap<Arc<str>, RoomId>,
-    names: HashMap<RoomId, Arc<str>>,
+    names: HashMap<RoomId, Named>,
     next: RoomId,
     max: usize,
 }
@@ -27,6 +31,16 @@ impl Default for RoomIds {
     fn default() -> Self {
         RoomIds::with_max(MAX_ROOM_IDS)
     }
+}
+
+/// A room as one connection named it.
+#[derive(Debug, Clone)]
+pub(crate) struct Named {
+    pub name: Arc<str>,
+    pub grant: RoomGrant,
+    /// The client was told once that a datagram to this room was refused;
+    /// later refusals are counted, not repeated.
+    pub told: bool,
 }
 
 /// The connection already holds ids for its maximum of rooms.
@@ -50,8 +64,12 @@ impl RoomIds {
     }
 
     /// The id of room `name` on this connection, handing out the next one
-    /// the first time; with the name as the connection keeps it.
-    pub fn id_for(&mut self, name: &str) -> Result<(RoomId, Arc<str>), TooManyIds> {
+    /// the first time (with `grant`); with the name as the connection keeps it.
+    pub fn id_for(
+        &mut self,
+        name: &str,
+        grant: RoomGrant,
+    ) -> Result<(RoomId, Arc<str>), TooManyIds> {
         if let Some((name, id)) = self.by_name.get_key_value(name) {
             return Ok((*id, name.clone()));
         }
@@ -63,13 +81,31 @@ impl RoomIds {
         let id = self.next;
         let name: Arc<str> = Arc::from(name);
         self.by_name.insert(name.clone(), id);
-        self.names.insert(id, name.clone());
+        let named = Named {
+            name: name.clone(),
+            grant,
+            told: false,
+        };
+        self.names.insert(id, named);
         Ok((id, name))
     }
 
     /// The room an id names on this connection, if it was handed out here.
     pub fn name(&self, id: RoomId) -> Option<&Arc<str>> {
-        self.names.get(&id)
+        self.names.get(&id).map(|named| &named.name)
+    }
+
+    /// The room an id names, with its grant.
+    pub fn named(&mut self, id: RoomId) -> Option<&mut Named> {
+        self.names.get_mut(&id)
+    }
+
+    /// Computes every room's grant again (the connection's token changed).
+    pub fn regrant(&mut self, mut grant: impl FnMut(&str) -> RoomGrant) {
+        for named in self.names.values_mut() {
+            named.grant = grant(&named.name);
+            named.told = false;
+        }
     }
 }
 
@@ -77,14 +113,25 @@ impl RoomIds {
 mod tests {
     use super::*;
 
+    const GRANT: RoomGrant = RoomGrant {
+        allowed: crate::auth::Allowed::ALL,
+        datagrams: true,
+        max_payload: usize::MAX,
+        echo: None,
+    };
+
     #[test]
     fn ids_are_per_name_stable_and_only_those_handed_out_are_known() {
         let mut ids = RoomIds::default();
-        let (a, _) = ids.id_for("a").unwrap();
-        let (b, name) = ids.id_for("b").unwrap();
+        let (a, _) = ids.id_for("a", GRANT).unwrap();
+        let (b, name) = ids.id_for("b", GRANT).unwrap();
         assert_ne!(a, b);
         assert_eq!(&*name, "b");
-        assert_eq!(ids.id_for("a").unwrap().0, a, "the same name keeps its id");
+        assert_eq!(
+            ids.id_for("a", GRANT).unwrap().0,
+            a,
+            "the same name keeps its id"
+        );
         assert_eq!(ids.name(b).map(|n| &**n), Some("b"));
         assert_eq!(ids.name(0), None);
         assert_eq!(ids.name(b + 1), None, "an id never handed out");
@@ -96,9 +143,9 @@ mod tests {
     fn the_table_is_bounded() {
         let mut ids = RoomIds::default();
         for i in 0..MAX_ROOM_IDS {
-            ids.id_for(&i.to_string()).unwrap();
+            ids.id_for(&i.to_string(), GRANT).unwrap();
         }
-        assert_eq!(ids.id_for("one more"), Err(TooManyIds));
-        assert!(ids.id_for("0").is_ok(), "known names still resolve");
+        assert_eq!(ids.id_for("one more", GRANT), Err(TooManyIds));
+        assert!(ids.id_for("0", GRANT).is_ok(), "known names still resolve");
     }
 }

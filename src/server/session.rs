@@ -15,12 +15,13 @@ use bytes::Bytes;
 use quinn::{Connection, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout, timeout_at, Duration, Instant};
 
+use super::access::{self, Identity, RoomGrant};
 use super::backplane::{BackplaneError, SessionId};
 use super::context::{
-    error_frame, over_rate, read_failure, stopping, unknown_id, Closing, ConnectionShare, Control,
-    Ending, SessionContext, CONTROL_QUEUE,
+    error_frame, forbidden, over_rate, read_failure, stopping, unknown_id, Closing,
+    ConnectionShare, Control, Ending, SessionContext, CONTROL_QUEUE,
 };
 use super::ingest::{handle_datagram, read_publish_stream};
 use super::limits::{Throttle, Verdict};
@@ -29,11 +30,13 @@ use super::outbound::{
 };
 use super::resume::Attached;
 use super::room_ids::RoomIds;
-use super::stats::Limit;
+use super::stats::{Limit, Refusal};
+use crate::auth::token::unix_now;
+use crate::auth::Action;
 use crate::sync::lock;
 use crate::wire::{
-    self, close_code, validate_name, ErrorCode, Frame, FrameReader, Recovery, RoomId,
-    PROTOCOL_VERSION,
+    self, close_code, validate_name, ErrorCode, Frame, FrameReader, Recovery, RecoveryFailure,
+    ResumeOutcome, RoomId, PROTOCOL_VERSION,
 };
 
 /// Largest `Hello` accepted, in bytes: room for a signed token, a resume
@@ -47,7 +50,7 @@ pub(crate) async fn run(
     ctx: Arc<SessionContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (control_send, mut control_reader, attached, copies) =
+    let (control_send, mut control_reader, attached, copies, identity) =
         match handshake(&conn, session, &ctx).await {
             Ok(streams) => streams,
             Err(Ending::Close(closing)) => return closing.apply(&conn, &ctx.stats),
@@ -56,7 +59,8 @@ pub(crate) async fn run(
 
     let (control_tx, control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
     let control = Control::new(control_tx, conn.clone(), ctx.stats.clone());
-    let share = Arc::new(ConnectionShare::new(control.clone(), &ctx.config));
+    let expires = identity.expires();
+    let share = Arc::new(ConnectionShare::new(control.clone(), &ctx.config, identity));
     control_reader.set_frame_timeout(ctx.config.limits.frame_timeout);
     control_reader.set_budget(share.frame_budget.clone());
     let control_writer = tokio::spawn(write_control(control_send, control_rx));
@@ -82,7 +86,13 @@ pub(crate) async fn run(
         writers: JoinSet::new(),
         datagrams: &datagrams,
         copies,
+        share: &share,
+        expires,
     };
+    // When the token expires (far away without one); moved by a `Refresh`.
+    let mut expiry_at = rooms.expiry_deadline();
+    let expiry = tokio::time::sleep_until(expiry_at);
+    tokio::pin!(expiry);
 
     let draining = loop {
         // Reap finished tasks so a long session does not accumulate them.
@@ -100,6 +110,10 @@ pub(crate) async fn run(
                     if let Ending::Close(closing) = ending { closing.apply(&conn, &ctx.stats); }
                     break false;
                 }
+                if rooms.expiry_deadline() != expiry_at {
+                    expiry_at = rooms.expiry_deadline();
+                    expiry.as_mut().reset(expiry_at);
+                }
                 // A join or resolve can be work (a room created, a replay
                 // started): let the other connections run between them, so
                 // one connection's flood of requests cannot starve them.
@@ -112,9 +126,19 @@ pub(crate) async fn run(
                 }
                 Err(_) => break false,
             },
+            () = &mut expiry => {
+                ctx.stats.refused(Refusal::ExpiredLive);
+                let at = rooms.expires.unwrap_or_default();
+                Closing {
+                    code: close_code::TOKEN_EXPIRED,
+                    reason: format!("token expired at {at} (Unix time) and was not refreshed"),
+                }
+                .apply(&conn, &ctx.stats);
+                break false;
+            }
             datagram = conn.read_datagram() => match datagram {
                 Ok(bytes) => {
-                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &share, &attached.state, &rooms.ids) {
+                    if let Err(closing) = handle_datagram(&bytes, session, &ctx, &share, &attached.state, &mut rooms.ids) {
                         closing.apply(&conn, &ctx.stats);
                         break false;
                     }
@@ -194,7 +218,7 @@ async fn handshake(
     conn: &Connection,
     session: SessionId,
     ctx: &SessionContext,
-) -> Result<(SendStream, FrameReader, Attached, bool), Ending> {
+) -> Result<(SendStream, FrameReader, Attached, bool, Identity), Ending> {
     let hello = async {
         let (send, recv) = conn.accept_bi().await.map_err(|_| Ending::Gone)?;
         // Nobody is known yet: a `Hello` gets a few KiB, not the full frame
@@ -235,36 +259,25 @@ async fn handshake(
             }
         };
 
-    let refusal = if version != PROTOCOL_VERSION {
-        Some((
+    let admitted = if version != PROTOCOL_VERSION {
+        Err((
             ErrorCode::UnsupportedVersion,
             close_code::UNSUPPORTED_VERSION,
             format!("client speaks protocol version {version}, server speaks {PROTOCOL_VERSION}"),
         ))
     } else {
-        check_token(conn, ctx, token.as_deref())
-            .map(|reason| (ErrorCode::Unauthorized, close_code::UNAUTHORIZED, reason))
+        admit(conn, ctx, token.as_deref())
+            .map_err(|(code, reason)| (code, close_code::UNAUTHORIZED, reason))
     };
-    if let Some((code, close, reason)) = refusal {
-        let reject = wire::encode_framed(&Frame::Reject {
-            code,
-            reason: reason.clone(),
-            server_version: PROTOCOL_VERSION,
-        });
-        // Give the Reject a moment to arrive before the close overtakes it;
-        // the close reason repeats it in case it does not.
-        if send.write_all(&reject).await.is_ok() && send.finish().is_ok() {
-            let _ = timeout(ctx.config.handshake_timeout, send.stopped()).await;
-        }
-        return Err(Ending::Close(Closing {
-            code: close,
-            reason,
-        }));
-    }
+    let identity = match admitted {
+        Ok(identity) => identity,
+        Err(refusal) => return Err(reject(send, ctx, refusal).await),
+    };
 
     let taken_over = conn.clone();
     let attached = ctx.sessions.attach(
         resume.as_ref(),
+        identity.user(),
         ctx.backplane.epoch(),
         move || {
             taken_over.close(
@@ -274,6 +287,12 @@ async fn handshake(
         },
         std::time::Instant::now(),
     );
+    if let ResumeOutcome::NotResumed {
+        reason: RecoveryFailure::AnotherUser,
+    } = attached.outcome
+    {
+        ctx.stats.refused(Refusal::AnotherUser);
+    }
     let max_datagram_payload = conn.max_datagram_size().unwrap_or(0) as u32;
     let welcome = wire::encode_framed(&Frame::Welcome {
         session_id: session.connection,
@@ -288,29 +307,72 @@ async fn handshake(
             .detach(&attached, false, std::time::Instant::now());
         return Err(Ending::Gone);
     }
-    tracing::debug!(%session, client = %client_name, addr = %conn.remote_address(), resumed = ?attached.outcome, "session started");
-    Ok((send, reader, attached, copies))
+    tracing::debug!(%session, client = %client_name, user = ?identity.user(), addr = %conn.remote_address(), resumed = ?attached.outcome, "session started");
+    Ok((send, reader, attached, copies, identity))
 }
 
-/// Checks `Hello`'s token against the server's, if it has one: `None` when
-/// it may go on, else why not. The comparison takes the same time however
-/// much of the token is right, and an address that fails too often is
-/// refused without its token being looked at.
-fn check_token(conn: &Connection, ctx: &SessionContext, given: Option<&str>) -> Option<String> {
+/// Sends `Reject` and gives it a moment to arrive before the close
+/// overtakes it; the close reason repeats it in case it does not.
+async fn reject(
+    mut send: SendStream,
+    ctx: &SessionContext,
+    (code, close, reason): (ErrorCode, u32, String),
+) -> Ending {
+    let reject = wire::encode_framed(&Frame::Reject {
+        code,
+        reason: reason.clone(),
+        server_version: PROTOCOL_VERSION,
+    });
+    if send.write_all(&reject).await.is_ok() && send.finish().is_ok() {
+        let _ = timeout(ctx.config.handshake_timeout, send.stopped()).await;
+    }
+    Ending::Close(Closing {
+        code: close,
+        reason,
+    })
+}
+
+/// Checks `Hello`'s token: a signed token (or none, if anonymous clients
+/// are allowed), or the server's shared token; who the connection is, or
+/// why not. An address that fails too often is refused without its token
+/// being looked at. A shared token is compared in constant time.
+fn admit(
+    conn: &Connection,
+    ctx: &SessionContext,
+    given: Option<&str>,
+) -> Result<Identity, (ErrorCode, String)> {
     use subtle::ConstantTimeEq;
-    let expected = ctx.config.token.as_deref()?;
+    let verifier = ctx.config.auth.verifier.as_ref();
+    if verifier.is_none() && ctx.config.token.is_none() {
+        return Ok(Identity::Open);
+    }
     let ip = conn.remote_address().ip();
     let now = std::time::Instant::now();
     if !lock(&ctx.addresses).may_try_token(ip, now) {
         ctx.stats.limit_hit(Limit::FailedHellos);
-        return Some("too many failed attempts from this address; try again later".into());
+        return Err((
+            ErrorCode::Unauthorized,
+            "too many failed attempts from this address; try again later".into(),
+        ));
     }
+    if let Some(verifier) = verifier {
+        return access::authenticate(&ctx.config.auth, verifier, given, unix_now()).map_err(
+            |refused| {
+                ctx.stats.refused(refused.refusal);
+                if refused.is_guess() {
+                    lock(&ctx.addresses).failed_hello(ip, now);
+                }
+                (refused.code, refused.reason)
+            },
+        );
+    }
+    let expected = ctx.config.token.as_deref().unwrap_or_default();
     let given = given.unwrap_or_default().as_bytes();
     if bool::from(given.ct_eq(expected.as_bytes())) {
-        return None;
+        return Ok(Identity::Open);
     }
     lock(&ctx.addresses).failed_hello(ip, now);
-    Some("missing or wrong token".into())
+    Err((ErrorCode::Unauthorized, "missing or wrong token".into()))
 }
 
 /// The request id of a client control frame.
@@ -319,6 +381,7 @@ fn request_of(frame: &Frame) -> Option<u64> {
         Frame::Join { request, .. }
         | Frame::Leave { request, .. }
         | Frame::Ping { request }
+        | Frame::Refresh { request, .. }
         | Frame::Resolve { request, .. } => Some(*request),
         _ => None,
     }
@@ -341,9 +404,93 @@ struct Rooms<'a> {
     control_rate: Throttle,
     /// Bytes of reliable events queued for the connection, all rooms.
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// What the connection's tasks share (its access among it).
+    share: &'a Arc<ConnectionShare>,
+    /// When the connection's token expires (seconds since the Unix epoch).
+    expires: Option<u64>,
 }
 
 impl Rooms<'_> {
+    /// When the connection must close unless its token is refreshed.
+    fn expiry_deadline(&self) -> Instant {
+        // Far enough to mean never, near enough not to overflow.
+        let never = Duration::from_secs(100 * 365 * 24 * 3600);
+        let left = match self.expires {
+            Some(expires) => access::until(expires, self.leeway()),
+            None => never,
+        };
+        Instant::now() + left
+    }
+
+    fn leeway(&self) -> u64 {
+        self.ctx
+            .config
+            .auth
+            .verifier
+            .as_ref()
+            .map_or(0, |v| v.leeway())
+    }
+
+    /// What the connection may do in `room` now.
+    fn grant(&self, room: &str) -> RoomGrant {
+        self.share.access.grant(room, &self.ctx.config.namespaces).0
+    }
+
+    /// A new token for the connection: same user, new expiry, and new
+    /// permissions, which apply at once (joined rooms it may no longer
+    /// subscribe to are left, and the client told).
+    fn refresh(&mut self, request: u64, token: &str, control: &Control) -> Bytes {
+        let stats = &self.ctx.stats;
+        let Some(verifier) = self.ctx.config.auth.verifier.as_ref() else {
+            let message = "this server does not use signed tokens: nothing to refresh".into();
+            return error_frame(Some(request), ErrorCode::InvalidToken, message);
+        };
+        let identity = match access::verify(verifier, token, unix_now()) {
+            Ok(identity) => identity,
+            Err(refused) => {
+                stats.refused(refused.refusal);
+                return error_frame(Some(request), refused.code, refused.reason);
+            }
+        };
+        let current = self.share.access.identity();
+        if identity.user() != current.user() || current.user().is_none() {
+            stats.refused(Refusal::TokenInvalid);
+            let message = match current.user() {
+                Some(user) => format!(
+                    "invalid token: a refresh must be for the same user ({user}), not {}",
+                    identity.user().unwrap_or_default()
+                ),
+                None => {
+                    "invalid token: an anonymous connection cannot take a token; reconnect with it"
+                        .into()
+                }
+            };
+            return error_frame(Some(request), ErrorCode::InvalidToken, message);
+        }
+        let expires = identity.expires();
+        self.share.access.replace(identity);
+        self.expires = expires;
+        let namespaces = &self.ctx.config.namespaces;
+        let access = &self.share.access;
+        self.ids.regrant(|room| access.grant(room, namespaces).0);
+        let revoked: Vec<Arc<str>> = self
+            .joined
+            .keys()
+            .filter(|room| !self.grant(room).allows(Action::Subscribe))
+            .cloned()
+            .collect();
+        for room in revoked {
+            self.joined.remove(&room);
+            self.ctx.backplane.unsubscribe(&room, self.session);
+            lock(&self.ctx.addresses).leave_rooms(self.conn.remote_address().ip(), 1);
+            control.send(forbidden(stats, None, &room, Action::Subscribe));
+        }
+        wire::encode_framed(&Frame::Refreshed {
+            request,
+            expires: expires.unwrap_or(0),
+        })
+    }
+
     async fn handle_control(&mut self, frame: Frame, control: &Control) -> Result<(), Ending> {
         if let Some(request) = request_of(&frame) {
             match self.control_rate.check(std::time::Instant::now()) {
@@ -372,10 +519,8 @@ impl Rooms<'_> {
             } => self.join(request, &room, echo, since).await,
             Frame::Leave { request, room_id } => self.leave(request, room_id),
             Frame::Ping { request } => wire::encode_framed(&Frame::Pong { request }),
-            Frame::Resolve { request, room } => match self.name(&room) {
-                Ok((room_id, _)) => wire::encode_framed(&Frame::Resolved { request, room_id }),
-                Err((code, message)) => error_frame(Some(request), code, message),
-            },
+            Frame::Resolve { request, room } => self.resolve(request, &room),
+            Frame::Refresh { request, token } => self.refresh(request, &token, control),
             other => {
                 return Err(Ending::Close(Closing::violation(format!(
                     "{} is not a client control frame",
@@ -390,15 +535,36 @@ impl Rooms<'_> {
         }
     }
 
-    /// Validates a room name, makes sure the room exists, and hands out
-    /// this connection's id for it.
-    fn name(&mut self, room: &str) -> Result<(RoomId, Arc<str>), (ErrorCode, String)> {
-        validate_name("room", room).map_err(|m| (ErrorCode::InvalidName, m))?;
+    /// Hands out the room's id, to publish datagrams with: only for rooms
+    /// the connection may publish to, so a publisher learns of a refusal
+    /// here, not from a datagram dropped later (and a room it may not
+    /// publish to is not created for it).
+    fn resolve(&mut self, request: u64, room: &str) -> Bytes {
+        if let Err(message) = validate_name("room", room) {
+            return error_frame(Some(request), ErrorCode::InvalidName, message);
+        }
+        let grant = self.grant(room);
+        if !grant.allows(Action::Publish) {
+            return forbidden(&self.ctx.stats, Some(request), room, Action::Publish);
+        }
+        match self.name(room, grant) {
+            Ok((room_id, _)) => wire::encode_framed(&Frame::Resolved { request, room_id }),
+            Err((code, message)) => error_frame(Some(request), code, message),
+        }
+    }
+
+    /// Makes sure a (valid) room exists, and hands out this connection's
+    /// id for it, with its grant.
+    fn name(
+        &mut self,
+        room: &str,
+        grant: RoomGrant,
+    ) -> Result<(RoomId, Arc<str>), (ErrorCode, String)> {
         self.ctx
             .backplane
             .open(room)
             .map_err(|e| (e.code(), e.to_string()))?;
-        self.ids.id_for(room).map_err(|_| {
+        self.ids.id_for(room, grant).map_err(|_| {
             self.ctx.stats.limit_hit(Limit::RoomNames);
             (
                 ErrorCode::LimitReached,
@@ -428,14 +594,39 @@ impl Rooms<'_> {
         }
     }
 
-    async fn join(&mut self, request: u64, room: &str, echo: bool, since: Option<u64>) -> Bytes {
+    async fn join(
+        &mut self,
+        request: u64,
+        room: &str,
+        echo: Option<bool>,
+        since: Option<u64>,
+    ) -> Bytes {
+        if let Err(message) = validate_name("room", room) {
+            return error_frame(Some(request), ErrorCode::InvalidName, message);
+        }
+        // Checked before the room is named: a room the connection may not
+        // join is not created for it.
+        let grant = self.grant(room);
+        if !grant.allows(Action::Subscribe) {
+            return forbidden(&self.ctx.stats, Some(request), room, Action::Subscribe);
+        }
+        // Without the history permission, a join with a position joins live
+        // and its answer says why nothing was replayed.
+        let history_refused = since.is_some() && !grant.allows(Action::History);
+        let since = if history_refused {
+            self.ctx.stats.refused(Refusal::History);
+            None
+        } else {
+            since
+        };
+        let echo = echo.or(grant.echo).unwrap_or(false);
         let max = self.ctx.config.limits.rooms_joined;
         if self.joined.len() >= max && !self.joined.contains_key(room) {
             self.ctx.stats.limit_hit(Limit::RoomsJoined);
             let message = format!("this connection already has its maximum of {max} rooms joined");
             return error_frame(Some(request), ErrorCode::LimitReached, message);
         }
-        let (room_id, name) = match self.name(room) {
+        let (room_id, name) = match self.name(room, grant) {
             Ok(named) => named,
             Err((code, message)) => return error_frame(Some(request), code, message),
         };
@@ -456,7 +647,13 @@ impl Rooms<'_> {
                 request,
                 room_id,
                 offset,
-                recovery,
+                recovery: if history_refused {
+                    Recovery::NotRecovered {
+                        reason: RecoveryFailure::HistoryForbidden,
+                    }
+                } else {
+                    recovery
+                },
             }),
             Err(e) => error_frame(Some(request), e.code(), e.to_string()),
         }

@@ -41,6 +41,9 @@ pub struct StoredSession {
     pub key: u64,
     /// The resume token the client presents.
     pub token: String,
+    /// The token's `sub` of the connection that began it (`None`: no
+    /// signed tokens, or anonymous): only that user may resume it.
+    pub user: Option<String>,
     /// Per room, the highest publish id handled as of the last checkpoint.
     pub progress: Vec<(String, u64)>,
 }
@@ -77,6 +80,7 @@ struct JournalState {
 #[derive(Debug, Clone, Default)]
 struct Live {
     token: String,
+    user: Option<String>,
     progress: HashMap<String, u64>,
 }
 
@@ -92,6 +96,7 @@ impl FileJournal {
             .map(|(key, session)| StoredSession {
                 key: *key,
                 token: session.token.clone(),
+                user: session.user.clone(),
                 progress: session
                     .progress
                     .iter()
@@ -144,12 +149,17 @@ impl SessionJournal for FileJournal {
         let mut state = lock(&self.state);
         let live = Live {
             token: session.token.clone(),
+            user: session.user.clone(),
             progress: session.progress.iter().cloned().collect(),
         };
         state.live.insert(session.key, live);
         self.append(
             &mut state,
-            &record(BEGAN, session.key, session.token.as_bytes()),
+            &record(
+                BEGAN,
+                session.key,
+                &began_rest(&session.token, &session.user),
+            ),
         )
     }
 
@@ -190,6 +200,18 @@ impl SessionJournal for FileJournal {
 /// How many records the live sessions take when written afresh.
 fn count_records(live: &HashMap<u64, Live>) -> usize {
     live.values().map(|s| 1 + s.progress.len()).sum()
+}
+
+/// A `BEGAN` record's body after the key: the token, then (if any) a NUL
+/// and the user. Tokens never hold a NUL; a journal written before users
+/// existed reads as sessions without one.
+fn began_rest(token: &str, user: &Option<String>) -> Vec<u8> {
+    let mut rest = token.as_bytes().to_vec();
+    if let Some(user) = user {
+        rest.push(0);
+        rest.extend_from_slice(user.as_bytes());
+    }
+    rest
 }
 
 fn progress_rest(through: u64, room: &str) -> Vec<u8> {
@@ -236,11 +258,12 @@ fn read_live(path: &Path) -> Result<HashMap<u64, Live>, HistoryError> {
     let mut at = MAGIC.len();
     while let Some((next, entry)) = parse(&data, at) {
         match entry {
-            Entry::Began { key, token } => {
+            Entry::Began { key, token, user } => {
                 live.insert(
                     key,
                     Live {
                         token,
+                        user,
                         progress: HashMap::new(),
                     },
                 );
@@ -276,6 +299,7 @@ enum Entry {
     Began {
         key: u64,
         token: String,
+        user: Option<String>,
     },
     Progress {
         key: u64,
@@ -308,10 +332,20 @@ fn parse(data: &[u8], at: usize) -> Option<(usize, Entry)> {
     let key = u64::from_le_bytes(body[1..9].try_into().ok()?);
     let rest = &body[9..];
     let entry = match body[0] {
-        BEGAN => Entry::Began {
-            key,
-            token: String::from_utf8(rest.to_vec()).ok()?,
-        },
+        BEGAN => {
+            let (token, user) = match rest.iter().position(|&b| b == 0) {
+                Some(nul) => (&rest[..nul], Some(&rest[nul + 1..])),
+                None => (rest, None),
+            };
+            Entry::Began {
+                key,
+                token: String::from_utf8(token.to_vec()).ok()?,
+                user: match user {
+                    Some(user) => Some(String::from_utf8(user.to_vec()).ok()?),
+                    None => None,
+                },
+            }
+        }
         PROGRESS => Entry::Progress {
             key,
             through: u64::from_le_bytes(rest.get(..8)?.try_into().ok()?),
@@ -338,7 +372,11 @@ fn rewrite(path: &Path, live: &HashMap<u64, Live>) -> Result<File, HistoryError>
     let aside = path.with_extension("new");
     let mut data = MAGIC.to_vec();
     for (key, session) in live {
-        data.extend_from_slice(&record(BEGAN, *key, session.token.as_bytes()));
+        data.extend_from_slice(&record(
+            BEGAN,
+            *key,
+            &began_rest(&session.token, &session.user),
+        ));
         for (room, through) in &session.progress {
             data.extend_from_slice(&record(PROGRESS, *key, &progress_rest(*through, room)));
         }
@@ -365,6 +403,8 @@ mod tests {
         StoredSession {
             key,
             token: format!("token-{key}"),
+            // Odd sessions belong to a user, even ones to nobody.
+            user: (key % 2 == 1).then(|| format!("user-{key}")),
             progress: Vec::new(),
         }
     }
@@ -399,6 +439,8 @@ mod tests {
             progress,
             vec![("a".to_string(), 2999), ("b".to_string(), 2)]
         );
+        // The owner survives the compaction too.
+        assert_eq!(stored[0].user.as_deref(), Some("user-1"));
     }
 
     #[test]
@@ -429,6 +471,7 @@ mod tests {
         let expected = StoredSession {
             key: 1,
             token: "fresh".into(),
+            user: Some("user-1".into()),
             progress: vec![("a".into(), 4)],
         };
         assert_eq!(stored, vec![expected.clone()]);

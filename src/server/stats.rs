@@ -70,6 +70,79 @@ impl Limit {
     }
 }
 
+/// Something a client was not allowed: a token refused, an action its
+/// permissions or its room's namespace do not allow. Counted on its own
+/// ([`StatsSnapshot::refusal`]) and, over `--metrics`, labelled by
+/// [`Refusal::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// `Hello` without a token on a server that needs one.
+    TokenRequired,
+    /// A token whose `exp` had passed (at `Hello` or `Refresh`).
+    TokenExpired,
+    /// A token that is not valid (signature, algorithm, claims, `nbf`).
+    TokenInvalid,
+    /// A connection closed because its token expired without a refresh.
+    ExpiredLive,
+    /// A publish (reliable or datagram) to a room the token may not publish to.
+    Publish,
+    /// A join of a room the token may not subscribe to.
+    Subscribe,
+    /// A join with `since` whose token may not replay the room's history.
+    History,
+    /// A resume of a session that belongs to another user.
+    AnotherUser,
+    /// A datagram to a namespace that takes none.
+    DatagramsDisabled,
+    /// An event whose payload is over its namespace's maximum.
+    PayloadTooLarge,
+}
+
+impl Refusal {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Refusal; 10] = [
+        Refusal::TokenRequired,
+        Refusal::TokenExpired,
+        Refusal::TokenInvalid,
+        Refusal::ExpiredLive,
+        Refusal::Publish,
+        Refusal::Subscribe,
+        Refusal::History,
+        Refusal::AnotherUser,
+        Refusal::DatagramsDisabled,
+        Refusal::PayloadTooLarge,
+    ];
+
+    /// A short, stable name (a metrics label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::TokenRequired => "token_required",
+            Refusal::TokenExpired => "token_expired",
+            Refusal::TokenInvalid => "token_invalid",
+            Refusal::ExpiredLive => "expired_live",
+            Refusal::Publish => "forbidden_publish",
+            Refusal::Subscribe => "forbidden_subscribe",
+            Refusal::History => "forbidden_history",
+            Refusal::AnotherUser => "resume_another_user",
+            Refusal::DatagramsDisabled => "datagrams_disabled",
+            Refusal::PayloadTooLarge => "payload_too_large",
+        }
+    }
+
+    /// The refusal of a forbidden action.
+    pub fn forbidden(action: crate::auth::Action) -> Refusal {
+        match action {
+            crate::auth::Action::Publish => Refusal::Publish,
+            crate::auth::Action::Subscribe => Refusal::Subscribe,
+            crate::auth::Action::History => Refusal::History,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Live counters; [`ServerStats::snapshot`] reads them all at once.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -92,6 +165,7 @@ pub struct ServerStats {
     pub dedup_hits: AtomicU64,
     pub history_bytes: AtomicU64,
     limits: [AtomicU64; Limit::ALL.len()],
+    refusals: [AtomicU64; Refusal::ALL.len()],
 }
 
 /// A copy of [`ServerStats`] at one moment.
@@ -141,6 +215,9 @@ pub struct StatsSnapshot {
     /// Refusals by each defence, indexed like [`Limit::ALL`]; read with
     /// [`StatsSnapshot::limit`].
     pub limits_hit: [u64; Limit::ALL.len()],
+    /// Refusals of each kind, indexed like [`Refusal::ALL`]; read with
+    /// [`StatsSnapshot::refusal`].
+    pub refusals: [u64; Refusal::ALL.len()],
 }
 
 impl StatsSnapshot {
@@ -148,12 +225,22 @@ impl StatsSnapshot {
     pub fn limit(&self, kind: Limit) -> u64 {
         self.limits_hit[kind.index()]
     }
+
+    /// How often `kind` was refused.
+    pub fn refusal(&self, kind: Refusal) -> u64 {
+        self.refusals[kind.index()]
+    }
 }
 
 impl ServerStats {
     /// Counts one refusal by `kind`.
     pub fn limit_hit(&self, kind: Limit) {
         self.limits[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one refusal of a client's token or permissions.
+    pub fn refused(&self, kind: Refusal) {
+        self.refusals[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts `n` refusals by `kind`.
@@ -184,6 +271,7 @@ impl ServerStats {
             dedup_hits: get(&self.dedup_hits),
             history_bytes: get(&self.history_bytes),
             limits_hit: std::array::from_fn(|i| get(&self.limits[i])),
+            refusals: std::array::from_fn(|i| get(&self.refusals[i])),
         }
     }
 }
@@ -204,5 +292,10 @@ mod tests {
         for (i, kind) in Limit::ALL.iter().enumerate() {
             assert_eq!(kind.index(), i, "{kind:?} out of order in Limit::ALL");
         }
+        for (i, kind) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind:?} out of order in Refusal::ALL");
+        }
+        stats.refused(Refusal::Subscribe);
+        assert_eq!(stats.snapshot().refusal(Refusal::Subscribe), 1);
     }
 }

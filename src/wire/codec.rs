@@ -263,8 +263,21 @@ mod tests {
             Frame::Join {
                 request: 7,
                 room: "lobby".into(),
-                echo: true,
+                echo: Some(true),
                 since: None,
+            },
+            Frame::Refresh {
+                request: 8,
+                token: "eyJ.x.y".into(),
+            },
+            Frame::Refreshed {
+                request: 8,
+                expires: 1_800_000_000,
+            },
+            Frame::Forbidden {
+                request: None,
+                room: "game.lobby".into(),
+                action: crate::wire::Action::Publish,
             },
             Frame::Welcome {
                 session_id: 42,
@@ -333,13 +346,13 @@ mod tests {
                 .join(" ")
         };
         let hello = Frame::Hello {
-            version: 1,
+            version: 2,
             token: None,
             client_name: "cli".into(),
             resume: None,
             copies: false,
         };
-        assert_eq!(hex(&hello), "09 00 01 00 03 63 6c 69 00 00");
+        assert_eq!(hex(&hello), "09 00 02 00 03 63 6c 69 00 00");
         let welcome = Frame::Welcome {
             session_id: 1,
             max_datagram_payload: 1200,
@@ -352,14 +365,14 @@ mod tests {
         let join = Frame::Join {
             request: 1,
             room: "chat".into(),
-            echo: false,
+            echo: None,
             since: None,
         };
         assert_eq!(hex(&join), "09 01 01 04 63 68 61 74 00 00");
         let join_since = Frame::Join {
             request: 2,
             room: "chat".into(),
-            echo: false,
+            echo: None,
             since: Some(300),
         };
         assert_eq!(hex(&join_since), "0b 01 02 04 63 68 61 74 00 01 ac 02");
@@ -447,13 +460,15 @@ mod tests {
             through: 0,
         };
         assert_eq!(first(&progress), 19);
-        let last = Frame::EventCopy {
-            room_id: 0,
-            previous: 0,
-            offset: 0,
-            event: String::new(),
-            payload: Bytes::new(),
-            pad: Bytes::new(),
+        let refresh = Frame::Refresh {
+            request: 0,
+            token: String::new(),
+        };
+        assert_eq!(first(&refresh), 22);
+        let last = Frame::Forbidden {
+            request: None,
+            room: String::new(),
+            action: crate::wire::Action::History,
         };
         assert_eq!(first(&last) as u64, FRAME_TAGS - 1);
         assert_eq!(decode(&[FRAME_TAGS as u8, 0]), Err(WireError::UnknownFrame));
@@ -555,12 +570,22 @@ mod tests {
                 resume: None,
                 copies: v % 2 == 0,
             }),
-            (any::<u64>(), text, any::<bool>()).prop_map(|(r, room, echo)| Frame::Join {
-                request: r,
-                room,
-                echo,
-                since: None
-            }),
+            (any::<u64>(), text, proptest::option::of(any::<bool>())).prop_map(
+                |(r, room, echo)| Frame::Join {
+                    request: r,
+                    room,
+                    echo,
+                    since: None
+                }
+            ),
+            (any::<u64>(), text).prop_map(|(request, token)| Frame::Refresh { request, token }),
+            (proptest::option::of(any::<u64>()), text, 0..3usize).prop_map(
+                |(request, room, action)| Frame::Forbidden {
+                    request,
+                    room,
+                    action: crate::auth::Action::ALL[action],
+                }
+            ),
             (
                 any::<u64>(),
                 text,

@@ -1,4 +1,5 @@
-//! The quicbus wire protocol, version 1 (ALPN `quicbus/1`).
+//! The quicbus wire protocol, version 2 (ALPN `quicbus/1`; the version is
+//! negotiated in `Hello`).
 //!
 //! Every message is a [`Frame`], encoded with postcard. On a QUIC stream each
 //! frame is preceded by its length as an unsigned LEB128 varint; the length is
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in [`Frame::Hello`]; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// TLS application protocol name negotiated by both sides.
 pub const ALPN: &[u8] = b"quicbus/1";
 /// Default upper bound on one stream frame (its body, without the prefix).
@@ -60,7 +61,9 @@ pub enum Frame {
     Join {
         request: u64,
         room: String,
-        echo: bool,
+        /// Receive this connection's own events too; `None`: the room's
+        /// namespace decides (off unless configured).
+        echo: Option<bool>,
         since: Option<u64>,
     },
     /// Unsubscribe; answered by `Left` or `Error`.
@@ -211,7 +214,33 @@ pub enum Frame {
         /// As in `PublishCopy`.
         pad: Bytes,
     },
+    /// Client → server on the control stream: a new token for this
+    /// connection, sent before the current one expires. Answered by
+    /// `Refreshed`, or by an `Error` (the connection keeps its old token).
+    Refresh {
+        request: u64,
+        token: String,
+    },
+    /// Server → client: the token of `Refresh` is now the connection's; it
+    /// expires at `expires` (seconds since the Unix epoch, 0: never).
+    Refreshed {
+        request: u64,
+        expires: u64,
+    },
+    /// Server → client on the control stream: a request, a publish or a
+    /// datagram was refused because the connection's token (or the
+    /// anonymous permissions) does not allow `action` on `room`. `request`
+    /// is the join's request, or the publish's ack request; `None` when
+    /// nothing asked (a datagram, a publish without ack).
+    Forbidden {
+        request: Option<u64>,
+        room: String,
+        action: Action,
+    },
 }
+
+/// What a permission allows, as carried in [`Frame::Forbidden`].
+pub use crate::auth::Action;
 
 /// `Hello.resume`: the session to resume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,7 +264,7 @@ pub enum ResumeOutcome {
 }
 
 /// How many frame variants version 1 defines (tags `0..FRAME_TAGS`).
-pub const FRAME_TAGS: u64 = 22;
+pub const FRAME_TAGS: u64 = 25;
 
 /// Where a frame may legally appear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +294,9 @@ impl Frame {
             Frame::Hello { .. } | Frame::Join { .. } | Frame::Leave { .. } => {
                 FrameKind::ClientControl
             }
-            Frame::Resolve { .. } | Frame::Ping { .. } => FrameKind::ClientControl,
+            Frame::Resolve { .. } | Frame::Ping { .. } | Frame::Refresh { .. } => {
+                FrameKind::ClientControl
+            }
             Frame::Welcome { .. }
             | Frame::Reject { .. }
             | Frame::Joined { .. }
@@ -274,6 +305,8 @@ impl Frame {
             | Frame::Ack { .. }
             | Frame::Pong { .. }
             | Frame::Progress { .. }
+            | Frame::Refreshed { .. }
+            | Frame::Forbidden { .. }
             | Frame::Error { .. } => FrameKind::ServerControl,
             Frame::PublishStream { .. } => FrameKind::PublishHeader,
             Frame::EventStream { .. } => FrameKind::EventHeader,
@@ -309,6 +342,9 @@ impl Frame {
             Frame::Progress { .. } => "Progress",
             Frame::PublishCopy { .. } => "PublishCopy",
             Frame::EventCopy { .. } => "EventCopy",
+            Frame::Refresh { .. } => "Refresh",
+            Frame::Refreshed { .. } => "Refreshed",
+            Frame::Forbidden { .. } => "Forbidden",
         }
     }
 }
@@ -345,6 +381,11 @@ pub enum RecoveryFailure {
     /// the server dropped it to stay under its memory budget across rooms
     /// (the room's own limits would have kept it).
     HistoryBudget,
+    /// The connection's token does not allow replaying the room's history:
+    /// it joined live only.
+    HistoryForbidden,
+    /// The session belongs to another user (the token's `sub` differs).
+    AnotherUser,
 }
 
 impl std::fmt::Display for RecoveryFailure {
@@ -358,6 +399,8 @@ impl std::fmt::Display for RecoveryFailure {
             RecoveryFailure::HistoryBudget => {
                 "history dropped to stay under the server's memory budget"
             }
+            RecoveryFailure::HistoryForbidden => "history not allowed by the token",
+            RecoveryFailure::AnotherUser => "the session belongs to another user",
         })
     }
 }
@@ -394,6 +437,19 @@ pub enum ErrorCode {
     /// The connection holds its maximum of something (rooms joined, room
     /// names, publish streams, rooms published to); the message says which.
     LimitReached,
+    /// The server needs a token and `Hello` carried none.
+    TokenRequired,
+    /// The token's `exp` has passed.
+    TokenExpired,
+    /// The token is not valid: malformed, unsigned (`alg: none`), signed
+    /// with another algorithm or key, not yet valid (`nbf`), or with bad
+    /// claims; the reason says which.
+    InvalidToken,
+    /// The connection's token does not allow it (requests that name a room
+    /// and an action are answered with [`Frame::Forbidden`] instead).
+    Forbidden,
+    /// The room's namespace does not take datagrams.
+    DatagramsDisabled,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -411,6 +467,11 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::Unavailable => "storage unavailable",
             ErrorCode::RateLimited => "rate limited",
             ErrorCode::LimitReached => "limit reached",
+            ErrorCode::TokenRequired => "token required",
+            ErrorCode::TokenExpired => "token expired",
+            ErrorCode::InvalidToken => "invalid token",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::DatagramsDisabled => "datagrams disabled",
         };
         f.write_str(text)
     }
@@ -449,6 +510,8 @@ pub mod close_code {
     pub const RATE_LIMITED: u32 = 11;
     /// A frame stayed half-sent longer than the server's frame timeout.
     pub const FRAME_TIMEOUT: u32 = 12;
+    /// The connection's token expired and no `Refresh` replaced it in time.
+    pub const TOKEN_EXPIRED: u32 = 13;
 
     /// A short name for a close code, for messages.
     pub fn describe(code: u64) -> &'static str {
@@ -466,6 +529,7 @@ pub mod close_code {
             10 => "storage unavailable",
             11 => "rate limited",
             12 => "frame timeout",
+            13 => "token expired",
             _ => "unknown close code",
         }
     }

@@ -190,6 +190,9 @@ pub(super) async fn receive(
                     }
                 }
             },
+            Incoming::Forbidden { room, action } => {
+                tally.error(format!("client {me}: forbidden to {action} in {room}"));
+            }
             Incoming::Disconnected { reason } => {
                 if flaky {
                     tally.disconnects.fetch_add(1, Ordering::Relaxed);

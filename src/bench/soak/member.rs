@@ -249,7 +249,7 @@ impl Member {
         let (since, joined) = loop {
             let since = self.last_offset(room);
             let options = JoinOptions {
-                echo: false,
+                echo: Some(false),
                 since: Some(since),
             };
             match self.client.join_with(&name, options).await {
