@@ -224,7 +224,7 @@ async fn wrong_protocol_version_is_a_typed_error_on_the_client() {
     match &err {
         ClientError::VersionMismatch {
             client: 99,
-            server: 1,
+            server: quicbus::wire::PROTOCOL_VERSION,
         } => {}
         other => panic!("expected VersionMismatch, got {other:?}"),
     }
@@ -233,7 +233,7 @@ async fn wrong_protocol_version_is_a_typed_error_on_the_client() {
     // A raw peer also sees the close code after the Reject.
     let mut peer = server.raw().await;
     peer.send_control(&Frame::Hello {
-        version: 2,
+        version: quicbus::wire::PROTOCOL_VERSION + 1,
         token: None,
         client_name: "future".into(),
         resume: None,
@@ -244,11 +244,11 @@ async fn wrong_protocol_version_is_a_typed_error_on_the_client() {
         peer.next_control().await,
         Frame::Reject {
             code: ErrorCode::UnsupportedVersion,
-            server_version: 1,
+            server_version: quicbus::wire::PROTOCOL_VERSION,
             ..
         }
     ));
-    expect_close(&peer, close_code::UNSUPPORTED_VERSION, "version 2").await;
+    expect_close(&peer, close_code::UNSUPPORTED_VERSION, "version 3").await;
     others.check("after version mismatch").await;
 }
 

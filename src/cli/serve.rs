@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use quicbus::certs::{self, CertPaths};
+use quicbus::auth::token::TokenVerifier;
 use quicbus::server::{
-    AddressLimits, ConnectionLimits, FsyncPolicy, HistoryLimits, Rate, Server, ServerConfig,
+    AddressLimits, AuthConfig, ConnectionLimits, FsyncPolicy, HistoryLimits, Rate, Server, ServerConfig,
     ServerIdentity, Storage,
 };
 
@@ -102,6 +103,8 @@ pub struct ServeArgs {
     /// Require clients to present the token in this file (its first line).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Tokio worker threads; 0 runs everything on one thread (lowest latency
     /// on small machines, see README).
     #[arg(long, default_value_t = 0)]
@@ -113,6 +116,75 @@ pub struct ServeArgs {
     max_publish_rooms: u32,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// Signed tokens (README: "Security").
+#[derive(Debug, clap::Args)]
+pub struct AuthArgs {
+    /// Require a signed token (JWT, HS256) in every `Hello`, verified with
+    /// the secret in this file (its bytes, one trailing newline dropped).
+    #[arg(long, value_name = "FILE", conflicts_with = "auth_public_key")]
+    auth_secret_file: Option<PathBuf>,
+    /// Require a signed token (JWT, ES256 or RS256) in every `Hello`,
+    /// verified with this PEM public key.
+    #[arg(long, value_name = "PEM")]
+    auth_public_key: Option<PathBuf>,
+    /// With --auth-secret-file or --auth-public-key: let clients without a
+    /// token in, with the anonymous permissions of the config file.
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// Seconds of clock difference tolerated on a token's exp and nbf.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    auth_leeway: u64,
+}
+
+impl AuthArgs {
+    /// The token checks these flags ask for.
+    fn config(&self) -> Result<AuthConfig, String> {
+        let verifier = match (&self.auth_secret_file, &self.auth_public_key) {
+            (Some(path), _) => {
+                let secret = read_secret(path)?;
+                TokenVerifier::hs256(&secret)
+                    .map_err(|e| format!("--auth-secret-file {}: {e}", path.display()))?
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("--auth-public-key {}: {e}", path.display()))?;
+                TokenVerifier::from_public_key_pem(&pem)
+                    .map_err(|e| format!("--auth-public-key {}: {e}", path.display()))?
+            }
+            (None, None) if self.allow_anonymous => {
+                return Err(
+                    "--allow-anonymous needs --auth-secret-file or --auth-public-key".into(),
+                )
+            }
+            (None, None) => return Ok(AuthConfig::default()),
+        };
+        Ok(AuthConfig {
+            verifier: Some(verifier.with_leeway(self.auth_leeway)),
+            allow_anonymous: self.allow_anonymous,
+        })
+    }
+
+    fn enabled(&self) -> bool {
+        self.auth_secret_file.is_some() || self.auth_public_key.is_some()
+    }
+}
+
+/// A secret file's bytes, one trailing newline dropped.
+pub(super) fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut secret =
+        std::fs::read(path).map_err(|e| format!("secret file {}: {e}", path.display()))?;
+    if secret.ends_with(b"\n") {
+        secret.pop();
+        if secret.ends_with(b"\r") {
+            secret.pop();
+        }
+    }
+    if secret.is_empty() {
+        return Err(format!("secret file {}: the file is empty", path.display()));
+    }
+    Ok(secret)
 }
 
 /// Limits per client address and per connection (README: "Limits and defences").
@@ -226,6 +298,10 @@ async fn run_server(args: ServeArgs) -> CliResult {
         }
     };
     let token = shared_token(&args)?;
+    if token.is_some() && args.auth.enabled() {
+        return Err("--token (or --token-file, or QUICBUS_TOKEN in the environment) and signed tokens (--auth-*) do not go together".into());
+    }
+    let auth = args.auth.config()?;
     let mut config = ServerConfig {
         listen: args.listen,
         max_connections: args.max_connections,
@@ -234,6 +310,7 @@ async fn run_server(args: ServeArgs) -> CliResult {
         reliable_queue_bytes: args.reliable_queue_bytes,
         datagram_queue: args.datagram_queue,
         token,
+        auth,
         max_frame: args.max_frame as usize,
         max_rooms: args.max_rooms,
         udp_receive_buffer: args.udp_receive_buffer,
