@@ -11,9 +11,14 @@
 //! Terminal 2: `cargo run --release --example chat -- --nick ada`
 //! Terminal 3: `cargo run --release --example chat -- --nick bob`
 //! (then `/join lobby` in both and talk; `quicbus sub --room lobby` listens in.)
+//!
+//! On a server with signed tokens (README, "Security"), pass one with
+//! `--token T` or `QUICBUS_TOKEN`: `quicbus token --secret-file secret
+//! --user ada --publish 'chat.>' --subscribe 'chat.>'`, then `/join chat.lobby`.
+//! A room the token does not allow answers `forbidden`.
 
 use clap::Parser;
-use quicbus::client::{Client, ClientOptions, Delivery, Trust};
+use quicbus::client::{Client, ClientOptions, Delivery, Incoming, Trust};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser)]
@@ -27,6 +32,10 @@ struct Args {
     /// Your name in the chat.
     #[arg(long, default_value = "anonymous")]
     nick: String,
+    /// Signed token for servers that check them (from the environment, it
+    /// stays out of `ps`).
+    #[arg(long, env = "QUICBUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -35,6 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut options = ClientOptions::new(args.server);
     options.trust = Trust::CaFile(args.ca);
     options.client_name = format!("chat:{}", args.nick);
+    options.token = args.token;
     let (client, mut events) = Client::connect(options).await?;
     let mut nick = args.nick;
     let mut current: Option<String> = None;
@@ -84,15 +94,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                 }
             }
-            event = events.next() => {
-                let Some(event) = event else {
+            incoming = events.next_incoming() => match incoming {
+                None => {
                     println!("* disconnected: {}", client.closed().await);
                     break;
-                };
-                if let Delivery::Reliable { .. } = event.delivery {
-                    println!("[{}] {}", event.room, String::from_utf8_lossy(&event.payload));
                 }
-            }
+                Some(Incoming::Event(event)) => {
+                    if let Delivery::Reliable { .. } = event.delivery {
+                        println!("[{}] {}", event.room, String::from_utf8_lossy(&event.payload));
+                    }
+                }
+                Some(Incoming::Forbidden { room, action }) => {
+                    println!("* forbidden: your token does not allow {action} in {room}");
+                }
+                Some(_) => {}
+            },
         }
     }
     client.close().await;

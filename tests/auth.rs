@@ -209,8 +209,14 @@ async fn joins_and_replays_follow_the_subscribe_and_history_permissions() {
     let replayed = next_event(&mut events, "replay of game.a").await;
     assert_eq!(assert_reliable(&replayed, "game.a", "say", "a1"), 1);
     // game.b's history was not replayed: its next event is the live one.
-    publisher.emit_with_ack("game.b", "say", "b2").await.unwrap();
-    publisher.emit_with_ack("game.a", "say", "a2").await.unwrap();
+    publisher
+        .emit_with_ack("game.b", "say", "b2")
+        .await
+        .unwrap();
+    publisher
+        .emit_with_ack("game.a", "say", "a2")
+        .await
+        .unwrap();
     let mut live: HashMap<String, (u64, String)> = HashMap::new();
     for _ in 0..2 {
         let e = next_event(&mut events, "live events").await;
@@ -242,9 +248,7 @@ async fn publishes_are_checked_on_streams_datagrams_and_copies() {
     );
     let mut opts = options(&server, Some(limited));
     opts.copies = true;
-    let (publisher, mut refusals) = within("connect", Client::connect(opts))
-        .await
-        .unwrap();
+    let (publisher, mut refusals) = within("connect", Client::connect(opts)).await.unwrap();
     publisher.join("game.closed").await.unwrap();
 
     // The publish stream, with an ack: a typed error.
@@ -280,7 +284,10 @@ async fn publishes_are_checked_on_streams_datagrams_and_copies() {
     // A room it cannot even subscribe to has no id to give.
     assert!(matches!(
         publisher.emit_datagram("chat.x", "pos", vec![1]).await,
-        Err(ClientError::Forbidden { action: Action::Publish, .. })
+        Err(ClientError::Forbidden {
+            action: Action::Publish,
+            ..
+        })
     ));
     // The allowed room works, stream and copy alike.
     let offset = publisher
@@ -290,7 +297,10 @@ async fn publishes_are_checked_on_streams_datagrams_and_copies() {
     let event = next_event(&mut watched, "the allowed event").await;
     assert_eq!(assert_reliable(&event, "game.open", "say", "yes"), offset);
     watcher.ping().await.unwrap();
-    assert!(watched.try_next().is_none(), "nothing of game.closed arrived");
+    assert!(
+        watched.try_next().is_none(),
+        "nothing of game.closed arrived"
+    );
 
     let stats = server.handle.stats();
     assert_eq!(stats.events_published, 1);
@@ -303,7 +313,11 @@ async fn publishes_are_checked_on_streams_datagrams_and_copies() {
 #[tokio::test]
 async fn a_refreshed_token_keeps_the_connection_past_the_old_expiry() {
     let server = secured().await;
-    let (c, mut events) = client(&server, token("ann", lists(&["chat.>"], &["chat.>"], &[]), 2)).await;
+    let (c, mut events) = client(
+        &server,
+        token("ann", lists(&["chat.>"], &["chat.>"], &[]), 2),
+    )
+    .await;
     c.join("chat.a").await.unwrap();
     let started = unix_now();
     let expires = c.refresh_token(&full("ann")).await.unwrap();
@@ -311,7 +325,10 @@ async fn a_refreshed_token_keeps_the_connection_past_the_old_expiry() {
     // Past the first token's expiry (and its second boundary).
     tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(3)).await;
     c.ping().await.unwrap();
-    let offset = c.emit_with_ack("game.x", "say", "allowed now").await.unwrap();
+    let offset = c
+        .emit_with_ack("game.x", "say", "allowed now")
+        .await
+        .unwrap();
     assert_eq!(offset, 1);
     assert!(c.is_connected());
     assert!(events.try_next().is_none());
@@ -363,14 +380,23 @@ async fn a_narrower_refresh_leaves_rooms_it_no_longer_allows() {
         }
         other => panic!("expected forbidden, got {other:?}"),
     }
-    publisher.emit_with_ack("chat.drop", "say", "gone").await.unwrap();
-    publisher.emit_with_ack("game.keep", "say", "kept").await.unwrap();
+    publisher
+        .emit_with_ack("chat.drop", "say", "gone")
+        .await
+        .unwrap();
+    publisher
+        .emit_with_ack("game.keep", "say", "kept")
+        .await
+        .unwrap();
     let event = next_event(&mut events, "the kept room's event").await;
     assert_eq!(assert_reliable(&event, "game.keep", "say", "kept"), 1);
     // And publishing is now refused.
     assert!(matches!(
         c.emit_with_ack("game.keep", "say", "x").await,
-        Err(ClientError::Forbidden { action: Action::Publish, .. })
+        Err(ClientError::Forbidden {
+            action: Action::Publish,
+            ..
+        })
     ));
 }
 
@@ -456,22 +482,34 @@ async fn anonymous_clients_get_the_anonymous_permissions() {
     anon.join("game.lobby").await.unwrap();
     assert!(matches!(
         anon.join("game.hall").await,
-        Err(ClientError::Forbidden { action: Action::Subscribe, .. })
+        Err(ClientError::Forbidden {
+            action: Action::Subscribe,
+            ..
+        })
     ));
     assert!(matches!(
         anon.join("chat.x").await,
-        Err(ClientError::Forbidden { action: Action::Subscribe, .. })
+        Err(ClientError::Forbidden {
+            action: Action::Subscribe,
+            ..
+        })
     ));
     assert!(matches!(
         anon.emit_with_ack("public.news", "say", "x").await,
-        Err(ClientError::Forbidden { action: Action::Publish, .. })
+        Err(ClientError::Forbidden {
+            action: Action::Publish,
+            ..
+        })
     ));
     // game.lobby's own anonymous permissions let it publish there, and the
     // namespace's echo default gives it its own event back.
     let offset = anon.emit_with_ack("game.lobby", "say", "hi").await.unwrap();
     let own = next_event(&mut events, "own event (echo)").await;
     assert_eq!(assert_reliable(&own, "game.lobby", "say", "hi"), offset);
-    publisher.emit_with_ack("public.news", "say", "news").await.unwrap();
+    publisher
+        .emit_with_ack("public.news", "say", "news")
+        .await
+        .unwrap();
     let news = next_event(&mut events, "news").await;
     assert_eq!(assert_reliable(&news, "public.news", "say", "news"), 1);
 }
@@ -492,7 +530,9 @@ async fn namespace_rules_apply_to_their_rooms_only() {
         }
         other => panic!("expected too large, got {other:?}"),
     }
-    c.emit_with_ack("chat.x", "say", "seventeen bytes!!").await.unwrap();
+    c.emit_with_ack("chat.x", "say", "seventeen bytes!!")
+        .await
+        .unwrap();
     // No datagrams in game: refused and counted.
     c.emit_datagram("game.x", "pos", vec![1]).await.unwrap();
     c.emit_datagram("chat.x", "pos", vec![2]).await.unwrap();
@@ -517,7 +557,9 @@ async fn namespace_rules_apply_to_their_rooms_only() {
     // Echo is on by default in game, off in chat.
     c.join("game.x").await.unwrap();
     c.join("chat.x").await.unwrap();
-    c.emit_with_ack("chat.x", "say", "not echoed").await.unwrap();
+    c.emit_with_ack("chat.x", "say", "not echoed")
+        .await
+        .unwrap();
     let offset = c.emit_with_ack("game.x", "say", "echoed").await.unwrap();
     let own = next_event(&mut events, "own game event").await;
     assert_eq!(assert_reliable(&own, "game.x", "say", "echoed"), offset);

@@ -6,6 +6,7 @@ mod demo;
 mod netsim;
 mod pubsub;
 mod serve;
+mod token;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ enum Command {
     /// Latency and fan-out benchmarks, beside a raw-UDP echo.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Mint a signed token (HS256) for development and tests.
+    Token(token::TokenArgs),
 }
 
 /// Errors of a command: one line for stderr.
@@ -58,6 +61,7 @@ pub fn run(args: Args) -> CliResult {
         Command::Demo(a) => current_thread()?.block_on(demo::demo(a)),
         Command::Netsim(a) => current_thread()?.block_on(netsim::netsim(a)),
         Command::Bench(c) => bench::bench(c),
+        Command::Token(a) => token::token(a),
     }
 }
 

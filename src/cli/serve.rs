@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use quicbus::certs::{self, CertPaths};
 use quicbus::auth::token::TokenVerifier;
+use quicbus::certs::{self, CertPaths};
 use quicbus::server::{
-    AddressLimits, AuthConfig, ConnectionLimits, FsyncPolicy, HistoryLimits, Rate, Server, ServerConfig,
-    ServerIdentity, Storage,
+    AddressLimits, AuthConfig, ConnectionLimits, FsyncPolicy, HistoryLimits, Rate, Server,
+    ServerConfig, ServerIdentity, Storage,
 };
 
 use super::CliResult;
