@@ -377,7 +377,7 @@ fn evict(registry: &mut HashMap<Arc<str>, Arc<Room>>, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::history::{HistoryLimits, MemoryStore, Replay};
+    use crate::server::history::{HistoryLimits, MemoryStore, Replay, RoomLimits};
     use crate::wire::FrameDecoder;
     use std::time::Duration;
 
@@ -480,6 +480,29 @@ mod tests {
         );
         assert!(got.replay.is_none());
         assert_ne!(bp.epoch(), 0);
+    }
+
+    #[test]
+    fn a_namespace_without_history_recovers_only_an_up_to_date_client() {
+        let limits = RoomLimits::new(
+            HistoryLimits::default(),
+            [("live".to_string(), NO_HISTORY)].into(),
+        );
+        let bp = EmbeddedBackplane::new(10, Arc::new(MemoryStore::new(limits)));
+        for room in ["live.x", "chat.x"] {
+            for _ in 0..3 {
+                publish(&bp, room, 9).unwrap();
+            }
+        }
+        let join = |room, connection, since| {
+            let got = now(bp.subscribe(room, Probe::new(connection, false), Some(since)));
+            got.unwrap().recovery
+        };
+        assert_eq!(join("live.x", 1, 3), Recovery::Recovered { replayed: 0 });
+        publish(&bp, "live.x", 9).unwrap();
+        let reason = RecoveryFailure::HistoryTooShort;
+        assert_eq!(join("live.x", 2, 3), Recovery::NotRecovered { reason });
+        assert_eq!(join("chat.x", 3, 0), Recovery::Recovered { replayed: 3 });
     }
 
     #[test]

@@ -107,7 +107,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::budget::{Budget, HistoryUsage};
-use super::{HistoryError, HistoryLimits, HistoryStore, RoomHistory};
+use super::{HistoryError, HistoryStore, RoomHistory, RoomLimits};
 use crate::sync::lock;
 use files::{FileCache, Unsynced};
 use format::room_dir_name;
@@ -197,7 +197,6 @@ pub struct DiskStore {
 
 /// What the store and its room handles share.
 struct Shared {
-    limits: HistoryLimits,
     options: DiskOptions,
     files: FileCache,
     unsynced: Unsynced,
@@ -219,6 +218,8 @@ impl Shared {
 /// drop), so naming rooms without writing to them leaves nothing behind.
 struct Rooms {
     dir: PathBuf,
+    /// Which limits a room gets when the store first knows it.
+    limits: RoomLimits,
     by_name: HashMap<String, Arc<RoomShared>>,
     /// Directory names in use, also by directories that could not be read.
     dir_names: HashSet<String>,
@@ -251,9 +252,13 @@ impl DiskStore {
     /// Opens (creating if need be) the history under `dir`, verifying every
     /// record of every room. A directory that cannot be created, read or
     /// written is [`HistoryError::Io`], with its path.
+    ///
+    /// The rooms found on disk get the limits `limits` gives them now,
+    /// whatever they had before: a shortened history is answered short at
+    /// once, and its files are deleted by the next trim (`maintain`).
     pub fn open(
         dir: &Path,
-        limits: HistoryLimits,
+        limits: impl Into<RoomLimits>,
         options: DiskOptions,
     ) -> Result<DiskStore, HistoryError> {
         let rooms_dir = dir.join("rooms");
@@ -280,6 +285,7 @@ impl DiskStore {
 
         let mut rooms = Rooms {
             dir: rooms_dir.clone(),
+            limits: limits.into(),
             by_name: HashMap::new(),
             dir_names: dir_names.iter().cloned().collect(),
             next_id: 0,
@@ -290,7 +296,6 @@ impl DiskStore {
             budget.register(room.id, room.clone());
         }
         let shared = Arc::new(Shared {
-            limits,
             options,
             files: FileCache::new(options.max_open_files),
             unsynced: Unsynced::default(),
@@ -359,6 +364,7 @@ impl Rooms {
         self.next_id += 1;
         let room = Arc::new(RoomShared {
             id: self.next_id,
+            limits: self.limits.for_room(&name),
             name: name.clone(),
             dir,
             handles: AtomicUsize::new(0),

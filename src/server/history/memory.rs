@@ -35,7 +35,7 @@ use bytes::Bytes;
 use super::budget::{Budget, HistoryUsage};
 use super::{
     Gap, HistoryError, HistoryLimits, HistoryStats, HistoryStore, Publisher, Record, Replay,
-    ReplaySource, RoomHistory,
+    ReplaySource, RoomHistory, RoomLimits,
 };
 use crate::sync::lock;
 
@@ -47,8 +47,9 @@ const MAX_FORGOTTEN: usize = 100_000;
 /// so that many tiny events cannot hold far more RAM than the budget says.
 pub const EVENT_OVERHEAD: u64 = 128;
 
-/// Every room's history in RAM, bounded by the same [`HistoryLimits`] per
-/// room and, with [`MemoryStore::with_budget`], by one budget across all.
+/// Every room's history in RAM, bounded by each room's [`HistoryLimits`]
+/// (its namespace's, see [`RoomLimits`]) and, with
+/// [`MemoryStore::with_budget`], by one budget across all.
 pub struct MemoryStore {
     epoch: u64,
     shared: Arc<Shared>,
@@ -56,7 +57,7 @@ pub struct MemoryStore {
 
 /// What the store and its room handles share.
 struct Shared {
-    limits: HistoryLimits,
+    limits: RoomLimits,
     forgotten: Mutex<Forgotten>,
     budget: Budget<Arc<Mutex<Events>>>,
     next_id: AtomicU64,
@@ -106,11 +107,11 @@ impl MemoryStore {
     /// A store with a new random epoch: nothing from an earlier process is
     /// here, and no client's position from one can be taken for ours. No
     /// budget across rooms: see [`MemoryStore::with_budget`].
-    pub fn new(limits: HistoryLimits) -> Self {
+    pub fn new(limits: impl Into<RoomLimits>) -> Self {
         MemoryStore {
             epoch: new_epoch(),
             shared: Arc::new(Shared {
-                limits,
+                limits: limits.into(),
                 forgotten: Mutex::default(),
                 budget: Budget::new(u64::MAX),
                 next_id: AtomicU64::new(0),
@@ -144,7 +145,7 @@ impl HistoryStore for MemoryStore {
 
     fn open_room(&self, name: &str) -> Result<Box<dyn RoomHistory>, HistoryError> {
         let start = lock(&self.shared.forgotten).take(name);
-        let mut events = Events::new(self.shared.limits);
+        let mut events = Events::new(self.shared.limits.for_room(name));
         events.last_offset = start;
         events.dropped_through = start;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -185,6 +186,7 @@ struct MemoryHistory {
 
 /// The retained events of one room.
 struct Events {
+    /// The room's own, resolved when it was opened.
     limits: HistoryLimits,
     entries: VecDeque<Entry>,
     bytes: usize,

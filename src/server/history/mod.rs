@@ -15,7 +15,13 @@
 //! argument (milliseconds since the Unix epoch), so the logic is tested
 //! without clocks.
 //!
-//! Besides each room's [`HistoryLimits`], a store may have a budget across
+//! Each room has its own [`HistoryLimits`], those of its namespace (the
+//! first token of its name) or the store's default: a [`RoomLimits`] says
+//! which. A room's limits are resolved once, when the store first knows
+//! the room; a disk store reopened with other limits applies the new ones
+//! (at once to replays and stats, and to its files on the next trim).
+//!
+//! Besides each room's limits, a store may have a budget across
 //! all its rooms (`with_budget`, see `budget`): over it, the oldest events
 //! of the largest rooms go first. What a room has lost to the budget is
 //! told apart from what its own bounds dropped ([`Gap::Budget`]), so that a
@@ -25,9 +31,12 @@
 //! "offset + 1". A position `since` is covered exactly when no event after
 //! it has been dropped, by the bounds, the budget or damage.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::auth::namespace_of;
 
 mod budget;
 mod disk;
@@ -56,6 +65,40 @@ impl Default for HistoryLimits {
             max_age: Duration::from_secs(120),
             max_bytes: 64 * 1024 * 1024,
         }
+    }
+}
+
+/// Which [`HistoryLimits`] each room gets: those of its namespace if it
+/// has its own, else the default.
+#[derive(Debug, Clone)]
+pub struct RoomLimits {
+    default: HistoryLimits,
+    namespaces: HashMap<String, HistoryLimits>,
+}
+
+impl RoomLimits {
+    /// `namespaces` maps a namespace (`game`, for `game.lobby.1`) to its
+    /// rooms' limits; every other room gets `default`.
+    pub fn new(default: HistoryLimits, namespaces: HashMap<String, HistoryLimits>) -> Self {
+        RoomLimits {
+            default,
+            namespaces,
+        }
+    }
+
+    /// The limits of room `room`.
+    pub fn for_room(&self, room: &str) -> HistoryLimits {
+        self.namespaces
+            .get(namespace_of(room))
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+/// The same limits for every room.
+impl From<HistoryLimits> for RoomLimits {
+    fn from(limits: HistoryLimits) -> Self {
+        RoomLimits::new(limits, HashMap::new())
     }
 }
 
@@ -212,21 +255,21 @@ mod tests {
         pub _dir: Option<tempfile::TempDir>,
     }
 
-    pub type MakeStore = dyn Fn(HistoryLimits) -> TestStore;
+    pub type MakeStore = dyn Fn(RoomLimits) -> TestStore;
 
-    fn memory(limits: HistoryLimits) -> TestStore {
+    fn memory(limits: RoomLimits) -> TestStore {
         TestStore {
             store: Box::new(MemoryStore::new(limits)),
             _dir: None,
         }
     }
 
-    fn disk(limits: HistoryLimits) -> TestStore {
+    fn disk(limits: RoomLimits) -> TestStore {
         disk_with(limits, DiskOptions::default())
     }
 
     /// Segments of a few records each, so bounds fall inside and across them.
-    fn disk_small_segments(limits: HistoryLimits) -> TestStore {
+    fn disk_small_segments(limits: RoomLimits) -> TestStore {
         let options = DiskOptions {
             segment_bytes: 200,
             max_open_files: 2,
@@ -273,7 +316,7 @@ mod tests {
         (t, cost)
     }
 
-    fn disk_with(limits: HistoryLimits, options: DiskOptions) -> TestStore {
+    fn disk_with(limits: RoomLimits, options: DiskOptions) -> TestStore {
         let dir = tempfile::tempdir().unwrap();
         TestStore {
             store: Box::new(DiskStore::open(dir.path(), limits, options).unwrap()),
@@ -290,6 +333,15 @@ mod tests {
             max_age: Duration::from_secs(max_age_s),
             max_bytes,
         }
+    }
+
+    /// `default` for every room, but for those of the namespaces named.
+    pub fn per_namespace(
+        default: HistoryLimits,
+        namespaces: &[(&str, HistoryLimits)],
+    ) -> RoomLimits {
+        let namespaces = namespaces.iter().map(|&(name, l)| (name.to_owned(), l));
+        RoomLimits::new(default, namespaces.collect())
     }
 
     /// A frame of `len` bytes (at least 8) that starts with its offset.
@@ -339,7 +391,7 @@ mod tests {
     }
 
     fn replays_exactly_what_follows_a_position(make: &MakeStore) {
-        let t = make(limits(100, 60, 1 << 20));
+        let t = make(limits(100, 60, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         assert_eq!(room.last_offset(), 0);
         assert_eq!(replayed(&mut *room, 0, T0), Ok(vec![]), "empty room");
@@ -352,7 +404,7 @@ mod tests {
     }
 
     fn count_bound_drops_the_oldest_and_reports_gaps(make: &MakeStore) {
-        let t = make(limits(3, 60, 1 << 20));
+        let t = make(limits(3, 60, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         append_all(&mut *room, 1..=5, T0);
         assert_eq!(replayed(&mut *room, 2, T0), Ok(vec![3, 4, 5]));
@@ -361,7 +413,7 @@ mod tests {
     }
 
     fn age_bound_drops_old_events_at_read_time(make: &MakeStore) {
-        let t = make(limits(100, 10, 1 << 20));
+        let t = make(limits(100, 10, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         room.append(record(1, T0)).unwrap();
         room.append(record(2, T0 + 5_000)).unwrap();
@@ -380,7 +432,7 @@ mod tests {
     }
 
     fn byte_bound_keeps_at_least_the_newest_event(make: &MakeStore) {
-        let t = make(limits(100, 60, 20));
+        let t = make(limits(100, 60, 20).into());
         let mut room = t.store.open_room("r").unwrap();
         append_all(&mut *room, 1..=4, T0); // 8 bytes each
         assert_eq!(replayed(&mut *room, 2, T0), Ok(vec![3, 4]));
@@ -398,7 +450,7 @@ mod tests {
     }
 
     fn sparse_offsets_are_handled_without_arithmetic(make: &MakeStore) {
-        let t = make(limits(2, 60, 1 << 20));
+        let t = make(limits(2, 60, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         append_all(&mut *room, [10, 20, 30, 40], T0);
         // 20 was dropped: a client at 20 has it already and misses nothing.
@@ -410,7 +462,7 @@ mod tests {
     }
 
     fn zero_history_keeps_nothing_but_knows_the_position(make: &MakeStore) {
-        let t = make(limits(0, 60, 1 << 20));
+        let t = make(limits(0, 60, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         room.append(record(1, T0)).unwrap();
         assert_eq!(replayed(&mut *room, 1, T0), Ok(vec![]));
@@ -422,7 +474,7 @@ mod tests {
     }
 
     fn trim_during_a_replay_does_not_shorten_it(make: &MakeStore) {
-        let t = make(limits(100, 10, 1 << 20));
+        let t = make(limits(100, 10, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         for o in 1..=50 {
             let frame = frame_of(o, 40);
@@ -452,7 +504,7 @@ mod tests {
     }
 
     fn events_appended_after_replay_are_not_in_it(make: &MakeStore) {
-        let t = make(limits(100, 60, 1 << 20));
+        let t = make(limits(100, 60, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         append_all(&mut *room, 1..=5, T0);
         let replay = room.replay(2, T0).unwrap().unwrap();
@@ -465,7 +517,7 @@ mod tests {
     }
 
     fn batches_hold_about_max_bytes_and_at_least_one_frame(make: &MakeStore) {
-        let t = make(limits(100, 60, 1 << 20));
+        let t = make(limits(100, 60, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         append_all(&mut *room, 1..=10, T0); // 8 bytes each
         let mut replay = room.replay(0, T0).unwrap().unwrap();
@@ -477,7 +529,7 @@ mod tests {
     }
 
     fn publishes_of_returns_a_sessions_publishes_oldest_first(make: &MakeStore) {
-        let t = make(limits(100, 60, 1 << 20));
+        let t = make(limits(100, 60, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         for o in 1..=6 {
             let publisher = Publisher {
@@ -502,7 +554,7 @@ mod tests {
     }
 
     fn stats_count_what_a_replay_could_return(make: &MakeStore) {
-        let t = make(limits(3, 60, 1 << 20));
+        let t = make(limits(3, 60, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         for o in 0..5 {
             room.append(record(o + 1, T0 + o * 1_000)).unwrap();
@@ -527,7 +579,7 @@ mod tests {
     }
 
     fn rooms_are_independent(make: &MakeStore) {
-        let t = make(limits(100, 60, 1 << 20));
+        let t = make(limits(100, 60, 1 << 20).into());
         let long = "é".repeat(127); // 254 bytes
         let names = ["a", "b", long.as_str()];
         let mut rooms: Vec<_> = names
@@ -555,12 +607,101 @@ mod tests {
     }
 
     fn times_going_back_do_not_hide_old_events(make: &MakeStore) {
-        let t = make(limits(100, 10, 1 << 20));
+        let t = make(limits(100, 10, 1 << 20).into());
         let mut room = t.store.open_room("r").unwrap();
         room.append(record(1, T0 + 10_000)).unwrap();
         room.append(record(2, T0)).unwrap(); // the clock stepped back
         assert_eq!(room.stats(T0 + 15_000).oldest_ms, Some(T0 + 10_000));
         assert_eq!(replayed(&mut *room, 1, T0 + 21_000), Err(Gap::TooShort));
+    }
+
+    fn each_namespace_keeps_its_own_count(make: &MakeStore) {
+        let t = make(per_namespace(
+            limits(100, 60, 1 << 20),
+            &[("a", limits(3, 60, 1 << 20)), ("b", limits(5, 60, 1 << 20))],
+        ));
+        // "a" is in namespace a; "ab.x" is not, nor is "x.a".
+        let rooms = [("a.x", 3), ("b.x", 5), ("a", 3), ("ab.x", 8), ("x.a", 8)];
+        let mut open: Vec<_> = (rooms.iter())
+            .map(|(name, _)| t.store.open_room(name).unwrap())
+            .collect();
+        for o in 1..=8 {
+            for room in &mut open {
+                room.append(record(o, T0)).unwrap();
+            }
+        }
+        for ((name, kept), room) in rooms.iter().zip(&mut open) {
+            assert_eq!(room.last_offset(), 8, "{name}");
+            assert_eq!(room.stats(T0).events, *kept, "{name}");
+            let oldest = 8 - kept;
+            assert_eq!(
+                replayed(&mut **room, oldest, T0),
+                Ok((oldest + 1..=8).collect()),
+                "{name}"
+            );
+            if oldest > 0 {
+                let gap = replayed(&mut **room, oldest - 1, T0);
+                assert_eq!(gap, Err(Gap::TooShort), "{name}");
+            }
+        }
+    }
+
+    fn a_namespace_without_history_keeps_only_the_newest_offset(make: &MakeStore) {
+        let t = make(per_namespace(
+            limits(100, 60, 1 << 20),
+            &[("live", limits(0, 60, 1 << 20))],
+        ));
+        let mut live = t.store.open_room("live.feed").unwrap();
+        let mut kept = t.store.open_room("chat.feed").unwrap();
+        append_all(&mut *live, 1..=3, T0);
+        append_all(&mut *kept, 1..=3, T0);
+        assert_eq!(live.last_offset(), 3);
+        assert_eq!(replayed(&mut *live, 3, T0), Ok(vec![]), "up to date");
+        assert_eq!(replayed(&mut *live, 2, T0), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *live, 0, T0), Err(Gap::TooShort));
+        assert_eq!(live.stats(T0), HistoryStats::default());
+        assert_eq!(replayed(&mut *kept, 0, T0), Ok(vec![1, 2, 3]));
+        // A client up to date at 3 misses 4: told so, not served it.
+        append_all(&mut *live, 4..=4, T0);
+        assert_eq!(replayed(&mut *live, 3, T0), Err(Gap::TooShort));
+        // Opened again, the room still knows where it is.
+        drop(live);
+        let mut again = t.store.open_room("live.feed").unwrap();
+        assert_eq!(again.last_offset(), 4);
+        assert_eq!(replayed(&mut *again, 4, T0), Ok(vec![]));
+        assert_eq!(replayed(&mut *again, 3, T0), Err(Gap::TooShort));
+    }
+
+    /// Trimming as the server does it: each open room, then the store.
+    fn a_short_max_age_in_one_namespace_trims_only_its_rooms(make: &MakeStore) {
+        let t = make(per_namespace(
+            limits(100, 3600, 1 << 20),
+            &[("fast", limits(100, 10, 1 << 20))],
+        ));
+        let mut slow = t.store.open_room("slow.x").unwrap();
+        append_100(&mut *slow, 1..=5, T0);
+        let slow_only = t.store.usage().bytes;
+        let mut fast = t.store.open_room("fast.x").unwrap();
+        append_100(&mut *fast, 1..=5, T0);
+        let before = t.store.usage().bytes;
+        assert_eq!(before, 2 * slow_only);
+        let later = T0 + 60_000;
+        for room in [&mut fast, &mut slow] {
+            room.trim(later);
+        }
+        t.store.maintain(later);
+        let after = t.store.usage().bytes;
+        assert!(
+            (slow_only..before).contains(&after),
+            "{after} bytes kept, {slow_only} in the slow room, {before} before"
+        );
+        assert_eq!(replayed(&mut *fast, 0, later), Err(Gap::TooShort));
+        assert_eq!(replayed(&mut *fast, 5, later), Ok(vec![]));
+        assert_eq!(fast.stats(later), HistoryStats::default());
+        assert_eq!(fast.last_offset(), 5);
+        assert_eq!(replayed(&mut *slow, 0, later), Ok((1..=5).collect()));
+        let stats = slow.stats(later);
+        assert_eq!((stats.events, stats.bytes), (5, 500));
     }
 
     /// Appends `offsets` to `room`, each a frame of 100 bytes.
@@ -676,7 +817,7 @@ mod tests {
         };
         let max_bytes = (events * frame / 2 + next(events * frame)) as usize;
         let bounds = limits(1 + next(events) as usize, 5 + next(20), max_bytes);
-        let (t, reference) = (make(bounds), memory(bounds));
+        let (t, reference) = (make(bounds.into()), memory(bounds.into()));
         let mut room = t.store.open_room("r").unwrap();
         let mut model = reference.store.open_room("r").unwrap();
         let (mut offset, mut now) = (0, T0);
@@ -731,6 +872,18 @@ mod tests {
         };
     }
 
+    /// The stores where trimming a few events frees their bytes: a disk
+    /// store deletes whole segments and keeps a room's newest one, so with
+    /// its default 16 MiB segments trimming five events deletes nothing.
+    mod trimming_frees_bytes {
+        use super::*;
+
+        behaviour_tests! {
+            memory: [a_short_max_age_in_one_namespace_trims_only_its_rooms],
+            disk_small_segments: [a_short_max_age_in_one_namespace_trims_only_its_rooms],
+        }
+    }
+
     behaviour_tests! {
         memory_budgeted: [
             budget_drops_the_oldest_events_of_the_largest_room_first,
@@ -758,6 +911,8 @@ mod tests {
         stats_count_what_a_replay_could_return,
         rooms_are_independent,
         times_going_back_do_not_hide_old_events,
+        each_namespace_keeps_its_own_count,
+        a_namespace_without_history_keeps_only_the_newest_offset,
         answers_match_the_memory_store,
         answers_match_the_memory_store_in_long_histories,
     );

@@ -296,6 +296,8 @@ pub struct RoomShared {
     /// Its key in the file cache.
     pub id: u64,
     pub name: String,
+    /// Its bounds, resolved from its namespace when the store first knew it.
+    pub limits: HistoryLimits,
     pub dir: PathBuf,
     /// Open [`RoomHistory`] handles: `maintain` trims only rooms with none.
     pub handles: AtomicUsize,
@@ -306,7 +308,7 @@ impl RoomShared {
     /// Deletes the segments that hold only events outside the bounds.
     pub fn trim(&self, shared: &Shared, now_ms: u64) {
         let mut log = lock(&self.log);
-        let outdated = log.outdated(&shared.limits, now_ms);
+        let outdated = log.outdated(&self.limits, now_ms);
         let mut deleted = 0;
         for seg in &log.segments[..outdated] {
             let path = segment_path(&self.dir, seg.base);
@@ -547,7 +549,7 @@ impl RoomHistory for DiskRoom {
             return Ok(Err(Gap::TooShort));
         }
         if since < log.budget_floor {
-            return Ok(Err(log.budget_gap(&self.shared.limits, now_ms)));
+            return Ok(Err(log.budget_gap(&self.room.limits, now_ms)));
         }
         let Some(after) = log.locate(dir, since)? else {
             return Ok(Ok(Replay {
@@ -556,7 +558,7 @@ impl RoomHistory for DiskRoom {
             }));
         };
         if !within(
-            &self.shared.limits,
+            &self.room.limits,
             after.count,
             after.bytes,
             after.first_at_ms,
@@ -602,10 +604,10 @@ impl RoomHistory for DiskRoom {
     /// a `now_ms` before it.
     fn stats(&mut self, now_ms: u64) -> HistoryStats {
         let mut log = lock(&self.room.log);
-        if let Some(stats) = log.cached_stats(&self.shared.limits, now_ms) {
+        if let Some(stats) = log.cached_stats(&self.room.limits, now_ms) {
             return stats;
         }
-        match log.retained(&self.room.dir, &self.shared.limits, now_ms) {
+        match log.retained(&self.room.dir, &self.room.limits, now_ms) {
             Ok(stats) => {
                 log.stats_cache = Some((now_ms, stats));
                 stats

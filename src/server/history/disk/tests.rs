@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::super::tests::{append_all, drain, frame_of, limits, record, replayed, T0};
-use super::super::{Gap, Publisher, Record};
+use super::super::tests::{
+    append_all, drain, frame_of, limits, per_namespace, record, replayed, T0,
+};
+use super::super::{Gap, HistoryLimits, Publisher, Record, RoomLimits};
 use super::format::{self, room_dir_name, segment_base, BODY_FIXED, HEADER_LEN, RECORD_HEAD};
 use super::segment::for_each_record;
 use super::*;
@@ -22,7 +24,7 @@ fn small_segments() -> DiskOptions {
     }
 }
 
-fn open(dir: &Path, limits: HistoryLimits, options: DiskOptions) -> DiskStore {
+fn open(dir: &Path, limits: impl Into<RoomLimits>, options: DiskOptions) -> DiskStore {
     DiskStore::open(dir, limits, options).unwrap()
 }
 
@@ -302,6 +304,63 @@ fn maintain_trims_the_rooms_that_are_not_open() {
     assert_eq!(closed.last_offset(), 30);
     assert_eq!(replayed(&mut *closed, 30, T0 + 60_000), Ok(vec![]));
     assert_eq!(replayed(&mut *closed, 29, T0 + 60_000), Err(Gap::TooShort));
+}
+
+#[test]
+fn reopened_with_shorter_namespace_limits_trims_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let generous = limits(100, 3600, 1 << 20);
+    let names = ["a.x", "b.x", "c.x"];
+    let store = open(dir.path(), generous, small_segments());
+    for name in names {
+        let mut room = store.open_room(name).unwrap();
+        for o in 1..=10 {
+            let frame = frame_of(o, 100); // one record per segment
+            room.append(Record {
+                frame,
+                ..record(o, T0)
+            })
+            .unwrap();
+        }
+    }
+    drop(store);
+    let files = || names.map(|name| segments(dir.path(), name).len());
+    assert_eq!(files(), [10, 10, 10]);
+
+    let shorter = per_namespace(
+        generous,
+        &[
+            ("a", limits(3, 3600, 1 << 20)),
+            ("b", limits(100, 10, 1 << 20)),
+        ],
+    );
+    let store = open(dir.path(), shorter, small_segments());
+    let later = T0 + 60_000;
+    {
+        // Replays answer by the new limits at once; nothing is deleted yet.
+        let mut a = store.open_room("a.x").unwrap();
+        assert_eq!(replayed(&mut *a, 7, T0), Ok(vec![8, 9, 10]));
+        assert_eq!(replayed(&mut *a, 6, T0), Err(Gap::TooShort));
+    }
+    assert_eq!(files(), [10, 10, 10]);
+    store.maintain(later);
+    assert_eq!(files(), [3, 1, 10], "b's newest segment stays");
+    let [mut a, mut b, mut c] = names.map(|name| store.open_room(name).unwrap());
+    assert_eq!(replayed(&mut *a, 7, later), Ok(vec![8, 9, 10]));
+    assert_eq!(replayed(&mut *a, 6, later), Err(Gap::TooShort));
+    assert_eq!(replayed(&mut *b, 0, later), Err(Gap::TooShort));
+    assert_eq!(replayed(&mut *b, 10, later), Ok(vec![]));
+    assert_eq!(replayed(&mut *c, 0, later), Ok((1..=10).collect()));
+    drop((a, b, c, store));
+
+    // Longer limits again do not bring deleted events back.
+    let store = open(dir.path(), generous, small_segments());
+    let [mut a, mut b] = ["a.x", "b.x"].map(|name| store.open_room(name).unwrap());
+    assert_eq!(replayed(&mut *a, 7, later), Ok(vec![8, 9, 10]));
+    assert_eq!(replayed(&mut *a, 6, later), Err(Gap::TooShort));
+    assert_eq!(replayed(&mut *b, 9, later), Ok(vec![10]));
+    assert_eq!(replayed(&mut *b, 8, later), Err(Gap::TooShort));
+    assert_eq!((a.last_offset(), b.last_offset()), (10, 10));
 }
 
 #[test]
