@@ -150,8 +150,14 @@ async fn tokens_are_checked_at_hello_each_refusal_with_its_own_reason() {
     assert_eq!(code, ErrorCode::InvalidToken);
     assert!(reason.contains("signature"), "{reason}");
 
-    // Not valid yet: minted as if an hour from now.
-    let early = mint_hs256(SECRET, &request, now + 3600).unwrap();
+    // Not valid for another hour.
+    let claims = serde_json::json!({ "sub": "ann", "exp": now + 7200, "nbf": now + 3600 });
+    let early = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
     let (code, reason) = refused(&server, Some(early)).await;
     assert!(
         code == ErrorCode::InvalidToken && reason.contains("not valid before"),
@@ -565,4 +571,19 @@ async fn namespace_rules_apply_to_their_rooms_only() {
     assert_eq!(assert_reliable(&own, "game.x", "say", "echoed"), offset);
     c.ping().await.unwrap();
     assert!(events.try_next().is_none(), "chat.x is not echoed");
+    // chat keeps no history, game the server's default.
+    let (late, _late_events) = client(&server, full("late")).await;
+    let since_start = JoinOptions {
+        since: Some(0),
+        ..JoinOptions::default()
+    };
+    let chat = late.join_with("chat.x", since_start).await.unwrap();
+    assert_eq!(
+        chat.recovery,
+        Recovery::NotRecovered {
+            reason: RecoveryFailure::HistoryTooShort
+        }
+    );
+    let game = late.join_with("game.x", since_start).await.unwrap();
+    assert_eq!(game.recovery, Recovery::Recovered { replayed: 1 });
 }

@@ -40,6 +40,7 @@ pub use backplane::{
 };
 pub use history::{
     DiskOptions, DiskStore, FsyncPolicy, HistoryError, HistoryLimits, HistoryUsage, MemoryStore,
+    RoomLimits,
 };
 pub use limits::{AddressLimits, ConnectionLimits, Rate};
 pub use namespaces::{Namespace, NamespaceError, NamespaceSettings, Namespaces};
@@ -62,6 +63,11 @@ fn log_limits(config: &ServerConfig) -> resume::LogLimits {
         rooms: config.limits.publish_streams,
         entries: config.limits.publish_log_entries,
     }
+}
+
+/// Each room's history limits: its namespace's, or the server's default.
+fn room_limits(config: &ServerConfig) -> RoomLimits {
+    RoomLimits::new(config.history, config.namespaces.history_limits())
 }
 
 /// Publish outcomes each session remembers per room, for answering retried
@@ -265,7 +271,7 @@ impl Server {
     pub fn bind(config: ServerConfig, identity: ServerIdentity) -> Result<Self, ServerError> {
         match &config.storage {
             Storage::Memory => {
-                let store = MemoryStore::new(config.history);
+                let store = MemoryStore::new(room_limits(&config));
                 let store = Arc::new(store.with_budget(config.history_total_bytes));
                 let backplane = Arc::new(EmbeddedBackplane::new(config.max_rooms, store));
                 Self::with_backplane(config, identity, backplane)
@@ -275,7 +281,11 @@ impl Server {
                     fsync: *fsync,
                     ..DiskOptions::default()
                 };
-                let store = DiskStore::open(dir, config.history, options)?;
+                let store = DiskStore::open(dir, room_limits(&config), options)?;
+                // Trim to the current limits first (a namespace's history
+                // may have been shortened since), so the budget does not
+                // count what the trim drops anyway.
+                history::HistoryStore::maintain(&store, history::now_ms());
                 let store = Arc::new(store.with_budget(config.history_total_bytes));
                 let backplane = Arc::new(EmbeddedBackplane::new(config.max_rooms, store));
                 let (journal, stored) = FileJournal::open(dir)?;
