@@ -30,7 +30,7 @@ enum Command {
     // A flag given twice takes the last value (scripts and the benchmarks
     // put their defaults first).
     #[command(args_override_self = true)]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Write a development CA and server certificate.
     Certs(serve::CertsArgs),
     /// Publish events to a room.
@@ -54,7 +54,7 @@ pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 /// Runs the chosen command.
 pub fn run(args: Args) -> CliResult {
     match args.command {
-        Command::Serve(a) => serve::serve(a),
+        Command::Serve(a) => serve::serve(*a),
         Command::Certs(a) => serve::certs(a),
         Command::Pub(a) => current_thread()?.block_on(pubsub::publish(a)),
         Command::Sub(a) => current_thread()?.block_on(pubsub::subscribe(a)),
