@@ -95,14 +95,12 @@ fn assert_reliable(event: &Event, room: &str, name: &str, payload: &str) -> u64 
     }
 }
 
-/// The next notice or event that is not about the connection.
+/// The next notice or event; the connection must not drop meanwhile.
 async fn next_incoming(events: &mut Events) -> Incoming {
-    loop {
-        match within("incoming", events.next_incoming()).await {
-            Some(Incoming::Disconnected { reason }) => panic!("disconnected: {reason}"),
-            Some(incoming) => return incoming,
-            None => panic!("the client closed"),
-        }
+    match within("incoming", events.next_incoming()).await {
+        Some(Incoming::Disconnected { reason }) => panic!("disconnected: {reason}"),
+        Some(incoming) => incoming,
+        None => panic!("the client closed"),
     }
 }
 
