@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::process::{quicbus, run};
+use common::process::{assert_one_line_failure, json_lines, quicbus, run, sub};
 use common::within;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
@@ -35,36 +35,6 @@ async fn serve(certs: &Path) -> (Child, String) {
     // Keep draining stderr so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr)
-}
-
-/// `quicbus sub`, returned once it has joined its rooms.
-async fn sub(addr: &str, ca: &Path, extra: &[&str]) -> Child {
-    let mut child = quicbus()
-        .args(["sub", "--server", addr, "--ca"])
-        .arg(ca)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sub");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    within("sub to join", async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.starts_with("joined ") {
-                return;
-            }
-        }
-        panic!("sub exited before joining");
-    })
-    .await;
-    child
-}
-
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
-        .collect()
 }
 
 #[tokio::test]
@@ -172,26 +142,6 @@ async fn certs_writes_files_and_refuses_to_overwrite() {
     assert!(stderr.contains("--force"), "{stderr}");
     let (code, _, _) = run(quicbus().args(["certs", "--force", "--dir"]).arg(&target)).await;
     assert_eq!(code, 0);
-}
-
-/// Exit 1 with exactly one line on stderr that contains `expected`.
-fn assert_one_line_failure((code, _, stderr): (i32, String, String), expected: &str) {
-    assert_eq!(code, 1, "stderr: {stderr}");
-    // Status lines ("joined …") may come first; the failure is one line.
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("quicbus: error: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "stderr: {stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().last(),
-        Some(errors[0]),
-        "{stderr}"
-    );
-    assert!(
-        errors[0].contains(expected),
-        "{stderr:?} lacks {expected:?}"
-    );
 }
 
 #[tokio::test]

@@ -144,3 +144,53 @@ impl Restartable {
         ServeProcess::spawn(self.certs, self.addr, self.args).await
     }
 }
+
+/// `quicbus sub`, returned once it has joined its rooms.
+pub async fn sub(addr: &str, ca: &Path, extra: &[&str]) -> Child {
+    let mut child = quicbus()
+        .args(["sub", "--server", addr, "--ca"])
+        .arg(ca)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sub");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    within("sub to join", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("joined ") {
+                return;
+            }
+        }
+        panic!("sub exited before joining");
+    })
+    .await;
+    child
+}
+
+pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+        .collect()
+}
+
+/// Exit 1 with exactly one line on stderr that contains `expected`.
+pub fn assert_one_line_failure((code, _, stderr): (i32, String, String), expected: &str) {
+    assert_eq!(code, 1, "stderr: {stderr}");
+    // Status lines ("joined …") may come first; the failure is one line.
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("quicbus: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().last(),
+        Some(errors[0]),
+        "{stderr}"
+    );
+    assert!(
+        errors[0].contains(expected),
+        "{stderr:?} lacks {expected:?}"
+    );
+}
