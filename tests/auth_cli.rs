@@ -62,7 +62,7 @@ async fn a_secured_server_lets_each_token_do_what_it_allows_and_no_more() {
     .await;
 
     // The read-only subscriber receives what the publisher sends.
-    let mut watching = sub(
+    let watching = sub(
         &addr,
         &ca,
         &["--room", "game.lobby", "--count", "2", "--token", &reader],
