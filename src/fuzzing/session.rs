@@ -43,8 +43,30 @@ const MAX_BYTES_SENT: usize = 64 * 1024;
 const MAX_FRAME: usize = 2048;
 /// Longest name an input makes: over `MAX_NAME_LEN`, under `MAX_FRAME`.
 const MAX_NAME: usize = 400;
-/// The token the server asks for in `Hello`.
-const TOKEN: &str = "fuzz-token";
+/// The key the server checks signed tokens with.
+const SECRET: &[u8] = b"fuzzing secret, not a real one";
+
+/// The signed token inputs present in `Hello` and `Refresh`: some rooms
+/// allowed, others not, so inputs meet every permission check.
+fn token() -> String {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            let lists = |rooms: &[&str]| rooms.iter().map(|r| r.to_string()).collect();
+            let request = crate::auth::token::TokenRequest {
+                user: "fuzz".into(),
+                permissions: crate::auth::PermissionLists {
+                    publish: lists(&["lobby", BYSTANDER_ROOM]),
+                    subscribe: lists(&["lobby", "chat", BYSTANDER_ROOM]),
+                    history: lists(&["lobby"]),
+                },
+                ttl: 24 * 3600,
+            };
+            let now = crate::auth::token::unix_now();
+            crate::auth::token::mint_hs256(SECRET, &request, now).unwrap_or_default()
+        })
+        .clone()
+}
 /// The room the bystander joins and publishes to; inputs may use it too.
 const BYSTANDER_ROOM: &str = "bystander";
 /// Names inputs pick from besides made-up ones, so they meet again.
@@ -125,7 +147,7 @@ impl Harness {
                 .expect("fuzz harness: client endpoint");
             let mut options = ClientOptions::new(server.local_addr());
             options.trust = Trust::CaPem(certs.ca_pem.clone());
-            options.token = Some(TOKEN.into());
+            options.token = Some(token());
             options.client_name = "bystander".into();
             let (bystander, mut events) = Client::connect(options)
                 .await
@@ -230,7 +252,10 @@ fn server_config() -> ServerConfig {
         max_frame: MAX_FRAME,
         handshake_timeout: Duration::from_secs(2),
         shutdown_grace: Duration::from_secs(1),
-        token: Some(TOKEN.into()),
+        auth: crate::server::AuthConfig {
+            verifier: crate::auth::token::TokenVerifier::hs256(SECRET).ok(),
+            allow_anonymous: false,
+        },
         history: HistoryLimits {
             max_events: 32,
             max_age: Duration::from_secs(60),
@@ -334,7 +359,7 @@ impl Peer {
     async fn open_session(&mut self, opening: usize, choices: &mut Choices<'_>) {
         let hello = |resume, copies| Frame::Hello {
             version: PROTOCOL_VERSION,
-            token: Some(TOKEN.into()),
+            token: Some(token()),
             client_name: "fuzz".into(),
             resume,
             copies,
@@ -520,13 +545,21 @@ fn control_frame(choices: &mut Choices<'_>) -> Frame {
             room: room_name(choices),
         },
         4 => Frame::Ping { request },
-        5 => Frame::Pong { request },
+        5 if choices.flag() => Frame::Pong { request },
+        5 => Frame::Refresh {
+            request,
+            token: if choices.flag() {
+                token()
+            } else {
+                choices.text(64)
+            },
+        },
         6 => Frame::PublishStream {
             room: room_name(choices),
         },
         _ => Frame::Hello {
             version: PROTOCOL_VERSION,
-            token: Some(TOKEN.into()),
+            token: Some(token()),
             client_name: choices.text(16),
             resume: None,
             copies: choices.flag(),
