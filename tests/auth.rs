@@ -111,7 +111,7 @@ async fn tokens_are_checked_at_hello_each_refusal_with_its_own_reason() {
 
     let (code, reason) = refused(&server, None).await;
     assert_eq!(code, ErrorCode::TokenRequired);
-    assert!(reason.contains("token required"), "{reason}");
+    assert!(reason.contains("signed token"), "{reason}");
 
     let request = TokenRequest {
         user: "ann".into(),

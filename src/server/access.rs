@@ -160,7 +160,7 @@ pub(crate) fn authenticate(
         None | Some("") => Err(Refused {
             code: ErrorCode::TokenRequired,
             refusal: Refusal::TokenRequired,
-            reason: "token required: this server accepts only clients with a signed token".into(),
+            reason: "this server accepts only clients with a signed token".into(),
         }),
         Some(token) => verify(verifier, token, now),
     }
