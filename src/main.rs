@@ -9,7 +9,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    // `serve --config FILE`: the file's flags join the command line before
+    // clap sees it; anything wrong in the file is a usage error.
+    let raw = match cli::config::expand(std::env::args_os().collect()) {
+        Ok(raw) => raw,
+        Err(err) => {
+            let line = err.to_string().replace('\n', " ");
+            eprintln!("quicbus: error: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = cli::Args::parse_from(raw);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

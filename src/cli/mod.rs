@@ -2,6 +2,7 @@
 //! calls and prints results.
 
 mod bench;
+pub mod config;
 mod demo;
 mod netsim;
 mod pubsub;

@@ -14,6 +14,11 @@ use super::CliResult;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// Settings from this TOML file (see quicbus.example.toml): any flag
+    /// below by its long name, plus [anonymous] and [namespaces.NAME].
+    /// Flags given here override the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// UDP address to listen on.
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
@@ -336,6 +341,13 @@ async fn run_server(args: ServeArgs) -> CliResult {
         ..ServerConfig::default()
     };
     args.limits.apply(&mut config);
+    // Namespaces and the anonymous permissions come from the file only
+    // (`main` has checked it already); the flags' history is the default.
+    let sections = match &args.config {
+        Some(path) => super::config::ConfigFile::load(path)?.sections,
+        None => super::config::Sections::default(),
+    };
+    config.namespaces = sections.namespaces(config.history)?;
     config.limits.publish_streams = args.max_publish_rooms as usize;
     let fresh = !args.memory && !args.data.join("epoch").exists();
     let server = Server::bind(config, identity)?;
