@@ -209,3 +209,118 @@ async fn auth_flags_that_cannot_work_end_serve_with_one_line() {
         "do not go together",
     );
 }
+
+/// The README's secured set-up: auth, anonymous permissions and two
+/// namespaces, all from a config file.
+#[tokio::test]
+async fn a_config_file_sets_auth_anonymous_permissions_and_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt.secret");
+    std::fs::write(&secret, "another secret for the config test\n").unwrap();
+    let config = dir.path().join("quicbus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"memory = true
+auth-secret-file = "{}"
+allow-anonymous = true
+
+[anonymous]
+subscribe = ["public.>"]
+
+[namespaces.game]
+history_events = 0
+max_payload = 8
+
+[namespaces.chat]
+datagrams = false
+"#,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let server = ServeProcess::start(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    let addr = server.addr.to_string();
+    let ca = server.ca();
+    let publisher = mint(
+        &secret,
+        &[
+            "--user",
+            "p",
+            "--publish",
+            ">",
+            "--subscribe",
+            ">",
+            "--history",
+            ">",
+        ],
+    )
+    .await;
+    let client = |command: &str, token: Option<&str>, extra: &[&str]| {
+        let mut cmd = quicbus();
+        cmd.arg(command)
+            .args(["--server", &addr, "--no-reconnect"])
+            .arg("--ca")
+            .arg(&ca)
+            .args(extra)
+            .env_remove("QUICBUS_TOKEN");
+        if let Some(token) = token {
+            cmd.env("QUICBUS_TOKEN", token);
+        }
+        cmd
+    };
+    // Anonymous: public.> only, to subscribe.
+    let anonymous = sub(&addr, &ca, &["--room", "public.news", "--count", "1"]).await;
+    let (code, _, stderr) = run(&mut client(
+        "pub",
+        Some(&publisher),
+        &[
+            "--room",
+            "public.news",
+            "--event",
+            "e",
+            "--ack",
+            "read all about it",
+        ],
+    ))
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let out = within("anonymous sub", anonymous.wait_with_output())
+        .await
+        .unwrap();
+    let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(lines[0]["room"], "public.news");
+    assert_eq!(lines[0]["payload"], "read all about it");
+    assert_one_line_failure(
+        run(&mut client("sub", None, &["--room", "game.lobby"])).await,
+        "forbidden",
+    );
+    assert_one_line_failure(
+        run(&mut client(
+            "pub",
+            None,
+            &["--room", "public.news", "--event", "e", "x"],
+        ))
+        .await,
+        "forbidden",
+    );
+    // game: payloads of at most 8 bytes.
+    assert_one_line_failure(
+        run(&mut client(
+            "pub",
+            Some(&publisher),
+            &["--room", "game.lobby", "--event", "e", "nine bytes"],
+        ))
+        .await,
+        "maximum of 8 bytes of namespace 'game'",
+    );
+    // chat: no datagrams. The refusal answers no request: pub still exits 0
+    // (datagrams are fire and forget), and the server counts it.
+    let (code, _, stderr) = run(&mut client(
+        "pub",
+        Some(&publisher),
+        &["--room", "chat.x", "--event", "e", "--datagram", "x"],
+    ))
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -158,7 +158,7 @@ fn datagram_refusal(ctx: &SessionContext, named: &Named, payload: usize) -> Opti
 /// The refusal of a payload over its namespace's maximum.
 fn payload_message(room: &str, payload: usize, max: usize) -> String {
     format!(
-        "room {room}: payload of {payload} bytes is over namespace '{}''s maximum of {max} bytes",
+        "room {room}: payload of {payload} bytes is over the maximum of {max} bytes of namespace '{}'",
         namespace_of(room)
     )
 }
