@@ -359,6 +359,16 @@ async fn an_expired_connection_is_closed_and_refreshes_are_checked() {
         Err(ClientError::Rejected { code, .. }) => assert_eq!(code, ErrorCode::InvalidToken),
         other => panic!("expected a refusal, got {other:?}"),
     }
+    let request = TokenRequest {
+        user: "ann".into(),
+        permissions: PermissionLists::default(),
+        ttl: 10,
+    };
+    let expired = mint_hs256(SECRET, &request, unix_now() - 100).unwrap();
+    match c.refresh_token(&expired).await {
+        Err(ClientError::Rejected { code, .. }) => assert_eq!(code, ErrorCode::TokenExpired),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     match within("close at expiry", c.closed()).await {
         ClientError::Closed { code, reason } => {
             assert_eq!(code, u64::from(close_code::TOKEN_EXPIRED));
@@ -584,4 +594,48 @@ async fn namespace_rules_apply_to_their_rooms_only() {
     );
     let game = late.join_with("game.x", since_start).await.unwrap();
     assert_eq!(game.recovery, Recovery::Recovered { replayed: 1 });
+}
+
+#[tokio::test]
+async fn tokens_signed_by_another_service_are_checked_with_its_public_key() {
+    use quicbus::auth::token::{mint_with_pem, Algorithm};
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let verifier = TokenVerifier::from_public_key_pem(key.public_key_pem().as_bytes()).unwrap();
+    let server = common::start_with(ServerConfig {
+        auth: AuthConfig {
+            verifier: Some(verifier),
+            allow_anonymous: false,
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let request = TokenRequest {
+        user: "es".into(),
+        permissions: lists(&["game.>"], &["game.>"], &[]),
+        ttl: 600,
+    };
+    let signed = mint_with_pem(
+        key.serialize_pem().as_bytes(),
+        Algorithm::Es256,
+        &request,
+        unix_now(),
+    )
+    .unwrap();
+    let (c, mut events) = client(&server, signed).await;
+    c.join_with(
+        "game.x",
+        JoinOptions {
+            echo: Some(true),
+            ..JoinOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let offset = c.emit_with_ack("game.x", "say", "signed").await.unwrap();
+    let own = next_event(&mut events, "own event").await;
+    assert_eq!(assert_reliable(&own, "game.x", "say", "signed"), offset);
+    // An HS256 token, whatever its secret, is another algorithm.
+    let (code, reason) = refused(&server, Some(full("ann"))).await;
+    assert_eq!(code, ErrorCode::InvalidToken);
+    assert!(reason.contains("HS256"), "{reason}");
 }
