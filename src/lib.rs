@@ -21,6 +21,10 @@
 //!   directory's log: `server::history`) and hands each subscriber the event
 //!   *encoded once*; the subscriber's bounded queue feeds the room's stream
 //!   writer.
+//! - [`auth`]: who may do what: room patterns (NATS rules), permission
+//!   lists, and signed tokens (JWT) that carry them. The server checks a
+//!   connection's token once and caches each room's answer with the room's
+//!   id on that connection (`server::access`).
 //! - [`game`]: the moving-entities world of the demo and the game examples.
 //! - [`netsim`]: a seeded UDP impairment proxy (loss, delay, jitter, reorder,
 //!   duplication, outages) to put between a client and a server in tests.
