@@ -88,9 +88,11 @@ pub(crate) async fn run(
         copies,
         share: &share,
         expires,
+        expiry: Instant::now(),
     };
+    rooms.expiry = rooms.expiry_deadline();
     // When the token expires (far away without one); moved by a `Refresh`.
-    let mut expiry_at = rooms.expiry_deadline();
+    let mut expiry_at = rooms.expiry;
     let expiry = tokio::time::sleep_until(expiry_at);
     tokio::pin!(expiry);
 
@@ -110,8 +112,8 @@ pub(crate) async fn run(
                     if let Ending::Close(closing) = ending { closing.apply(&conn, &ctx.stats); }
                     break false;
                 }
-                if rooms.expiry_deadline() != expiry_at {
-                    expiry_at = rooms.expiry_deadline();
+                if rooms.expiry != expiry_at {
+                    expiry_at = rooms.expiry;
                     expiry.as_mut().reset(expiry_at);
                 }
                 // A join or resolve can be work (a room created, a replay
@@ -408,6 +410,8 @@ struct Rooms<'a> {
     share: &'a Arc<ConnectionShare>,
     /// When the connection's token expires (seconds since the Unix epoch).
     expires: Option<u64>,
+    /// When the connection is closed unless its token is refreshed.
+    expiry: Instant,
 }
 
 impl Rooms<'_> {
@@ -470,6 +474,7 @@ impl Rooms<'_> {
         let expires = identity.expires();
         self.share.access.replace(identity);
         self.expires = expires;
+        self.expiry = self.expiry_deadline();
         let namespaces = &self.ctx.config.namespaces;
         let access = &self.share.access;
         self.ids.regrant(|room| access.grant(room, namespaces).0);
