@@ -139,6 +139,13 @@ fn bench_latency_writes_every_field_with_sane_values() {
             assert_eq!(delivered, sent, "reliable events are never lost: {row}");
         }
         assert_eq!(u(row, "misordered"), 0, "duplicated or reordered: {row}");
+        // No token checks unless asked for.
+        let auth = if s(row, "delivery") == "udp" {
+            "none"
+        } else {
+            "off"
+        };
+        assert_eq!(s(row, "auth"), auth, "{row}");
         let p: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
             .iter()
             .map(|k| u(row, k))
@@ -240,6 +247,96 @@ fn bench_latency_storages_take_turns_over_several_blocks() {
             assert_eq!(u(row, "delivered"), 1100, "{row}");
         }
     }
+}
+
+#[test]
+fn bench_latency_with_and_without_token_checks_compares_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("auth.json");
+    let svg = dir.path().join("auth.svg");
+    let (stdout, stderr) = quicbus_ok(&[
+        "bench",
+        "latency",
+        "--scenario",
+        "relay",
+        "--storage",
+        "memory",
+        "--auth",
+        "off,on",
+        "--samples",
+        "60",
+        "--warmup",
+        "10",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    // Both servers take turns in each measurement.
+    assert!(
+        stderr.contains("relay reliable (memory, memory+auth)"),
+        "{stderr}"
+    );
+    let rows = rows(&json);
+    let names: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                s(r, "name"),
+                s(r, "delivery"),
+                s(r, "storage"),
+                s(r, "auth"),
+            )
+        })
+        .collect();
+    let mut expected = vec![("udp-echo", "udp", "none", "none")];
+    for delivery in ["reliable", "reliable+copies", "datagram"] {
+        expected.push(("relay", delivery, "memory", "off"));
+        expected.push(("relay", delivery, "memory", "on"));
+    }
+    assert_eq!(names, expected);
+    let udp_p50 = u(&rows[0], "p50_us");
+    assert!(udp_p50 >= 1, "{}", rows[0]);
+    for row in &rows[1..] {
+        // With tokens, every event gets through: nothing forbidden.
+        let (sent, delivered) = (u(row, "sent"), u(row, "delivered"));
+        assert_eq!(sent, 60, "{row}");
+        if s(row, "delivery") == "datagram" {
+            assert!(delivered > 0 && delivered <= sent, "{row}");
+        } else {
+            assert_eq!(delivered, sent, "{row}");
+        }
+        assert_eq!(u(row, "misordered"), 0, "{row}");
+        assert!(u(row, "p50_us") >= 1, "{row}");
+        assert!(u(row, "p50_us") <= u(row, "p99_us"), "{row}");
+        assert_eq!(u(row, "udp_p50_us"), udp_p50, "{row}");
+    }
+    // One comparison line per delivery, with the UDP echo of the run.
+    let heading = "auth on ÷ off";
+    let comparison = stdout
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("no comparison: {stdout}"))
+        .1;
+    for delivery in ["reliable ", "reliable+copies", "datagram"] {
+        let line = comparison
+            .lines()
+            .find(|l| l.trim_start().starts_with("relay") && l.contains(delivery))
+            .unwrap_or_else(|| panic!("no line for {delivery}: {stdout}"));
+        assert!(line.contains("p50") && line.contains("p99"), "{line}");
+        assert!(
+            line.contains(&format!("udp echo p50 {udp_p50} µs")),
+            "{line}"
+        );
+    }
+    assert!(
+        !stdout.contains("disk (fsync interval) ÷ memory"),
+        "{stdout}"
+    );
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.contains("auth on") && plot.contains("auth off"),
+        "{plot}"
+    );
 }
 
 #[test]
@@ -721,6 +818,7 @@ fn bench_refuses_bad_arguments_with_usage_errors() {
         &["bench", "fanout", "--subscribers", "ten"],
         &["bench", "fanout", "--size", "8"],
         &["bench", "latency", "--storage", "tape"],
+        &["bench", "latency", "--auth", "maybe"],
         &["bench", "replay", "--size", "4"],
         &["bench", "replay", "--events", "0"],
         &["bench", "replay", "--bytes", "12Q"],

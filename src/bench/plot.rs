@@ -3,7 +3,9 @@
 //! - latency: one panel per scenario, latency against percentile (log
 //!   scales), reliable vs datagram with the raw-UDP echo for reference, so
 //!   the reliable tail under loss stands out against the datagram one; a
-//!   scenario run on both storages draws its memory-storage curves dashed;
+//!   scenario run on both storages draws its memory-storage curves dashed,
+//!   and one run with and without token checks draws the checked ones thin
+//!   and dark, over the others;
 //! - fan-out: delivered events per second and p99 against subscribers.
 
 use std::path::Path;
@@ -27,6 +29,12 @@ fn color(delivery: &str) -> RGBColor {
         "udp" => UDP,
         _ => RELIABLE,
     }
+}
+
+/// The colour of a curve with token checks, beside its twin without.
+fn darker(c: RGBColor) -> RGBColor {
+    let dim = |v: u8| (f64::from(v) * 0.55) as u8;
+    RGBColor(dim(c.0), dim(c.1), dim(c.2))
 }
 
 fn plot_error(e: impl std::fmt::Display) -> BenchError {
@@ -106,10 +114,18 @@ pub fn latency_svg(path: &Path, rows: &[LatencyRow], title: &str) -> Result<(), 
             series.push((udp, color(&udp.delivery)));
         }
         let mut storages: Vec<&str> = Vec::new();
+        let mut auths: Vec<&str> = Vec::new();
         for (row, _) in &series {
             if row.delivery != "udp" && !storages.contains(&row.storage.as_str()) {
                 storages.push(&row.storage);
             }
+            if row.delivery != "udp" && !auths.contains(&row.auth.as_str()) {
+                auths.push(&row.auth);
+            }
+        }
+        // The checked curves last, so they lie over their twins.
+        if auths.len() > 1 {
+            series.sort_by_key(|(row, _)| row.auth == "on");
         }
         for (row, color) in series {
             let points: Vec<(f64, f64)> = row
@@ -119,18 +135,22 @@ pub fn latency_svg(path: &Path, rows: &[LatencyRow], title: &str) -> Result<(), 
                 .collect();
             let label = if row.delivery == "udp" {
                 "raw UDP echo".to_string()
-            } else if storages.len() > 1 {
-                format!(
-                    "{}, {} ({}/{} delivered)",
-                    row.delivery, row.storage, row.delivered, row.sent
-                )
             } else {
-                format!(
-                    "{} ({}/{} delivered)",
-                    row.delivery, row.delivered, row.sent
-                )
+                let mut what = row.delivery.clone();
+                if storages.len() > 1 {
+                    what = format!("{what}, {}", row.storage);
+                }
+                if auths.len() > 1 {
+                    what = format!("{what}, auth {}", row.auth);
+                }
+                format!("{what} ({}/{} delivered)", row.delivered, row.sent)
             };
-            let style = color.stroke_width(2);
+            let checked = row.auth == "on" && auths.len() > 1;
+            let style = if checked {
+                darker(color).stroke_width(1)
+            } else {
+                color.stroke_width(2)
+            };
             if row.storage == "memory" && storages.len() > 1 {
                 chart
                     .draw_series(DashedLineSeries::new(points, 6, 4, style))

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::bench::fanout::{FanoutConfig, FanoutRow};
-use crate::bench::latency::{Kind, LatencyConfig, LatencyRow, Scenario};
+use crate::bench::latency::{AuthMode, Kind, LatencyConfig, LatencyRow, Scenario, AUTH_P50_LIMIT};
 use crate::bench::replay::{Fill, ReplayConfig, ReplayRow};
 use crate::bench::soak::{AttackKind, SoakConfig, SoakReport};
 use crate::bench::storage::{StorageConfig, StorageRow};
@@ -61,6 +61,24 @@ impl From<StorageArg> for StorageKind {
         match arg {
             StorageArg::Disk => StorageKind::Disk,
             StorageArg::Memory => StorageKind::Memory,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AuthArg {
+    /// No token checks (`serve` without `--auth-*`).
+    Off,
+    /// HS256 tokens (`serve --auth-secret-file`), each client with a token
+    /// allowing what it does.
+    On,
+}
+
+impl From<AuthArg> for AuthMode {
+    fn from(arg: AuthArg) -> Self {
+        match arg {
+            AuthArg::Off => AuthMode::Off,
+            AuthArg::On => AuthMode::On,
         }
     }
 }
@@ -151,6 +169,11 @@ pub struct LatencyArgs {
     /// scenario.
     #[arg(long, value_enum, value_delimiter = ',')]
     storage: Option<Vec<StorageArg>>,
+    /// Whether the server checks signed tokens; a comma-separated list.
+    /// `off,on` measures both, taking turns as storages do, and compares
+    /// them.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
+    auth: Vec<AuthArg>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -670,6 +693,16 @@ fn latency(args: LatencyArgs) -> CliResult {
             .storage
             .as_ref()
             .map(|list| list.iter().map(|&s| StorageKind::from(s)).collect()),
+        auth: {
+            let mut modes = Vec::new();
+            for &arg in &args.auth {
+                let mode = AuthMode::from(arg);
+                if !modes.contains(&mode) {
+                    modes.push(mode);
+                }
+            }
+            modes
+        },
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
@@ -691,10 +724,11 @@ fn latency(args: LatencyArgs) -> CliResult {
 
 fn print_latency(rows: &[LatencyRow]) {
     println!(
-        "{:<16} {:<15} {:<7} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
+        "{:<16} {:<15} {:<7} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
         "scenario",
         "delivery",
         "storage",
+        "auth",
         "loss%",
         "delivered/sent",
         "p50µs",
@@ -707,10 +741,11 @@ fn print_latency(rows: &[LatencyRow]) {
     );
     for r in rows {
         println!(
-            "{:<16} {:<15} {:<7} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
+            "{:<16} {:<15} {:<7} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
             r.name,
             r.delivery,
             r.storage,
+            r.auth,
             r.loss_pct,
             format!("{}/{}", r.delivered, r.sent),
             r.latency.p50_us,
@@ -723,15 +758,19 @@ fn print_latency(rows: &[LatencyRow]) {
         );
     }
     print_storage_comparison(rows);
+    print_auth_comparison(rows);
 }
 
 /// Durable against memory storage, wherever a run has both.
 fn print_storage_comparison(rows: &[LatencyRow]) {
     let mut pairs = Vec::new();
     for disk in rows.iter().filter(|r| r.storage == "disk") {
-        let twin = rows
-            .iter()
-            .find(|r| r.storage == "memory" && r.name == disk.name && r.delivery == disk.delivery);
+        let twin = rows.iter().find(|r| {
+            r.storage == "memory"
+                && r.name == disk.name
+                && r.delivery == disk.delivery
+                && r.auth == disk.auth
+        });
         if let Some(memory) = twin {
             pairs.push((disk, memory));
         }
@@ -739,18 +778,73 @@ fn print_storage_comparison(rows: &[LatencyRow]) {
     if pairs.is_empty() {
         return;
     }
+    // With token checks measured too, each line says which.
+    let auths = rows.iter().any(|r| r.auth == "on");
+    let delivery = |r: &LatencyRow| {
+        if auths {
+            format!("{}, auth {}", r.delivery, r.auth)
+        } else {
+            r.delivery.clone()
+        }
+    };
+    let width = pairs
+        .iter()
+        .map(|(disk, _)| delivery(disk).len())
+        .max()
+        .unwrap_or(0)
+        .max(15);
     println!("\ndisk (fsync interval) ÷ memory, same run:");
     for (disk, memory) in pairs {
         println!(
-            "  {:<16} {:<15} p50 {} / {} µs = {:.2}x   p99 {} / {} µs = {:.2}x",
+            "  {:<16} {:<width$} p50 {} / {} µs = {:.2}x   p99 {} / {} µs = {:.2}x",
             disk.name,
-            disk.delivery,
+            delivery(disk),
             disk.latency.p50_us,
             memory.latency.p50_us,
             ratio2(disk.latency.p50_us, memory.latency.p50_us),
             disk.latency.p99_us,
             memory.latency.p99_us,
             ratio2(disk.latency.p99_us, memory.latency.p99_us),
+        );
+    }
+}
+
+/// Token checks on against off, wherever a run has both, beside the raw-UDP
+/// echo of the same run.
+fn print_auth_comparison(rows: &[LatencyRow]) {
+    let mut pairs = Vec::new();
+    for on in rows.iter().filter(|r| r.auth == "on") {
+        let twin = rows.iter().find(|r| {
+            r.auth == "off"
+                && r.name == on.name
+                && r.delivery == on.delivery
+                && r.storage == on.storage
+        });
+        if let Some(off) = twin {
+            pairs.push((on, off));
+        }
+    }
+    if pairs.is_empty() {
+        return;
+    }
+    println!(
+        "\nauth on ÷ off (signed tokens checked or not), same run; target p50 ≤ {AUTH_P50_LIMIT:.2}x:"
+    );
+    for (on, off) in pairs {
+        let p50 = ratio2(on.latency.p50_us, off.latency.p50_us);
+        println!(
+            "  {:<16} {:<15} {:<6} p50 {} / {} µs = {:.2}x ({})   p99 {} / {} µs = {:.2}x   udp echo p50 {} µs",
+            on.name,
+            on.delivery,
+            on.storage,
+            on.latency.p50_us,
+            off.latency.p50_us,
+            p50,
+            if p50 <= AUTH_P50_LIMIT { "ok" } else { "OVER" },
+            on.latency.p99_us,
+            off.latency.p99_us,
+            ratio2(on.latency.p99_us, off.latency.p99_us),
+            on.udp_p50_us,
         );
     }
 }

@@ -23,7 +23,15 @@
 //! [`BLOCK`] messages, so every storage sees the same moments of a noisy
 //! machine and the rows compare; paced, each pair runs its whole schedule
 //! in turn.
+//!
+//! **Token checks.** Likewise a scenario may be measured with the server
+//! checking signed tokens and without (`--auth off,on`): each storage then
+//! gets two servers, one of them with HS256 tokens and clients whose tokens
+//! allow just what they do ([`auth`]), and all of them take turns. The
+//! issue's target: the relay's p50 with checks within
+//! [`AUTH_P50_LIMIT`] of the one without, in the same run.
 
+mod auth;
 mod local_server;
 mod pair;
 
@@ -34,12 +42,18 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{curve, histogram, ratio, udp_echo, BenchError, Percentiles, Progress, StorageKind};
+use auth::PairTokens;
 use local_server::LocalServer;
 use pair::{Joined, Pair};
 use quicbus::netsim::{Impairment, Netsim, NetsimConfig, NetsimHandle};
 
 /// Messages measured on one server before the next one's turn.
 pub const BLOCK: u64 = 500;
+
+/// The largest p50 with token checks, as a multiple of the p50 without in
+/// the same run, that meets the target of the issue: checks do not cost
+/// the hot path.
+pub const AUTH_P50_LIMIT: f64 = 1.05;
 
 /// Which measurements a run makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +94,42 @@ impl Kind {
     }
 }
 
+/// Whether the measured server checks signed tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No token checks (`serve` without `--auth-*`): everything allowed.
+    Off,
+    /// HS256 tokens (`serve --auth-secret-file`), every client with its own.
+    On,
+}
+
+impl AuthMode {
+    /// `off` or `on`, as in the JSON and the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMode::Off => "off",
+            AuthMode::On => "on",
+        }
+    }
+}
+
+/// One measured server of a scenario: its storage and token checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    pub storage: StorageKind,
+    pub auth: AuthMode,
+}
+
+impl Variant {
+    /// `memory`, `disk+auth`: the storage, and whether tokens are checked.
+    pub fn label(self) -> String {
+        match self.auth {
+            AuthMode::Off => self.storage.name().to_string(),
+            AuthMode::On => format!("{}+auth", self.storage.name()),
+        }
+    }
+}
+
 /// Settings of a latency run.
 #[derive(Debug, Clone)]
 pub struct LatencyConfig {
@@ -111,6 +161,9 @@ pub struct LatencyConfig {
     /// Where the server keeps history, for every scenario; `None` runs the
     /// relay on disk and in memory and the other scenarios on disk.
     pub storage: Option<Vec<StorageKind>>,
+    /// Token checks measured, for every scenario and storage (`Off` only
+    /// by default).
+    pub auth: Vec<AuthMode>,
 }
 
 impl Default for LatencyConfig {
@@ -129,6 +182,7 @@ impl Default for LatencyConfig {
             seed: 1,
             copies: true,
             storage: None,
+            auth: vec![AuthMode::Off],
         }
     }
 }
@@ -151,6 +205,18 @@ impl LatencyConfig {
         }
     }
 
+    /// The servers `scenario` runs on, in order: per storage, per token
+    /// check.
+    pub fn variants_for(&self, scenario: Scenario) -> Vec<Variant> {
+        let mut variants = Vec::new();
+        for storage in self.storages_for(scenario) {
+            for &auth in &self.auth {
+                variants.push(Variant { storage, auth });
+            }
+        }
+        variants
+    }
+
     /// Checks the settings before anything starts.
     pub fn validate(&self) -> Result<(), BenchError> {
         let fail = |m: String| Err(BenchError::Other(m));
@@ -159,6 +225,9 @@ impl LatencyConfig {
         }
         if self.storage.as_ref().is_some_and(Vec::is_empty) {
             return fail("no storage chosen".into());
+        }
+        if self.auth.is_empty() {
+            return fail("no auth mode chosen".into());
         }
         if self.size < 8 {
             return fail(format!(
@@ -212,6 +281,9 @@ pub struct LatencyRow {
     /// Where the server kept history: `disk` (fsync `interval`, `serve`'s
     /// default) or `memory`; `none` for the UDP echo.
     pub storage: String,
+    /// Whether the server checked signed tokens: `off` or `on`; `none` for
+    /// the UDP echo.
+    pub auth: String,
     /// Loss netsim applied per packet and direction (0 without netsim).
     pub loss_pct: f64,
     /// One-way delay netsim added per crossing, ms.
@@ -239,10 +311,11 @@ pub struct LatencyRow {
 }
 
 impl LatencyRow {
-    fn measured(name: &str, kind: Kind, storage: StorageKind, m: &Measured, udp_p50: u64) -> Self {
+    fn measured(name: &str, kind: Kind, variant: Variant, m: &Measured, udp_p50: u64) -> Self {
         LatencyRow {
             misordered: m.misordered,
-            storage: storage.name().to_string(),
+            storage: variant.storage.name().to_string(),
+            auth: variant.auth.name().to_string(),
             ..LatencyRow::new(name, kind.name(), &m.histogram, m.sent, udp_p50)
         }
     }
@@ -254,6 +327,7 @@ impl LatencyRow {
             name: name.to_string(),
             delivery: delivery.to_string(),
             storage: "none".to_string(),
+            auth: "none".to_string(),
             loss_pct: 0.0,
             delay_ms: 0.0,
             jitter_ms: 0.0,
@@ -286,8 +360,8 @@ pub fn run(config: &LatencyConfig, progress: &Progress) -> Result<Vec<LatencyRow
     let mut rows = vec![baseline];
     for &scenario in &config.scenarios {
         let mut servers = Vec::new();
-        for storage in config.storages_for(scenario) {
-            servers.push(LocalServer::start(config, storage, &dev)?);
+        for variant in config.variants_for(scenario) {
+            servers.push(LocalServer::start(config, variant, &dev)?);
         }
         let result = clients.block_on(scenario_rows(
             config,
@@ -323,16 +397,24 @@ async fn scenario_rows(
             .collect(),
     };
     let relay = scenario != Scenario::Oneway;
-    let storages: Vec<&str> = servers.iter().map(|s| s.storage.name()).collect();
+    let labels: Vec<String> = servers.iter().map(|s| s.variant.label()).collect();
     let mut rows = Vec::new();
     for (name, loss) in levels {
         for kind in config.kinds() {
-            progress.step(&format!("{name} {} ({})", kind.name(), storages.join(", ")));
+            progress.step(&format!("{name} {} ({})", kind.name(), labels.join(", ")));
             let mut netsims = Vec::new();
             let mut pairs = Vec::new();
             let mut measured = Ok(Vec::new());
             for server in servers {
-                match joined_pair(config, server.addr, loss, ca_pem, kind, relay).await {
+                let tokens = match server.pair_tokens(relay) {
+                    Ok(tokens) => tokens,
+                    Err(e) => {
+                        measured = Err(e);
+                        break;
+                    }
+                };
+                let joined = joined_pair(config, server.addr, loss, ca_pem, tokens, kind, relay);
+                match joined.await {
                     Ok((pair, netsim)) => {
                         pairs.push(pair);
                         netsims.extend(netsim);
@@ -355,13 +437,13 @@ async fn scenario_rows(
             }
             let mut summaries = Vec::new();
             for (server, m) in servers.iter().zip(measured?) {
-                let mut row = LatencyRow::measured(&name, kind, server.storage, &m, udp_p50);
+                let mut row = LatencyRow::measured(&name, kind, server.variant, &m, udp_p50);
                 if let Some(loss) = loss {
                     row.loss_pct = loss;
                     row.delay_ms = config.delay.as_secs_f64() * 1000.0;
                     row.jitter_ms = config.jitter.as_secs_f64() * 1000.0;
                 }
-                summaries.push(format!("{}: {}", row.storage, summary(&row)));
+                summaries.push(format!("{}: {}", server.variant.label(), summary(&row)));
                 rows.push(row);
             }
             progress.finish(&summaries.join("; "));
@@ -370,13 +452,14 @@ async fn scenario_rows(
     Ok(rows)
 }
 
-/// Two clients of `server` (through netsim at `loss`, if given) with their
-/// rooms joined, and the netsim.
+/// Two clients of `server` (through netsim at `loss`, if given; with
+/// `tokens`, if it checks them) with their rooms joined, and the netsim.
 async fn joined_pair(
     config: &LatencyConfig,
     server: SocketAddr,
     loss: Option<f64>,
     ca_pem: &str,
+    tokens: Option<PairTokens>,
     kind: Kind,
     relay: bool,
 ) -> Result<(Joined, Option<NetsimHandle>), BenchError> {
@@ -385,7 +468,7 @@ async fn joined_pair(
         None => None,
     };
     let addr = netsim.as_ref().map_or(server, NetsimHandle::local_addr);
-    let joined = match Pair::connect(addr, ca_pem, kind).await {
+    let joined = match Pair::connect(addr, ca_pem, kind, tokens).await {
         Ok(pair) => pair.join(kind, relay).await,
         Err(e) => Err(e),
     };
@@ -476,7 +559,7 @@ async fn impaired(
         .map_err(|e| BenchError::Other(format!("starting netsim: {e}")))
 }
 
-/// What one scenario, delivery and storage measured.
+/// What one scenario, delivery and server measured.
 struct Measured {
     histogram: Histogram<u64>,
     /// Measured messages sent.
@@ -517,6 +600,10 @@ mod tests {
                 storage: Some(vec![]),
                 ..LatencyConfig::default()
             },
+            LatencyConfig {
+                auth: vec![],
+                ..LatencyConfig::default()
+            },
         ];
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");
@@ -542,6 +629,42 @@ mod tests {
             memory.storages_for(Scenario::Loss),
             vec![StorageKind::Memory]
         );
+    }
+
+    #[test]
+    fn token_checks_are_off_unless_told_and_vary_within_each_storage() {
+        let off = |storage| Variant {
+            storage,
+            auth: AuthMode::Off,
+        };
+        let on = |storage| Variant {
+            storage,
+            auth: AuthMode::On,
+        };
+        let c = LatencyConfig::default();
+        assert_eq!(
+            c.variants_for(Scenario::Relay),
+            vec![off(StorageKind::Disk), off(StorageKind::Memory)]
+        );
+        let both = LatencyConfig {
+            auth: vec![AuthMode::Off, AuthMode::On],
+            ..LatencyConfig::default()
+        };
+        assert_eq!(
+            both.variants_for(Scenario::Relay),
+            vec![
+                off(StorageKind::Disk),
+                on(StorageKind::Disk),
+                off(StorageKind::Memory),
+                on(StorageKind::Memory)
+            ]
+        );
+        assert_eq!(
+            both.variants_for(Scenario::Oneway),
+            vec![off(StorageKind::Disk), on(StorageKind::Disk)]
+        );
+        assert_eq!(on(StorageKind::Memory).label(), "memory+auth");
+        assert_eq!(off(StorageKind::Disk).label(), "disk");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
+use super::auth::PairTokens;
 use super::{Kind, LatencyConfig};
 use crate::bench::{histogram, record, BenchError, Progress};
 use quicbus::client::{Client, ClientOptions, Delivery, Events, Trust};
@@ -15,6 +16,11 @@ use quicbus::client::{Client, ClientOptions, Delivery, Events, Trust};
 /// How long a reliable message may take before the run fails: it must
 /// arrive, however slowly.
 const RELIABLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// The room A sends to and B receives from.
+pub(super) const PING: &str = "bench.latency.ping";
+/// The room B bounces each message to in a relay.
+pub(super) const PONG: &str = "bench.latency.pong";
 
 /// Client A (the sender) and client B (the receiver or bouncer), connected.
 pub(super) struct Pair {
@@ -25,10 +31,12 @@ pub(super) struct Pair {
 }
 
 impl Pair {
+    /// Connects A and B, each with its token if the server checks them.
     pub(super) async fn connect(
         server: SocketAddr,
         ca_pem: &str,
         kind: Kind,
+        tokens: Option<PairTokens>,
     ) -> Result<Pair, BenchError> {
         let mut options = ClientOptions::new(server);
         options.copies = kind == Kind::Copies;
@@ -38,12 +46,22 @@ impl Pair {
         options.connect_timeout = Duration::from_secs(15);
         // A benchmark reports a lost connection instead of hiding it.
         options.reconnect = None;
-        let (a, a_events) = Client::connect(options.clone())
-            .await
-            .map_err(BenchError::client("connecting client A"))?;
-        let (b, b_events) = Client::connect(options)
-            .await
-            .map_err(BenchError::client("connecting client B"))?;
+        let (a_token, b_token) = match tokens {
+            Some(t) => (Some(t.sender), Some(t.receiver)),
+            None => (None, None),
+        };
+        let (a, a_events) = Client::connect(ClientOptions {
+            token: a_token,
+            ..options.clone()
+        })
+        .await
+        .map_err(BenchError::client("connecting client A"))?;
+        let (b, b_events) = Client::connect(ClientOptions {
+            token: b_token,
+            ..options
+        })
+        .await
+        .map_err(BenchError::client("connecting client B"))?;
         Ok(Pair {
             a,
             a_events,
@@ -52,8 +70,9 @@ impl Pair {
         })
     }
 
-    /// B joins room `ping`, where A sends. In a relay, A joins `pong` and B
-    /// bounces each message there for A to receive; one-way, B receives it.
+    /// B joins room [`PING`], where A sends. In a relay, A joins [`PONG`]
+    /// and B bounces each message there for A to receive; one-way, B
+    /// receives it.
     pub(super) async fn join(self, kind: Kind, relay: bool) -> Result<Joined, BenchError> {
         let Pair {
             a,
@@ -61,11 +80,11 @@ impl Pair {
             b,
             mut b_events,
         } = self;
-        b.join("ping")
+        b.join(PING)
             .await
             .map_err(BenchError::client("B joins ping"))?;
         let (events, bouncer) = if relay {
-            a.join("pong")
+            a.join(PONG)
                 .await
                 .map_err(BenchError::client("A joins pong"))?;
             let bouncer_client = b.clone();
@@ -73,12 +92,10 @@ impl Pair {
                 while let Some(event) = b_events.next().await {
                     let sent = match event.delivery {
                         Delivery::Reliable { .. } => {
-                            bouncer_client.emit("pong", "m", event.payload).await
+                            bouncer_client.emit(PONG, "m", event.payload).await
                         }
                         Delivery::Datagram { .. } => {
-                            bouncer_client
-                                .emit_datagram("pong", "m", event.payload)
-                                .await
+                            bouncer_client.emit_datagram(PONG, "m", event.payload).await
                         }
                     };
                     if sent.is_err() {
@@ -299,8 +316,8 @@ fn seq_of(payload: &[u8]) -> Option<u64> {
 async fn emit(a: &Client, kind: Kind, seq: u64, size: usize) -> Result<(), BenchError> {
     let p = payload(seq, size);
     match kind {
-        Kind::Reliable | Kind::Copies => a.emit("ping", "m", p).await,
-        Kind::Datagram => a.emit_datagram("ping", "m", p).await,
+        Kind::Reliable | Kind::Copies => a.emit(PING, "m", p).await,
+        Kind::Datagram => a.emit_datagram(PING, "m", p).await,
     }
     .map_err(BenchError::client(format!("emitting message {seq}")))
 }
