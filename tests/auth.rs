@@ -274,11 +274,11 @@ async fn publishes_are_checked_on_streams_datagrams_and_copies() {
         }
         other => panic!("expected forbidden, got {other:?}"),
     }
-    // A datagram, with the id the join gave.
-    publisher
-        .emit_datagram("game.closed", "pos", vec![1, 2])
-        .await
-        .unwrap();
+    // A datagram, with the id the join gave (sent again if lost).
+    resend_until(&server, &publisher, "game.closed", vec![1, 2], |s| {
+        s.refusal(Refusal::Publish) > 2
+    })
+    .await;
     match next_incoming(&mut refusals).await {
         Incoming::Forbidden { room, action } => {
             assert_eq!((&*room, action), ("game.closed", Action::Publish));
@@ -309,8 +309,8 @@ async fn publishes_are_checked_on_streams_datagrams_and_copies() {
     let stats = server.handle.stats();
     assert_eq!(stats.events_published, 1);
     assert_eq!(stats.datagrams_published, 0);
-    // Stream with ack, stream without, datagram, resolve.
-    assert_eq!(stats.refusal(Refusal::Publish), 4);
+    // Stream with ack, stream without, the datagram(s), resolve.
+    assert!(stats.refusal(Refusal::Publish) >= 4);
     assert_eq!(publisher.stats().forbidden, 2);
 }
 
@@ -389,6 +389,13 @@ async fn a_narrower_refresh_leaves_rooms_it_no_longer_allows() {
     let (c, mut events) = client(&server, full("ann")).await;
     c.join("game.keep").await.unwrap();
     c.join("chat.drop").await.unwrap();
+    // A publish stream and a datagram id that exist before the refresh.
+    assert_eq!(
+        c.emit_with_ack("game.keep", "say", "mine").await.unwrap(),
+        1
+    );
+    c.emit_datagram("game.keep", "pos", vec![0]).await.unwrap();
+
     let narrower = token("ann", lists(&[], &["game.>"], &[]), 3600);
     c.refresh_token(&narrower).await.unwrap();
     match next_incoming(&mut events).await {
@@ -397,6 +404,14 @@ async fn a_narrower_refresh_leaves_rooms_it_no_longer_allows() {
         }
         other => panic!("expected forbidden, got {other:?}"),
     }
+    // The client forgot the room: it will not rejoin it after a reconnect.
+    assert!(matches!(
+        c.leave("chat.drop").await,
+        Err(ClientError::Rejected {
+            code: ErrorCode::NotJoined,
+            ..
+        })
+    ));
     publisher
         .emit_with_ack("chat.drop", "say", "gone")
         .await
@@ -406,8 +421,8 @@ async fn a_narrower_refresh_leaves_rooms_it_no_longer_allows() {
         .await
         .unwrap();
     let event = next_event(&mut events, "the kept room's event").await;
-    assert_eq!(assert_reliable(&event, "game.keep", "say", "kept"), 1);
-    // And publishing is now refused.
+    assert_eq!(assert_reliable(&event, "game.keep", "say", "kept"), 2);
+    // Publishing is refused now: on the stream opened before the refresh...
     assert!(matches!(
         c.emit_with_ack("game.keep", "say", "x").await,
         Err(ClientError::Forbidden {
@@ -415,6 +430,57 @@ async fn a_narrower_refresh_leaves_rooms_it_no_longer_allows() {
             ..
         })
     ));
+    // ...and with the datagram id handed out before it.
+    resend_until(&server, &c, "game.keep", vec![1], |s| {
+        s.refusal(Refusal::Publish) > 1
+    })
+    .await;
+    match next_incoming(&mut events).await {
+        Incoming::Forbidden { room, action } => {
+            assert_eq!((&*room, action), ("game.keep", Action::Publish));
+        }
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_reconnect_presents_the_refreshed_token() {
+    let certs = quicbus::certs::generate(&[]).unwrap();
+    let mut config = config_with(Namespaces::default(), false);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let server = common::start_exactly(config.clone(), certs.clone()).await;
+    let addr = server.handle.local_addr();
+    let mut opts = options(
+        &server,
+        Some(token("ann", lists(&[], &["chat.>"], &[]), 3600)),
+    );
+    common::quick(&mut opts);
+    let (c, mut events) = within("connect", Client::connect(opts)).await.unwrap();
+    // Only the refreshed token allows game.x.
+    let wider = token("ann", lists(&[], &["chat.>", "game.>"], &[]), 3600);
+    c.refresh_token(&wider).await.unwrap();
+    c.join("game.x").await.unwrap();
+    server.handle.shutdown().await;
+    config.listen = addr;
+    let _again = common::start_exactly(config, certs).await;
+    // The rejoin after the reconnect is allowed: the new token was presented
+    // (with the first one it would have been refused: `JoinRefused`).
+    loop {
+        match within("reconnect", events.next_incoming()).await.unwrap() {
+            Incoming::Recovery { room, recovery } => {
+                assert_eq!(&*room, "game.x");
+                assert_eq!(
+                    recovery,
+                    Recovery::NotRecovered {
+                        reason: RecoveryFailure::EpochChanged
+                    }
+                );
+                break;
+            }
+            Incoming::Disconnected { .. } | Incoming::Reconnected { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -464,6 +530,25 @@ async fn a_session_is_resumed_only_by_the_same_user() {
     assert_eq!(server.handle.stats().refusal(Refusal::AnotherUser), 1);
 }
 
+/// Sends datagrams to `room` until the server's counters satisfy `done`
+/// (datagrams may be lost even on loopback), a bounded number of times.
+async fn resend_until(
+    server: &TestServer,
+    c: &Client,
+    room: &str,
+    payload: Vec<u8>,
+    done: impl Fn(&quicbus::server::StatsSnapshot) -> bool,
+) {
+    for _ in 0..100 {
+        c.emit_datagram(room, "pos", payload.clone()).await.unwrap();
+        c.ping().await.unwrap();
+        if done(&server.handle.stats()) {
+            return;
+        }
+    }
+    panic!("the server never counted a datagram to {room}");
+}
+
 fn namespaces() -> Namespaces {
     let anonymous = Permissions::compile(&lists(&[], &["public.>"], &[])).unwrap();
     let settings = HashMap::from([
@@ -481,6 +566,7 @@ fn namespaces() -> Namespaces {
             "chat".to_string(),
             NamespaceSettings {
                 history_events: Some(0),
+                max_payload: Some(64),
                 ..NamespaceSettings::default()
             },
         ),
@@ -547,30 +633,57 @@ async fn namespace_rules_apply_to_their_rooms_only() {
         }
         other => panic!("expected too large, got {other:?}"),
     }
-    c.emit_with_ack("chat.x", "say", "seventeen bytes!!")
+    let offset = c
+        .emit_with_ack("chat.x", "say", "seventeen bytes!!")
         .await
         .unwrap();
-    // No datagrams in game: refused and counted.
-    c.emit_datagram("game.x", "pos", vec![1]).await.unwrap();
-    c.emit_datagram("chat.x", "pos", vec![2]).await.unwrap();
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        let e = next_event(&mut other_events, "chat events").await;
-        got.push((e.room.to_string(), e.name.clone(), e.payload.to_vec()));
-    }
-    got.sort();
+    let event = next_event(&mut other_events, "the chat event").await;
     assert_eq!(
-        got,
-        vec![
-            ("chat.x".into(), "pos".into(), vec![2]),
-            ("chat.x".into(), "say".into(), b"seventeen bytes!!".to_vec()),
-        ]
+        assert_reliable(&event, "chat.x", "say", "seventeen bytes!!"),
+        offset
     );
-    c.ping().await.unwrap();
-    let stats = server.handle.stats();
-    assert_eq!(stats.refusal(Refusal::PayloadTooLarge), 1);
-    assert_eq!(stats.refusal(Refusal::DatagramsDisabled), 1);
-    assert_eq!(stats.datagrams_published, 1);
+    assert_eq!(server.handle.stats().refusal(Refusal::PayloadTooLarge), 1);
+
+    // No datagrams in game: refused, told once, counted.
+    resend_until(&server, &c, "game.x", vec![1], |s| {
+        s.refusal(Refusal::DatagramsDisabled) > 0
+    })
+    .await;
+    match next_incoming(&mut events).await {
+        Incoming::ServerError { code, message } => {
+            assert_eq!(code, ErrorCode::DatagramsDisabled);
+            assert!(message.contains("game.x"), "{message}");
+        }
+        other => panic!("expected a server error, got {other:?}"),
+    }
+    // Over chat's payload limit as a datagram: refused too.
+    resend_until(&server, &c, "chat.x", vec![0; 65], |s| {
+        s.refusal(Refusal::PayloadTooLarge) > 1
+    })
+    .await;
+    match next_incoming(&mut events).await {
+        Incoming::ServerError { code, message } => {
+            assert_eq!(code, ErrorCode::TooLarge);
+            assert!(message.contains("maximum of 64"), "{message}");
+        }
+        other => panic!("expected a server error, got {other:?}"),
+    }
+    // What chat allows arrives (datagrams may be lost: send until one does).
+    let mut sent = 0;
+    let datagram = loop {
+        assert!(sent < 100, "no chat datagram arrived");
+        c.emit_datagram("chat.x", "pos", vec![2]).await.unwrap();
+        c.ping().await.unwrap();
+        other.ping().await.unwrap();
+        sent += 1;
+        if let Some(e) = other_events.try_next() {
+            break e;
+        }
+    };
+    assert_eq!((&*datagram.room, datagram.name.as_str()), ("chat.x", "pos"));
+    assert_eq!(datagram.payload.as_ref(), &[2]);
+    assert!(matches!(datagram.delivery, Delivery::Datagram { .. }));
+    assert_eq!(c.stats().server_errors, 2, "each rule told once per room");
     // Echo is on by default in game, off in chat.
     c.join("game.x").await.unwrap();
     c.join("chat.x").await.unwrap();

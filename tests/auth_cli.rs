@@ -314,8 +314,8 @@ datagrams = false
         .await,
         "maximum of 8 bytes of namespace 'game'",
     );
-    // chat: no datagrams. The refusal answers no request: pub still exits 0
-    // (datagrams are fire and forget), and the server counts it.
+    // chat: no datagrams. The refusal answers no request, so pub (fire and
+    // forget) exits 0; tests/auth.rs checks the refusal is told and counted.
     let (code, _, stderr) = run(&mut client(
         "pub",
         Some(&publisher),

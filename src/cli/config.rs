@@ -96,6 +96,16 @@ impl Sections {
     pub fn namespaces(&self, history: HistoryLimits) -> Result<Namespaces, NamespaceError> {
         Namespaces::new(history, self.anonymous.clone(), &self.namespaces)
     }
+
+    /// Whether the file gives clients without a token any permission.
+    pub fn grants_anonymous(&self) -> bool {
+        self.anonymous != Permissions::nothing()
+            || self.namespaces.values().any(|ns| {
+                ns.anonymous
+                    .as_ref()
+                    .is_some_and(|lists| *lists != Default::default())
+            })
+    }
 }
 
 /// A config file, read and checked.

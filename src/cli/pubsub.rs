@@ -129,6 +129,8 @@ pub async fn subscribe(args: SubArgs) -> CliResult {
                 eprintln!("reconnected ({resumed:?})");
                 continue;
             }
+            // The library logs it (a warning on stderr).
+            Some(Incoming::ServerError { .. }) => continue,
             Some(Incoming::Forbidden { room, action }) => {
                 return Err(format!(
                     "forbidden: the token no longer allows {action} on room {room}"

@@ -100,7 +100,7 @@ pub struct ServeArgs {
     /// stays out of `ps`). Compared in constant time.
     #[arg(
         long,
-        env = "QUICBUS_TOKEN",
+        env = "QUICBUS_SERVER_TOKEN",
         hide_env_values = true,
         conflicts_with = "token_file"
     )]
@@ -148,7 +148,7 @@ impl AuthArgs {
     fn config(&self) -> Result<AuthConfig, String> {
         let verifier = match (&self.auth_secret_file, &self.auth_public_key) {
             (Some(path), _) => {
-                let secret = read_secret(path)?;
+                let secret = super::token::read_secret(path).map_err(|e| e.to_string())?;
                 TokenVerifier::hs256(&secret)
                     .map_err(|e| format!("--auth-secret-file {}: {e}", path.display()))?
             }
@@ -174,22 +174,6 @@ impl AuthArgs {
     fn enabled(&self) -> bool {
         self.auth_secret_file.is_some() || self.auth_public_key.is_some()
     }
-}
-
-/// A secret file's bytes, one trailing newline dropped.
-pub(super) fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let mut secret =
-        std::fs::read(path).map_err(|e| format!("secret file {}: {e}", path.display()))?;
-    if secret.ends_with(b"\n") {
-        secret.pop();
-        if secret.ends_with(b"\r") {
-            secret.pop();
-        }
-    }
-    if secret.is_empty() {
-        return Err(format!("secret file {}: the file is empty", path.display()));
-    }
-    Ok(secret)
 }
 
 /// Limits per client address and per connection (README: "Limits and defences").
@@ -265,7 +249,7 @@ impl LimitArgs {
     }
 }
 
-/// The shared token, from the flag, `QUICBUS_TOKEN` or a file.
+/// The shared token, from the flag, `QUICBUS_SERVER_TOKEN` or a file.
 fn shared_token(args: &ServeArgs) -> Result<Option<String>, String> {
     let Some(path) = &args.token_file else {
         return Ok(args.token.clone());
@@ -304,7 +288,7 @@ async fn run_server(args: ServeArgs) -> CliResult {
     };
     let token = shared_token(&args)?;
     if token.is_some() && args.auth.enabled() {
-        return Err("--token (or --token-file, or QUICBUS_TOKEN in the environment) and signed tokens (--auth-*) do not go together".into());
+        return Err("--token (or --token-file, or QUICBUS_SERVER_TOKEN in the environment) and signed tokens (--auth-*) do not go together".into());
     }
     let auth = args.auth.config()?;
     let mut config = ServerConfig {
@@ -348,6 +332,11 @@ async fn run_server(args: ServeArgs) -> CliResult {
         None => super::config::Sections::default(),
     };
     config.namespaces = sections.namespaces(config.history)?;
+    if sections.grants_anonymous() && !config.auth.allow_anonymous {
+        eprintln!(
+            "note: the config's anonymous permissions apply only with signed tokens (auth-*) and allow-anonymous; they are unused now"
+        );
+    }
     config.limits.publish_streams = args.max_publish_rooms as usize;
     let fresh = !args.memory && !args.data.join("epoch").exists();
     let server = Server::bind(config, identity)?;

@@ -50,7 +50,7 @@ pub fn token(args: TokenArgs) -> CliResult {
 
 /// The file's bytes less one trailing newline (`\n` or `\r\n`), which
 /// editors and `echo` add; anything else is part of the secret.
-fn read_secret(path: &Path) -> CliResult<Vec<u8>> {
+pub(super) fn read_secret(path: &Path) -> CliResult<Vec<u8>> {
     let mut secret = std::fs::read(path)
         .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
     if secret.ends_with(b"\n") {

@@ -78,6 +78,15 @@ pub enum Incoming {
         room: Arc<str>,
         action: crate::auth::Action,
     },
+    /// The server refused something no request waited for, for another
+    /// reason than permissions: a datagram to a namespace that takes none
+    /// (`DatagramsDisabled`) or over its payload limit (`TooLarge`), over
+    /// the publish rate (`RateLimited`), a publish without ack that failed.
+    /// Also counted in [`crate::client::ClientStats::server_errors`].
+    ServerError {
+        code: crate::wire::ErrorCode,
+        message: String,
+    },
 }
 
 /// The incoming events of one client, in arrival order (reliable events in

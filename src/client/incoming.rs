@@ -140,6 +140,10 @@ impl Tasks {
                         .server_errors
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("server error ({code}): {message}");
+                    // Informational: never blocks the control stream.
+                    let _ = self
+                        .events
+                        .try_send(Incoming::ServerError { code, message });
                     continue;
                 }
                 other => {

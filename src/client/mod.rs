@@ -463,7 +463,13 @@ impl Client {
         // Nothing of the room reaches the application from here on; the
         // server is told on the current connection, by that connection's id.
         let link = core.wait_link("leave", self.deadline()).await?;
-        let room_id = core.resolve_on(&link, room).await?;
+        let room_id = match core.resolve_on(&link, room).await {
+            Ok(room_id) => room_id,
+            // No id on this connection, and none to be had (the token may
+            // not publish there): the room was not joined on it.
+            Err(ClientError::Forbidden { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         match core
             .request_on(&link, "leave", |request| Frame::Leave { request, room_id })
             .await
@@ -619,6 +625,14 @@ impl Client {
         }
     }
 
+    /// The token the next connection presents, without telling the current
+    /// one (see [`Client::refresh_token`] for that): for a client that is
+    /// reconnecting, say after its connection was closed with `token
+    /// expired`, so that its next attempt succeeds.
+    pub fn set_token(&self, token: &str) {
+        *lock(&self.core().token) = Some(token.to_string());
+    }
+
     /// Gives the connection a new token before the current one expires (the
     /// server closes a connection whose token expires with `token expired`).
     /// The token must be for the same user; its permissions apply at once,
@@ -634,7 +648,8 @@ impl Client {
             .await?;
         match reply {
             Reply::Refreshed { expires } => {
-                *lock(&self.core().token) = Some(token.to_string());
+                self.set_token(token);
+                lock(&self.core().resolving).clear();
                 Ok(expires)
             }
             _ => Err(ClientError::Protocol("unexpected answer to Refresh".into())),
@@ -786,8 +801,16 @@ impl Client {
             if lock(&core.resolving).insert(Arc::from(room)) {
                 let (core, room) = (core.clone(), room.to_string());
                 tokio::spawn(async move {
-                    let _ = core.resolve_on(&link, &room).await;
-                    lock(&core.resolving).remove(room.as_str());
+                    // A room the token may not publish to stays marked, so
+                    // its emits do not ask again (each refusal is counted on
+                    // the server); a refreshed token clears the marks.
+                    let refused = matches!(
+                        core.resolve_on(&link, &room).await,
+                        Err(ClientError::Forbidden { .. })
+                    );
+                    if !refused {
+                        lock(&core.resolving).remove(room.as_str());
+                    }
                 });
             }
             return;

@@ -138,14 +138,11 @@ pub(crate) struct Refused {
     pub code: ErrorCode,
     pub refusal: Refusal,
     pub reason: String,
-}
-
-impl Refused {
-    /// Whether it counts against the address's failed `Hello`s: a bad
-    /// signature may be a guess, an expired token is not.
-    pub fn is_guess(&self) -> bool {
-        self.refusal == Refusal::TokenInvalid
-    }
+    /// It counts against the address's failed `Hello`s: a bad signature
+    /// may be a guess; an expired or not yet valid token (a clock off, at
+    /// worst) is not, so clients behind one address with skewed clocks do
+    /// not lock each other out.
+    pub guess: bool,
 }
 
 /// Checks `Hello`'s token on a server with signed tokens.
@@ -161,6 +158,7 @@ pub(crate) fn authenticate(
             code: ErrorCode::TokenRequired,
             refusal: Refusal::TokenRequired,
             reason: "this server accepts only clients with a signed token".into(),
+            guess: false,
         }),
         Some(token) => verify(verifier, token, now),
     }
@@ -176,6 +174,7 @@ pub(crate) fn verify(verifier: &TokenVerifier, token: &str, now: u64) -> Result<
                 "invalid token: sub is {} bytes, over the limit of {MAX_NAME_LEN}",
                 verified.user.len()
             ),
+            guess: false,
         }),
         Ok(verified) => Ok(Identity::User {
             user: verified.user,
@@ -186,10 +185,12 @@ pub(crate) fn verify(verifier: &TokenVerifier, token: &str, now: u64) -> Result<
             code: ErrorCode::TokenExpired,
             refusal: Refusal::TokenExpired,
             reason: e.to_string(),
+            guess: false,
         }),
         Err(e) => Err(Refused {
             code: ErrorCode::InvalidToken,
             refusal: Refusal::TokenInvalid,
+            guess: !matches!(e, TokenError::NotYetValid { .. }),
             reason: e.to_string(),
         }),
     }

@@ -274,14 +274,14 @@ pub(crate) async fn read_publish_stream(
     let Some(log) = session_state.log(&room) else {
         return refuse_stream(reader, &ctx, control, &room).await;
     };
-    if let Err(closing) = restore_log(&ctx, &room, &session_state, &log).await {
-        closing.apply(&conn, &ctx.stats);
-        return;
-    }
     // What the connection may do in the room, computed again when its
     // token is refreshed.
     let namespaces = &ctx.config.namespaces;
     let (mut grant, mut generation) = share.access.grant(&room, namespaces);
+    // A resumed session's earlier publishes are learned from storage before
+    // its first publish is handled; not for a room it may not publish to
+    // (that would open the room), until a refresh allows it.
+    let mut restored = false;
     let mut reported = 0;
     loop {
         let frame = tokio::select! {
@@ -305,6 +305,16 @@ pub(crate) async fn read_publish_stream(
             }
             None => return,
         };
+        if share.access.generation() != generation {
+            (grant, generation) = share.access.grant(&room, namespaces);
+        }
+        if !restored && grant.allows(Action::Publish) {
+            if let Err(closing) = restore_log(&ctx, &room, &session_state, &log).await {
+                closing.apply(&conn, &ctx.stats);
+                return;
+            }
+            restored = true;
+        }
         // A retried publish (same id) is answered as the first time, not
         // published again.
         let seen = if id == 0 {
@@ -312,9 +322,6 @@ pub(crate) async fn read_publish_stream(
         } else {
             lock(&log).claim(id)
         };
-        if share.access.generation() != generation {
-            (grant, generation) = share.access.grant(&room, namespaces);
-        }
         // Refusals are recorded like outcomes, so a retry is answered the
         // same and nothing after it is published out of order.
         let refused = match seen {

@@ -361,7 +361,7 @@ fn admit(
         return access::authenticate(&ctx.config.auth, verifier, given, unix_now()).map_err(
             |refused| {
                 ctx.stats.refused(refused.refusal);
-                if refused.is_guess() {
+                if refused.guess {
                     lock(&ctx.addresses).failed_hello(ip, now);
                 }
                 (refused.code, refused.reason)

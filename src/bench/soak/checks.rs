@@ -190,6 +190,8 @@ pub(super) async fn receive(
                     }
                 }
             },
+            // Counted in the client's stats; delivery is what the soak judges.
+            Incoming::ServerError { .. } => {}
             Incoming::Forbidden { room, action } => {
                 tally.error(format!("client {me}: forbidden to {action} in {room}"));
             }
