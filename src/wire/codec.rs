@@ -353,6 +353,22 @@ mod tests {
             copies: false,
         };
         assert_eq!(hex(&hello), "09 00 02 00 03 63 6c 69 00 00");
+        let forbidden = Frame::Forbidden {
+            request: Some(3),
+            room: "chat".into(),
+            action: crate::wire::Action::Publish,
+        };
+        assert_eq!(hex(&forbidden), "09 18 01 03 04 63 68 61 74 00");
+        let refresh = Frame::Refresh {
+            request: 4,
+            token: "t".into(),
+        };
+        assert_eq!(hex(&refresh), "04 16 04 01 74");
+        let refreshed = Frame::Refreshed {
+            request: 4,
+            expires: 300,
+        };
+        assert_eq!(hex(&refreshed), "04 17 04 ac 02");
         let welcome = Frame::Welcome {
             session_id: 1,
             max_datagram_payload: 1200,

@@ -263,7 +263,7 @@ pub enum ResumeOutcome {
     NotResumed { reason: RecoveryFailure },
 }
 
-/// How many frame variants version 1 defines (tags `0..FRAME_TAGS`).
+/// How many frame variants version 2 defines (tags `0..FRAME_TAGS`).
 pub const FRAME_TAGS: u64 = 25;
 
 /// Where a frame may legally appear.
