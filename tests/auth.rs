@@ -755,3 +755,41 @@ async fn tokens_signed_by_another_service_are_checked_with_its_public_key() {
     assert_eq!(code, ErrorCode::InvalidToken);
     assert!(reason.contains("HS256"), "{reason}");
 }
+
+#[tokio::test]
+async fn after_its_token_expires_a_client_waits_for_a_new_one_and_resumes() {
+    let server = secured().await;
+    // Three seconds: time to join on a loaded machine.
+    let mut opts = options(
+        &server,
+        Some(token("ann", lists(&["chat.>"], &["chat.>"], &[]), 3)),
+    );
+    common::quick(&mut opts);
+    let (c, mut events) = within("connect", Client::connect(opts)).await.unwrap();
+    c.join("chat.a").await.unwrap();
+    let reason = loop {
+        match within("token expiry", events.next_incoming())
+            .await
+            .unwrap()
+        {
+            Incoming::TokenExpired { reason } => break reason,
+            Incoming::Disconnected { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(reason.contains("token expired"), "{reason}");
+    assert!(!c.is_connected());
+    c.set_token(&full("ann"));
+    loop {
+        match within("reconnect", events.next_incoming()).await.unwrap() {
+            Incoming::Reconnected { resumed } => assert_eq!(resumed, ResumeOutcome::Resumed),
+            Incoming::Recovery { room, .. } => {
+                assert_eq!(&*room, "chat.a");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let offset = c.emit_with_ack("chat.a", "say", "back").await.unwrap();
+    assert_eq!(offset, 1);
+}

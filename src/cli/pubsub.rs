@@ -131,6 +131,8 @@ pub async fn subscribe(args: SubArgs) -> CliResult {
             }
             // The library logs it (a warning on stderr).
             Some(Incoming::ServerError { .. }) => continue,
+            // The command has no way to get another token.
+            Some(Incoming::TokenExpired { reason }) => return Err(reason.into()),
             Some(Incoming::Forbidden { room, action }) => {
                 return Err(format!(
                     "forbidden: the token no longer allows {action} on room {room}"

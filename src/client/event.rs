@@ -78,6 +78,11 @@ pub enum Incoming {
         room: Arc<str>,
         action: crate::auth::Action,
     },
+    /// The server refused the connection's token as expired (on the live
+    /// connection, or when reconnecting): the client reconnects once the
+    /// application gives it a new one with
+    /// [`crate::client::Client::set_token`], and waits until then.
+    TokenExpired { reason: String },
     /// The server refused something no request waited for, for another
     /// reason than permissions: a datagram to a namespace that takes none
     /// (`DatagramsDisabled`) or over its payload limit (`TooLarge`), over

@@ -130,7 +130,7 @@ pub(crate) struct Core {
     next_link: AtomicU64,
     /// The token `Hello` carries: [`ClientOptions::token`], then the one of
     /// the newest [`Client::refresh_token`].
-    token: Mutex<Option<String>>,
+    token: watch::Sender<Option<String>>,
 }
 
 impl Core {
@@ -156,7 +156,7 @@ impl Core {
 
     /// The token the next `Hello` carries.
     pub(crate) fn token(&self) -> Option<String> {
-        lock(&self.token).clone()
+        self.token.borrow().clone()
     }
 
     fn current(&self) -> Option<Arc<Link>> {
@@ -355,7 +355,7 @@ impl Client {
             last_emit: Mutex::new(HashMap::new()),
             resolving: Mutex::new(HashSet::new()),
             next_link: AtomicU64::new(1),
-            token: Mutex::new(options_token),
+            token: watch::Sender::new(options_token),
         });
         let link = Link::open(&core, None, events_tx.clone()).await?;
         core.adopt(&link);
@@ -630,7 +630,7 @@ impl Client {
     /// reconnecting, say after its connection was closed with `token
     /// expired`, so that its next attempt succeeds.
     pub fn set_token(&self, token: &str) {
-        *lock(&self.core().token) = Some(token.to_string());
+        self.core().token.send_replace(Some(token.to_string()));
     }
 
     /// Gives the connection a new token before the current one expires (the

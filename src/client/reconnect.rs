@@ -48,8 +48,46 @@ impl Backoff {
     }
 }
 
+/// Whether the token was refused as expired: reconnecting waits for the
+/// application to give a new one ([`crate::client::Client::set_token`]).
+fn token_expired(error: &ClientError) -> bool {
+    match error {
+        ClientError::Closed { code, .. } => *code == u64::from(close_code::TOKEN_EXPIRED),
+        ClientError::Rejected { code, .. } => *code == crate::wire::ErrorCode::TokenExpired,
+        _ => false,
+    }
+}
+
+/// Tells the application its token expired and waits until it sets a new
+/// one; `false` if the client closed first.
+async fn new_token(core: &Core, events: &mpsc::Sender<Incoming>, error: &ClientError) -> bool {
+    let mut token = core.token.subscribe();
+    token.mark_unchanged();
+    let notice = Incoming::TokenExpired {
+        reason: error.to_string(),
+    };
+    // Waited for, like recovery notices: the application must learn it.
+    tokio::select! {
+        _ = events.send(notice) => {}
+        () = core.closing.notified() => return false,
+    }
+    let closing = core.closing.notified();
+    tokio::pin!(closing);
+    closing.as_mut().enable();
+    if core.is_closing() {
+        return false;
+    }
+    tokio::select! {
+        changed = token.changed() => changed.is_ok(),
+        () = &mut closing => false,
+    }
+}
+
 /// Whether losing the connection this way rules out reconnecting.
 fn fatal(error: &ClientError) -> bool {
+    if token_expired(error) {
+        return false;
+    }
     match error {
         ClientError::Closed { code, .. } => matches!(
             u32::try_from(*code),
@@ -90,6 +128,12 @@ pub(crate) async fn supervise(
         if closed_here || fatal(&lost) {
             break;
         }
+        if token_expired(&lost) {
+            tracing::warn!("the token expired: reconnecting once the application sets a new one");
+            if !new_token(&core, &events, &lost).await {
+                break;
+            }
+        }
         let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
         let give_up = policy.give_up_after.map(|d| Instant::now() + d);
         let next = loop {
@@ -112,6 +156,12 @@ pub(crate) async fn supervise(
                 Err(e) if fatal(&e) => {
                     tracing::warn!("not reconnecting: {e}");
                     break None;
+                }
+                Err(e) if token_expired(&e) => {
+                    tracing::warn!("{e}: reconnecting once the application sets a new token");
+                    if !new_token(&core, &events, &e).await {
+                        break None;
+                    }
                 }
                 Err(e) => tracing::debug!("reconnect failed: {e}"),
             }

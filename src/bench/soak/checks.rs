@@ -192,6 +192,7 @@ pub(super) async fn receive(
             },
             // Counted in the client's stats; delivery is what the soak judges.
             Incoming::ServerError { .. } => {}
+            Incoming::TokenExpired { reason } => tally.error(format!("client {me}: {reason}")),
             Incoming::Forbidden { room, action } => {
                 tally.error(format!("client {me}: forbidden to {action} in {room}"));
             }
