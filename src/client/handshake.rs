@@ -33,10 +33,11 @@ struct Welcomed {
     resumed: ResumeOutcome,
 }
 
-/// Connects, verifies the server and exchanges `Hello`/`Welcome`, all
+/// Connects to `server`, verifies it and exchanges `Hello`/`Welcome`, all
 /// within `options.connect_timeout`.
 pub(crate) async fn establish(
     options: &ClientOptions,
+    server: SocketAddr,
     token: Option<String>,
     resume: Option<Resume>,
 ) -> Result<Established, ClientError> {
@@ -55,8 +56,10 @@ pub(crate) async fn establish(
     let config = tls::client_config(&roots, &options.transport)?;
     let endpoint = match &options.endpoint {
         Some(shared) => shared.clone(),
+        // Each connection owns an endpoint, bound in the family of the
+        // address dialled (servers may differ in family).
         None => {
-            let bind: SocketAddr = if options.server.is_ipv6() {
+            let bind: SocketAddr = if server.is_ipv6() {
                 "[::]:0".parse().expect("valid literal")
             } else {
                 "0.0.0.0:0".parse().expect("valid literal")
@@ -65,7 +68,6 @@ pub(crate) async fn establish(
         }
     };
 
-    let server = options.server;
     let handshake = async {
         let connecting = endpoint
             .connect_with(config, server, &options.server_name)

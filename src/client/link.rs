@@ -2,12 +2,14 @@
 //! is lost, the reconnect supervisor opens another `Link`.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::handshake::{self, Established};
+use super::reconnect::another_server_may_answer;
 use super::rooms::{LinkRooms, RoomRef};
 use super::{incoming, lock, ClientError, Core, Incoming};
 use crate::wire::RoomId;
@@ -44,9 +46,38 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Connects (resuming `resume` if given) and starts the reading tasks.
+    /// The first connection: `options.server`, then each of
+    /// `options.servers` in order, until one answers. An error no other
+    /// server would answer differently ends the search; otherwise the last
+    /// error is returned.
+    pub async fn open_first(
+        core: &Arc<Core>,
+        events: mpsc::Sender<Incoming>,
+    ) -> Result<Arc<Link>, ClientError> {
+        let options = &core.options;
+        let mut result = Link::open(core, options.server, None, events.clone()).await;
+        let mut tried = vec![options.server];
+        for &server in &options.servers {
+            match &result {
+                Err(e) if another_server_may_answer(e) => {
+                    tracing::debug!("trying the next server: {e}");
+                }
+                _ => break,
+            }
+            if tried.contains(&server) {
+                continue;
+            }
+            tried.push(server);
+            result = Link::open(core, server, None, events.clone()).await;
+        }
+        result
+    }
+
+    /// Connects to `server` (resuming `resume` if given) and starts the
+    /// reading tasks.
     pub async fn open(
         core: &Arc<Core>,
+        server: SocketAddr,
         resume: Option<Resume>,
         events: mpsc::Sender<Incoming>,
     ) -> Result<Arc<Link>, ClientError> {
@@ -60,7 +91,7 @@ impl Link {
             epoch,
             resume_token,
             resumed,
-        } = handshake::establish(&core.options, core.token(), resume).await?;
+        } = handshake::establish(&core.options, server, core.token(), resume).await?;
         let (control_tx, control_rx) = mpsc::channel(256);
         tokio::spawn(write_frames(control_send, control_rx));
         // The server refuses events over its own limit, so accept up to it.

@@ -18,7 +18,8 @@
 //! from every room arrive on one [`Events`] stream.
 //!
 //! When the connection is lost the client reconnects by itself (backoff
-//! with jitter), resumes its session, rejoins its rooms from the newest
+//! with jitter, to any of [`ClientOptions::servers`] as well as
+//! [`ClientOptions::server`]), resumes its session, rejoins its rooms from the newest
 //! event delivered (the server replays what was missed) and resends the
 //! reliable emits the server had not confirmed, which the server publishes
 //! once. [`Events::next_incoming`] also reports each step, and per room
@@ -329,8 +330,10 @@ impl Drop for Handle {
 
 impl Client {
     /// Connects, verifies the server, and completes the quicbus handshake,
-    /// all within `options.connect_timeout`. (The first connection is not
-    /// retried: a wrong address or CA fails here. Later losses are.)
+    /// all within `options.connect_timeout` per server tried (`server`, then
+    /// each of [`ClientOptions::servers`] until one answers). The first
+    /// connection is not retried: a wrong address or CA fails here. Later
+    /// losses are.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
         let (events_tx, events_rx) = mpsc::channel(options.event_queue.max(1));
         let options_token = options.token.clone();
@@ -357,7 +360,7 @@ impl Client {
             next_link: AtomicU64::new(1),
             token: watch::Sender::new(options_token),
         });
-        let link = Link::open(&core, None, events_tx.clone()).await?;
+        let link = Link::open_first(&core, events_tx.clone()).await?;
         core.adopt(&link);
         link.set_ready();
         tokio::spawn(reconnect::supervise(core.clone(), link, events_tx));

@@ -27,6 +27,17 @@ pub enum Trust {
 pub struct ClientOptions {
     /// The server's UDP address.
     pub server: SocketAddr,
+    /// Further servers serving the same rooms (default none). The first
+    /// connection tries `server`, then each of these in order (each attempt
+    /// within `connect_timeout`), and fails with the last error if none
+    /// answers. A reconnect tries all of them, `server` included, in random
+    /// order, one per attempt, with the usual backoff between attempts: a
+    /// full shuffled round, then a new shuffle. Errors that no other server
+    /// would answer differently (version mismatch, TLS material, a refused
+    /// session) end the search at once. With a shared `endpoint`, every
+    /// address must be of its family (an IPv4 socket cannot reach an IPv6
+    /// server).
+    pub servers: Vec<SocketAddr>,
     /// The name the server's certificate must carry.
     pub server_name: String,
     /// Trusted CAs. There is no option to skip verification.
@@ -99,6 +110,7 @@ impl ClientOptions {
     pub fn new(server: SocketAddr) -> Self {
         ClientOptions {
             server,
+            servers: Vec::new(),
             server_name: "localhost".into(),
             trust: Trust::CaFile(PathBuf::from("certs/ca.pem")),
             client_name: "quicbus-client".into(),

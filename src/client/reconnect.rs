@@ -1,13 +1,16 @@
 //! Keeping a client connected: when its connection is lost, reconnect with
-//! exponential backoff and jitter, resume the session, rejoin every room
-//! from the last offset delivered, and resend the outbox.
+//! exponential backoff and jitter (to its servers in turn, shuffled),
+//! resume the session, rejoin every room from the last offset delivered,
+//! and resend the outbox.
 //!
 //! Only a connection QUIC has given up on (idle timeout, or closed) leads
 //! here: short outages that QUIC rides out never trigger a reconnect.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -45,6 +48,51 @@ impl Backoff {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         ceiling.mul_f64(rng.random_range(0.0..=1.0))
+    }
+}
+
+/// The order reconnect attempts try the servers in: each server once per
+/// round, every round shuffled anew. A round does not start with the server
+/// the previous one ended with, so with two or more servers none is tried
+/// twice in a row.
+#[derive(Debug, Clone)]
+pub(crate) struct Rotation {
+    /// Every server, without repeats; never empty.
+    servers: Vec<SocketAddr>,
+    /// What is left of this round, taken from the back.
+    round: Vec<SocketAddr>,
+    last: Option<SocketAddr>,
+}
+
+impl Rotation {
+    pub fn new(first: SocketAddr, others: &[SocketAddr]) -> Self {
+        let mut servers = vec![first];
+        for server in others {
+            if !servers.contains(server) {
+                servers.push(*server);
+            }
+        }
+        Rotation {
+            servers,
+            round: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// The server to try next, drawn with `rng` at the start of each round.
+    pub fn next(&mut self, rng: &mut impl Rng) -> SocketAddr {
+        if self.round.is_empty() {
+            self.round = self.servers.clone();
+            self.round.shuffle(rng);
+            let n = self.round.len();
+            if n > 1 && self.round.last() == self.last.as_ref() {
+                let other = rng.random_range(0..n - 1);
+                self.round.swap(other, n - 1);
+            }
+        }
+        let server = self.round.pop().unwrap_or(self.servers[0]);
+        self.last = Some(server);
+        server
     }
 }
 
@@ -99,6 +147,13 @@ fn fatal(error: &ClientError) -> bool {
     }
 }
 
+/// Whether another server might accept a client that this error turned
+/// away: not after a fatal error (the same version, TLS material and
+/// credentials go to every server), nor after an expired token.
+pub(crate) fn another_server_may_answer(error: &ClientError) -> bool {
+    !fatal(error) && !token_expired(error)
+}
+
 /// Watches the client's connection for as long as the client lives.
 pub(crate) async fn supervise(
     core: Arc<Core>,
@@ -135,6 +190,7 @@ pub(crate) async fn supervise(
             }
         }
         let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
+        let mut rotation = Rotation::new(core.options.server, &core.options.servers);
         let give_up = policy.give_up_after.map(|d| Instant::now() + d);
         let next = loop {
             if core.is_closing() || give_up.is_some_and(|at| Instant::now() >= at) {
@@ -151,7 +207,8 @@ pub(crate) async fn supervise(
                 () = tokio::time::sleep(wait) => {}
                 () = &mut closing => break None,
             }
-            match reconnect_once(&core, &events).await {
+            let server = rotation.next(&mut rand::rng());
+            match reconnect_once(&core, server, &events).await {
                 Ok(next) => break Some(next),
                 Err(e) if fatal(&e) => {
                     tracing::warn!("not reconnecting: {e}");
@@ -163,7 +220,7 @@ pub(crate) async fn supervise(
                         break None;
                     }
                 }
-                Err(e) => tracing::debug!("reconnect failed: {e}"),
+                Err(e) => tracing::debug!("reconnect to {server} failed: {e}"),
             }
         };
         match next {
@@ -179,9 +236,10 @@ pub(crate) async fn supervise(
     core.fail_requests(true);
 }
 
-/// One attempt: connect, resume, rejoin, resend.
+/// One attempt: connect to `server`, resume, rejoin, resend.
 async fn reconnect_once(
     core: &Arc<Core>,
+    server: SocketAddr,
     events: &mpsc::Sender<Incoming>,
 ) -> Result<Arc<Link>, ClientError> {
     let (resume, old_epoch) = {
@@ -194,7 +252,7 @@ async fn reconnect_once(
             session.epoch,
         )
     };
-    let link = Link::open(core, Some(resume), events.clone()).await?;
+    let link = Link::open(core, server, Some(resume), events.clone()).await?;
     match rejoin(core, &link, old_epoch, events).await {
         Ok(()) => {}
         Err(e) => {
@@ -295,6 +353,7 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+    use std::collections::HashSet;
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_below_the_ceiling() {
@@ -312,6 +371,82 @@ mod tests {
             b.next(&mut rng);
         }
         assert_eq!(b.ceiling(), Duration::from_secs(1), "no overflow");
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn rotation_tries_every_server_once_per_round_in_varying_orders() {
+        let servers = [addr(1), addr(2), addr(3), addr(4)];
+        // The first repeated: listed twice, still tried once per round.
+        let mut rotation = Rotation::new(
+            servers[0],
+            &[servers[1], servers[0], servers[2], servers[3]],
+        );
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut orders = HashSet::new();
+        let mut previous = None;
+        for round in 0..20 {
+            let order: Vec<SocketAddr> = (0..servers.len())
+                .map(|_| rotation.next(&mut rng))
+                .collect();
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, servers, "round {round}: {order:?}");
+            assert_ne!(
+                previous,
+                Some(order[0]),
+                "round {round} starts with the server just tried"
+            );
+            previous = order.last().copied();
+            orders.insert(order);
+        }
+        assert!(orders.len() >= 5, "rounds are shuffled anew: {orders:?}");
+    }
+
+    #[test]
+    fn rotation_of_one_server_always_tries_it() {
+        let mut rotation = Rotation::new(addr(1), &[addr(1)]);
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..5 {
+            assert_eq!(rotation.next(&mut rng), addr(1));
+        }
+    }
+
+    #[test]
+    fn rotation_of_two_never_repeats_a_server() {
+        let mut rotation = Rotation::new(addr(1), &[addr(2)]);
+        let mut rng = StdRng::seed_from_u64(3);
+        let tried: Vec<SocketAddr> = (0..40).map(|_| rotation.next(&mut rng)).collect();
+        for pair in tried.windows(2) {
+            assert_ne!(pair[0], pair[1], "{tried:?}");
+        }
+    }
+
+    #[test]
+    fn only_errors_another_server_could_answer_differently_move_on() {
+        let server = addr(1);
+        assert!(another_server_may_answer(&ClientError::ConnectTimeout {
+            server,
+            after: Duration::from_secs(1)
+        }));
+        assert!(another_server_may_answer(&ClientError::Handshake {
+            server,
+            reason: "connection refused".into()
+        }));
+        assert!(!another_server_may_answer(&ClientError::VersionMismatch {
+            client: 2,
+            server: 1
+        }));
+        assert!(!another_server_may_answer(&ClientError::Tls(
+            "no CA".into()
+        )));
+        assert!(!another_server_may_answer(&ClientError::Rejected {
+            code: crate::wire::ErrorCode::TokenExpired,
+            reason: String::new()
+        }));
     }
 
     #[test]
