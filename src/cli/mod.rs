@@ -75,16 +75,23 @@ fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
 /// How a client command reaches and trusts the server.
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
-    /// Server address, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    server: String,
+    /// Server address, HOST:PORT. Repeat it, or give a comma-separated
+    /// list, for servers serving the same rooms: the first connection tries
+    /// them in order, a reconnect in random order.
+    #[arg(
+        long = "server",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:4433",
+        value_delimiter = ','
+    )]
+    servers: Vec<String>,
     /// CA certificate (PEM) that signed the server's certificate.
     #[arg(long, default_value = "certs/ca.pem")]
     ca: PathBuf,
     /// Name the server certificate must carry.
     #[arg(long, default_value = "localhost")]
     server_name: String,
-    /// Seconds to wait for the connection and handshake.
+    /// Seconds to wait for the connection and handshake (per server tried).
     #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
     connect_timeout: f64,
     /// Token for servers started with --token (from the environment, it
@@ -102,8 +109,15 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     async fn options(&self) -> CliResult<ClientOptions> {
-        let server = resolve(&self.server).await?;
-        let mut options = ClientOptions::new(server);
+        let mut servers = Vec::with_capacity(self.servers.len());
+        for server in &self.servers {
+            servers.push(resolve(server).await?);
+        }
+        let Some((&first, others)) = servers.split_first() else {
+            return Err("no server address given".into());
+        };
+        let mut options = ClientOptions::new(first);
+        options.servers = others.to_vec();
         options.trust = Trust::CaFile(self.ca.clone());
         options.server_name = self.server_name.clone();
         options.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
