@@ -441,3 +441,27 @@ async fn the_shared_token_comes_from_a_file_or_the_environment() {
         "--token-file",
     );
 }
+
+#[tokio::test]
+async fn pub_moves_past_a_server_that_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::process::ServeProcess::start(dir.path(), &["--memory"]).await;
+    let live = server.addr.to_string();
+    // Bound and never answering: a server that is down.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap().to_string();
+    let comma_separated = format!("{dead},{live}");
+    for (offset, servers) in [
+        ("1", vec!["--server", &comma_separated]),
+        ("2", vec!["--server", &dead, "--server", &live]),
+    ] {
+        let (code, stdout, stderr) = run(quicbus()
+            .args(["pub", "--ack", "--room", "r", "--event", "e"])
+            .args(&servers)
+            .args(["--connect-timeout", "1", "--ca"])
+            .arg(server.ca())
+            .arg("x"))
+        .await;
+        assert_eq!((code, stdout.trim()), (0, offset), "{servers:?}: {stderr}");
+    }
+}

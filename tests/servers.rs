@@ -118,8 +118,10 @@ async fn reconnected(events: &mut Events, rooms: &[&str]) -> Vec<(String, Recove
 async fn when_its_server_shuts_down_a_client_moves_to_another_and_rejoins_there() {
     let a = common::start().await;
     // B under the same certificates, as the servers of one cluster would be.
-    let mut config = ServerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
     let b = common::start_exactly(config, a.certs.clone()).await;
     let rooms = ["room.one", "room.two"];
 
