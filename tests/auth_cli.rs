@@ -24,6 +24,28 @@ async fn mint(secret: &Path, args: &[&str]) -> String {
     token
 }
 
+/// `quicbus COMMAND` against the server at `addr`, with `token` (if any)
+/// in `QUICBUS_TOKEN` and nothing inherited from the environment.
+fn client_command(
+    addr: &str,
+    ca: &Path,
+    command: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) -> tokio::process::Command {
+    let mut cmd = quicbus();
+    cmd.arg(command)
+        .args(["--server", addr, "--no-reconnect"])
+        .arg("--ca")
+        .arg(ca)
+        .args(extra)
+        .env_remove("QUICBUS_TOKEN");
+    if let Some(token) = token {
+        cmd.env("QUICBUS_TOKEN", token);
+    }
+    cmd
+}
+
 #[tokio::test]
 async fn a_secured_server_lets_each_token_do_what_it_allows_and_no_more() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,17 +114,7 @@ async fn a_secured_server_lets_each_token_do_what_it_allows_and_no_more() {
     }
 
     let client = |command: &str, token: Option<&str>, extra: &[&str]| {
-        let mut cmd = quicbus();
-        cmd.arg(command)
-            .args(["--server", &addr, "--no-reconnect"])
-            .arg("--ca")
-            .arg(&ca)
-            .args(extra)
-            .env_remove("QUICBUS_TOKEN");
-        if let Some(token) = token {
-            cmd.env("QUICBUS_TOKEN", token);
-        }
-        cmd
+        client_command(&addr, &ca, command, token, extra)
     };
     let publish = ["--room", "game.lobby", "--event", "move", "x"];
     // The reader may not publish, reliably or as datagrams.
@@ -257,17 +269,7 @@ datagrams = false
     )
     .await;
     let client = |command: &str, token: Option<&str>, extra: &[&str]| {
-        let mut cmd = quicbus();
-        cmd.arg(command)
-            .args(["--server", &addr, "--no-reconnect"])
-            .arg("--ca")
-            .arg(&ca)
-            .args(extra)
-            .env_remove("QUICBUS_TOKEN");
-        if let Some(token) = token {
-            cmd.env("QUICBUS_TOKEN", token);
-        }
-        cmd
+        client_command(&addr, &ca, command, token, extra)
     };
     // Anonymous: public.> only, to subscribe.
     let anonymous = sub(&addr, &ca, &["--room", "public.news", "--count", "1"]).await;
