@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use quicbus::auth::token::TokenVerifier;
 use quicbus::certs::{self, CertPaths};
+use quicbus::server::backplane::cluster::{ClusterBackplane, ClusterConfig, StreamSettings};
+use quicbus::server::backplane::Backplane;
 use quicbus::server::{
     AddressLimits, AuthConfig, ConnectionLimits, FsyncPolicy, HistoryLimits, Rate, Server,
     ServerConfig, ServerIdentity, Storage,
@@ -121,6 +123,29 @@ pub struct ServeArgs {
     max_publish_rooms: u32,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Several nodes, one bus (README: "Running a cluster").
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Run as a node of the cluster on this NATS (with JetStream):
+    /// `nats://HOST:PORT`, comma-separated or repeated for several NATS
+    /// servers. History lives in a JetStream stream then, not in --data.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's name (logs, NATS connection name); the listen address
+    /// if not given.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node: Option<String>,
+    /// Subject prefix and stream name of this bus on NATS, so that several
+    /// buses can share one NATS.
+    #[arg(long, default_value = "quicbus", requires = "cluster")]
+    cluster_prefix: String,
+    /// Copies of the event stream a NATS cluster keeps (1 for one NATS server).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), requires = "cluster")]
+    cluster_replicas: u8,
 }
 
 /// Signed tokens (README: "Security").
@@ -338,9 +363,15 @@ async fn run_server(args: ServeArgs) -> CliResult {
         );
     }
     config.limits.publish_streams = args.max_publish_rooms as usize;
-    let fresh = !args.memory && !args.data.join("epoch").exists();
-    let server = Server::bind(config, identity)?;
-    if !args.memory {
+    let clustered = !args.cluster.cluster.is_empty();
+    let fresh = !clustered && !args.memory && !args.data.join("epoch").exists();
+    let server = if clustered {
+        let backplane = join_cluster(&args, &config).await?;
+        Server::with_backplane(config, identity, backplane)?
+    } else {
+        Server::bind(config, identity)?
+    };
+    if !args.memory && !clustered {
         let what = if fresh {
             "created data directory"
         } else {
@@ -388,6 +419,57 @@ async fn run_server(args: ServeArgs) -> CliResult {
         s.protocol_errors
     );
     Ok(())
+}
+
+/// Connects this node to the cluster's NATS and stream.
+async fn join_cluster(
+    args: &ServeArgs,
+    config: &ServerConfig,
+) -> Result<std::sync::Arc<ClusterBackplane>, String> {
+    let cluster = &args.cluster;
+    let node = cluster
+        .node
+        .clone()
+        .unwrap_or_else(|| args.listen.to_string());
+    if config.namespaces.has_own_history() {
+        eprintln!(
+            "note: with --cluster every room keeps the default history (--history-*); namespaces' own history limits are not applied"
+        );
+    }
+    let history = config.history;
+    // A retried publish must be recognised for as long as its session can
+    // be resumed; JetStream wants the window within the age limit.
+    let mut duplicate_window = config.resume_window.max(std::time::Duration::from_secs(1));
+    if !history.max_age.is_zero() {
+        duplicate_window = duplicate_window.min(history.max_age);
+    }
+    let settings = ClusterConfig {
+        urls: cluster.cluster.clone(),
+        node: node.clone(),
+        prefix: cluster.cluster_prefix.clone(),
+        stream: StreamSettings {
+            replicas: cluster.cluster_replicas as usize,
+            max_events_per_room: history.max_events as u64,
+            max_age: history.max_age,
+            max_bytes: config.history_total_bytes,
+            duplicate_window,
+        },
+        ack_timeout: std::time::Duration::from_secs(2),
+        max_rooms: config.max_rooms,
+    };
+    let backplane = ClusterBackplane::connect(settings)
+        .await
+        .map_err(|e| format!("--cluster: {e}"))?;
+    eprintln!(
+        "node {node} joined the cluster on {} (stream {}_EVENTS, epoch {:x})",
+        cluster.cluster.join(","),
+        cluster
+            .cluster_prefix
+            .to_ascii_uppercase()
+            .replace('-', "_"),
+        backplane.epoch()
+    );
+    Ok(std::sync::Arc::new(backplane))
 }
 
 #[derive(Debug, clap::Args)]

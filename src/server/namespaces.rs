@@ -122,6 +122,13 @@ impl Namespaces {
             .unwrap_or(&self.default)
     }
 
+    /// Whether some namespace keeps other history than the default.
+    pub fn has_own_history(&self) -> bool {
+        self.by_name
+            .values()
+            .any(|ns| ns.history != self.default.history)
+    }
+
     /// Each configured namespace's history limits, by name.
     pub fn history_limits(&self) -> HashMap<String, HistoryLimits> {
         self.by_name

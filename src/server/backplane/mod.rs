@@ -13,6 +13,7 @@
 //! another implementation of the same trait. That is why `subscribe` and
 //! `publish` return futures even though the embedded one completes at once.
 
+pub mod cluster;
 mod embedded;
 mod idle_rooms;
 

@@ -373,8 +373,8 @@ impl RoomHistory for MemoryHistory {
 }
 
 /// The frames of a replay, taken when it was asked for.
-struct MemoryReplay {
-    frames: VecDeque<Bytes>,
+pub(super) struct MemoryReplay {
+    pub(super) frames: VecDeque<Bytes>,
 }
 
 impl ReplaySource for MemoryReplay {

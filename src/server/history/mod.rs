@@ -189,6 +189,18 @@ pub struct Replay {
     pub source: Box<dyn ReplaySource>,
 }
 
+impl Replay {
+    /// A replay of frames already read (oldest first).
+    pub fn from_frames(frames: Vec<Bytes>) -> Replay {
+        Replay {
+            count: frames.len() as u64,
+            source: Box::new(memory::MemoryReplay {
+                frames: frames.into(),
+            }),
+        }
+    }
+}
+
 /// One room's history.
 pub trait RoomHistory: Send {
     /// The newest offset ever appended (0 if none); survives trimming, and
