@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use super::subject::{room_token, Subjects};
 use crate::server::backplane::{Publisher, SessionId};
 
+/// Attempts at creating the stream, 250 ms apart, before giving up.
+const OPEN_ATTEMPTS: u32 = 60;
+
 /// Header naming the node and connection an event came from.
 pub const FROM: &str = "Quicbus-From";
 /// Set by JetStream on a republished event: its stream sequence.
@@ -173,10 +176,20 @@ impl ClusterStore {
             description: Some("quicbus rooms: reliable events".to_string()),
             ..Default::default()
         };
-        let info = js
-            .create_or_update_stream(config)
-            .await
-            .map_err(|e| ClusterError::js("creating the event stream")(e.into()))?;
+        // A JetStream cluster that has just started answers "temporarily
+        // unavailable" until it has elected a leader: try for a while.
+        let mut attempt = 0;
+        let info = loop {
+            match js.create_or_update_stream(config.clone()).await {
+                Ok(info) => break info,
+                Err(e) if attempt < OPEN_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::info!("event stream not ready ({e}); trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(ClusterError::js("creating the event stream")(e.into())),
+            }
+        };
         let epoch = epoch_of(&info.config.name, info.created.unix_timestamp_nanos());
         let stream = js
             .get_stream(subjects.stream())

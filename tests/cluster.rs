@@ -1,0 +1,397 @@
+//! Several `quicbus serve --cluster` nodes (child processes) on our own
+//! `nats-server -js` (also child processes, on free ports with temporary
+//! stores): rooms shared across nodes, a node killed under a subscriber,
+//! NATS restarted under load, and a NATS cluster losing a server.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::nats::Nats;
+use common::process::ServeProcess;
+use common::within;
+use quicbus::client::{
+    Client, ClientError, ClientOptions, Delivery, Event, Events, Incoming, Trust,
+};
+use quicbus::wire::{ErrorCode, Recovery};
+
+/// A quicbus node of the cluster on `urls`, under certificates in `dir`.
+async fn node(dir: &Path, urls: &str, name: &str, extra: &[&str]) -> ServeProcess {
+    let mut args = vec!["--cluster", urls, "--node", name];
+    args.extend_from_slice(extra);
+    ServeProcess::start(dir, &args).await
+}
+
+fn options(first: &ServeProcess, others: &[&ServeProcess]) -> ClientOptions {
+    let mut options = ClientOptions::new(first.addr);
+    options.servers = others.iter().map(|s| s.addr).collect();
+    options.trust = Trust::CaFile(first.ca());
+    common::quick(&mut options);
+    options.connect_timeout = Duration::from_secs(1);
+    options
+}
+
+async fn client(first: &ServeProcess, others: &[&ServeProcess]) -> (Client, Events) {
+    within("connect", Client::connect(options(first, others)))
+        .await
+        .unwrap()
+}
+
+/// What a test checks of a reliable event: room, name, offset, payload.
+type Sent = (String, String, u64, Vec<u8>);
+
+fn reliable(event: &Event) -> Sent {
+    let Delivery::Reliable { offset } = event.delivery else {
+        panic!("expected a reliable event, got {event:?}");
+    };
+    (
+        event.room.to_string(),
+        event.name.clone(),
+        offset,
+        event.payload.to_vec(),
+    )
+}
+
+/// The next reliable event, skipping nothing else: a datagram here is a bug.
+async fn next_reliable(events: &mut Events, what: &str) -> Sent {
+    reliable(&common::next_event(events, what).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_every_event_to_every_subscriber_in_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("js")).await;
+    let a = node(dir.path(), &nats.url(), "a", &[]).await;
+    let b = node(dir.path(), &nats.url(), "b", &[]).await;
+    let c = node(dir.path(), &nats.url(), "c", &[]).await;
+    let rooms = ["chat", "game.1"];
+
+    let mut subscribers = Vec::new();
+    for at in [&a, &c] {
+        let (sub, events) = client(at, &[]).await;
+        for room in rooms.iter().chain(["cursors"].iter()) {
+            sub.join(room).await.unwrap();
+        }
+        subscribers.push((sub, events));
+    }
+    let (publisher, _publisher_events) = client(&b, &[]).await;
+
+    let mut sent: Vec<Sent> = Vec::new();
+    for i in 0..30 {
+        let room = rooms[i % 2];
+        let name = if i % 2 == 0 { "say" } else { "move" };
+        let payload = format!("{room}:{i}").into_bytes();
+        let offset = publisher
+            .emit_with_ack(room, name, payload.clone())
+            .await
+            .unwrap();
+        sent.push((room.to_string(), name.to_string(), offset, payload));
+    }
+    // Offsets are stream sequences: increasing across the rooms, sparse in each.
+    assert!(sent.windows(2).all(|w| w[0].2 < w[1].2), "{sent:?}");
+
+    for (n, (_, events)) in subscribers.iter_mut().enumerate() {
+        let mut received = Vec::new();
+        for _ in 0..sent.len() {
+            received.push(next_reliable(events, &format!("events on subscriber {n}")).await);
+        }
+        // Each room is its own stream: in order within a room, and no
+        // order promised across rooms.
+        assert_eq!(
+            by_room(&received),
+            by_room(&sent),
+            "subscriber {n}: every event, in order, once"
+        );
+    }
+
+    // Datagrams cross nodes too. They may be lost, so send until each
+    // subscriber has one; a reliable event now would be a duplicate.
+    for (n, (_, events)) in subscribers.iter_mut().enumerate() {
+        let datagram = within("a datagram across nodes", async {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => publisher.emit_datagram("cursors", "pos", &b"x:1,y:2"[..]).await.unwrap(),
+                    event = events.next() => return event.unwrap(),
+                }
+            }
+        })
+        .await;
+        assert_eq!(&*datagram.room, "cursors", "subscriber {n}");
+        assert_eq!(datagram.name, "pos");
+        assert_eq!(&datagram.payload[..], b"x:1,y:2");
+        assert!(
+            matches!(datagram.delivery, Delivery::Datagram { seq } if seq >= 1),
+            "{datagram:?}"
+        );
+    }
+
+    // A subscriber joining later on any node recovers the same history
+    // from the stream: same offsets, names and payloads.
+    let (late, mut late_events) = client(&b, &[]).await;
+    let joined = late
+        .join_with(
+            "chat",
+            quicbus::client::JoinOptions {
+                since: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let chat: Vec<Sent> = sent.iter().filter(|s| s.0 == "chat").cloned().collect();
+    assert_eq!(
+        joined.recovery,
+        Recovery::Recovered {
+            replayed: chat.len() as u64
+        }
+    );
+    assert_eq!(joined.offset, chat.last().unwrap().2.max(joined.offset));
+    let mut replayed = Vec::new();
+    for _ in 0..chat.len() {
+        replayed.push(next_reliable(&mut late_events, "replayed history").await);
+    }
+    assert_eq!(replayed, chat);
+}
+
+/// Publishes `count` reliable events to `rooms` in turn, one every `pace`,
+/// retrying each until acknowledged (a node or NATS may be away for a
+/// while); returns what was acknowledged and the errors seen.
+async fn publish_steadily(
+    publisher: &Client,
+    rooms: &[&str],
+    count: usize,
+    pace: Duration,
+    errors: &std::sync::Mutex<Vec<ClientError>>,
+) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    let mut tick = tokio::time::interval(pace);
+    for i in 0..count {
+        let room = rooms[i % rooms.len()];
+        let payload = format!("{room}#{i}").into_bytes();
+        loop {
+            tick.tick().await;
+            match publisher.emit_with_ack(room, "tick", payload.clone()).await {
+                Ok(offset) => {
+                    sent.push((room.to_string(), "tick".to_string(), offset, payload));
+                    break;
+                }
+                Err(e) => {
+                    let mut errors = errors.lock().unwrap();
+                    assert!(errors.len() < 2_000, "too many failures: {e}");
+                    errors.push(e);
+                }
+            }
+        }
+    }
+    sent
+}
+
+/// Each room's events, in the order received.
+fn by_room(events: &[Sent]) -> HashMap<String, Vec<Sent>> {
+    let mut rooms: HashMap<String, Vec<Sent>> = HashMap::new();
+    for event in events {
+        rooms
+            .entry(event.0.clone())
+            .or_default()
+            .push(event.clone());
+    }
+    rooms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_node_is_killed_resumes_on_another_with_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("js")).await;
+    let a = node(dir.path(), &nats.url(), "a", &[]).await;
+    let b = node(dir.path(), &nats.url(), "b", &[]).await;
+    let c = node(dir.path(), &nats.url(), "c", &[]).await;
+    let rooms = ["stream.one", "stream.two"];
+
+    let (subscriber, mut events) = client(&a, &[&c]).await;
+    for room in rooms {
+        subscriber.join(room).await.unwrap();
+    }
+    let (publisher, _publisher_events) = client(&b, &[]).await;
+    let errors = std::sync::Mutex::new(Vec::new());
+    let total = 120;
+    let publishing = publish_steadily(
+        &publisher,
+        &rooms,
+        total,
+        Duration::from_millis(10),
+        &errors,
+    );
+    tokio::pin!(publishing);
+
+    let mut received: Vec<Sent> = Vec::new();
+    let mut recoveries = Vec::new();
+    let mut a = Some(a);
+    let mut sent = None;
+    within("every event, across the node's death", async {
+        loop {
+            if let Some(sent) = &sent {
+                let sent: &Vec<Sent> = sent;
+                if received.len() >= sent.len() {
+                    return;
+                }
+            }
+            tokio::select! {
+                done = &mut publishing, if sent.is_none() => sent = Some(done),
+                incoming = events.next_incoming() => match incoming.unwrap() {
+                    Incoming::Event(event) => {
+                        received.push(reliable(&event));
+                        if received.len() == 30 {
+                            // Mid-stream: node A dies at once.
+                            a.take().unwrap().kill9().await;
+                        }
+                    }
+                    Incoming::Recovery { room, recovery } => recoveries.push((room.to_string(), recovery)),
+                    Incoming::Disconnected { .. } | Incoming::Reconnected { .. } => {}
+                    other => panic!("unexpected: {other:?}"),
+                },
+            }
+        }
+    })
+    .await;
+    let sent = sent.unwrap();
+    assert!(a.is_none(), "node A was killed mid-stream");
+    assert_eq!(sent.len(), total);
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "the publisher's node never went away"
+    );
+    // Per room: every event, in order, once (replay of each room then live).
+    assert_eq!(by_room(&received), by_room(&sent));
+    recoveries.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(recoveries.len(), rooms.len(), "{recoveries:?}");
+    for ((room, recovery), expected) in recoveries.iter().zip(rooms) {
+        assert_eq!(room, expected);
+        assert!(
+            matches!(recovery, Recovery::Recovered { .. }),
+            "{room}: {recovery:?}"
+        );
+    }
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_nats_is_down_publishes_are_unavailable_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(&dir.path().join("js")).await;
+    let a = node(dir.path(), &nats.url(), "a", &[]).await;
+    let b = node(dir.path(), &nats.url(), "b", &[]).await;
+    let rooms = ["load.a", "load.b"];
+    let (subscriber, mut events) = client(&a, &[]).await;
+    for room in rooms {
+        subscriber.join(room).await.unwrap();
+    }
+    let (publisher, _publisher_events) = client(&b, &[]).await;
+    // Node B's own subscribers go on receiving its datagrams meanwhile.
+    let (local, mut local_events) = client(&b, &[]).await;
+    local.join("cursors").await.unwrap();
+
+    let errors = std::sync::Mutex::new(Vec::new());
+    let total = 90;
+    let publishing = publish_steadily(&publisher, &rooms, total, Duration::from_millis(5), &errors);
+    tokio::pin!(publishing);
+    let mut received: Vec<Sent> = Vec::new();
+    let mut restarted = false;
+    let sent = within("publishing across a NATS restart", async {
+        loop {
+            tokio::select! {
+                sent = &mut publishing => return sent,
+                event = events.next() => {
+                    received.push(reliable(&event.unwrap()));
+                    if received.len() == 20 && !restarted {
+                        restarted = true;
+                        nats.kill9().await;
+                        // Refused while NATS is away, with the typed error.
+                        let refused = within("a refusal", async {
+                            loop {
+                                match publisher.emit_with_ack("load.a", "probe", &b"x"[..]).await {
+                                    Err(e) => return e,
+                                    Ok(_) => tokio::task::yield_now().await,
+                                }
+                            }
+                        }).await;
+                        assert!(
+                            matches!(&refused, ClientError::Rejected { code: ErrorCode::Unavailable, .. }),
+                            "{refused:?}"
+                        );
+                        // Datagrams within node B still flow.
+                        within("a local datagram while NATS is down", async {
+                            let mut tick = tokio::time::interval(Duration::from_millis(50));
+                            loop {
+                                tokio::select! {
+                                    _ = tick.tick() => publisher.emit_datagram("cursors", "pos", &b"p"[..]).await.unwrap(),
+                                    event = local_events.next() => {
+                                        assert_eq!(&*event.unwrap().room, "cursors");
+                                        return;
+                                    }
+                                }
+                            }
+                        }).await;
+                        nats.restart().await;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(restarted);
+    assert_eq!(sent.len(), total);
+    let failures = errors.lock().unwrap();
+    assert!(
+        failures.iter().all(|e| matches!(
+            e,
+            ClientError::Rejected {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        )),
+        "{failures:?}"
+    );
+    // Every acknowledged event arrives, in order, once; a probe refused
+    // by the node was never stored.
+    within("the rest of the events", async {
+        while received.len() < sent.len() {
+            received.push(reliable(&events.next().await.unwrap()));
+        }
+    })
+    .await;
+    assert_eq!(by_room(&received), by_room(&sent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_cluster_losing_a_server_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = Nats::cluster(dir.path(), 3).await;
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    let urls = urls.join(",");
+    let a = node(dir.path(), &urls, "a", &["--cluster-replicas", "3"]).await;
+    let b = node(dir.path(), &urls, "b", &["--cluster-replicas", "3"]).await;
+    let rooms = ["r3.one", "r3.two"];
+    let (subscriber, mut events) = client(&a, &[]).await;
+    for room in rooms {
+        subscriber.join(room).await.unwrap();
+    }
+    let (publisher, _publisher_events) = client(&b, &[]).await;
+    let errors = std::sync::Mutex::new(Vec::new());
+    let mut sent =
+        publish_steadily(&publisher, &rooms, 20, Duration::from_millis(5), &errors).await;
+    servers[0].kill9().await;
+    sent.extend(publish_steadily(&publisher, &rooms, 20, Duration::from_millis(5), &errors).await);
+    let mut received = Vec::new();
+    within("every acknowledged event", async {
+        while received.len() < sent.len() {
+            received.push(reliable(&events.next().await.unwrap()));
+        }
+    })
+    .await;
+    assert_eq!(by_room(&received), by_room(&sent));
+    assert!(sent.windows(2).all(|w| w[0].2 < w[1].2), "{sent:?}");
+}
