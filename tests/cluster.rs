@@ -344,7 +344,7 @@ async fn while_nats_is_down_publishes_are_unavailable_and_nothing_acknowledged_i
     .await;
     assert!(restarted);
     assert_eq!(sent.len(), total);
-    let failures = errors.lock().unwrap();
+    let failures = std::mem::take(&mut *errors.lock().unwrap());
     assert!(
         failures.iter().all(|e| matches!(
             e,
