@@ -16,7 +16,8 @@ use common::within;
 use quicbus::client::{
     Client, ClientError, ClientOptions, Delivery, Event, Events, Incoming, Trust,
 };
-use quicbus::wire::{ErrorCode, Recovery};
+use quicbus::netsim::{Netsim, NetsimConfig};
+use quicbus::wire::{ErrorCode, Recovery, ResumeOutcome};
 
 /// A quicbus node of the cluster on `urls`, under certificates in `dir`.
 async fn node(dir: &Path, urls: &str, name: &str, extra: &[&str]) -> ServeProcess {
@@ -211,7 +212,13 @@ async fn a_subscriber_whose_node_is_killed_resumes_on_another_with_every_event_o
     let c = node(dir.path(), &nats.url(), "c", &[]).await;
     let rooms = ["stream.one", "stream.two"];
 
-    let (subscriber, mut events) = client(&a, &[&c]).await;
+    // The subscriber reaches node A through netsim, to lose A's acks.
+    let mut path = NetsimConfig::new("127.0.0.1:0".parse().unwrap(), a.addr);
+    path.seed = 11;
+    let path = Netsim::start(path).await.unwrap();
+    let mut via = options(&a, &[&c]);
+    via.server = path.local_addr();
+    let (subscriber, mut events) = within("connect", Client::connect(via)).await.unwrap();
     for room in rooms {
         subscriber.join(room).await.unwrap();
     }
@@ -227,6 +234,12 @@ async fn a_subscriber_whose_node_is_killed_resumes_on_another_with_every_event_o
     );
     tokio::pin!(publishing);
 
+    // Watches the subscriber's own emits from another node.
+    let (observer, mut observed) = client(&b, &[]).await;
+    observer.join("own").await.unwrap();
+    let mut own = Vec::new();
+    let mut seen = Vec::new();
+    let mut resumed = None;
     let mut received: Vec<Sent> = Vec::new();
     let mut recoveries = Vec::new();
     let mut a = Some(a);
@@ -245,18 +258,65 @@ async fn a_subscriber_whose_node_is_killed_resumes_on_another_with_every_event_o
                     Incoming::Event(event) => {
                         received.push(reliable(&event));
                         if received.len() == 30 {
-                            // Mid-stream: node A dies at once.
+                            // Mid-stream, the subscriber emits events of its
+                            // own that node A stores but whose acks never
+                            // reach it; then node A dies at once.
+                            common::cut_way_back(&path);
+                            for i in 0..5 {
+                                let payload = format!("mine#{i}").into_bytes();
+                                own.push(subscriber.emit_acked("own", "mine", payload).await.unwrap());
+                            }
+                            for _ in 0..5 {
+                                seen.push(reliable(&observed.next().await.unwrap()));
+                            }
                             a.take().unwrap().kill9().await;
                         }
                     }
                     Incoming::Recovery { room, recovery } => recoveries.push((room.to_string(), recovery)),
-                    Incoming::Disconnected { .. } | Incoming::Reconnected { .. } => {}
+                    Incoming::Reconnected { resumed: outcome } => resumed = Some(outcome),
+                    Incoming::Disconnected { .. } => {}
                     other => panic!("unexpected: {other:?}"),
                 },
             }
         }
     })
     .await;
+    // The session moved with the client: node C took it over.
+    assert_eq!(resumed, Some(ResumeOutcome::Resumed));
+    // Its emits were resent by the client and published once each, in order.
+    let mut acked = Vec::new();
+    for pending in own {
+        acked.push(
+            within("an ack of an own emit", pending.wait())
+                .await
+                .unwrap(),
+        );
+    }
+    let marker = publisher
+        .emit_with_ack("own", "marker", &b"end"[..])
+        .await
+        .unwrap();
+    within("the marker, and no own emit twice", async {
+        loop {
+            let event = reliable(&observed.next().await.unwrap());
+            if event.1 == "marker" {
+                assert_eq!(event.2, marker);
+                return;
+            }
+            seen.push(event);
+        }
+    })
+    .await;
+    let expected: Vec<Sent> = (0..5)
+        .map(|i| {
+            let payload = format!("mine#{i}").into_bytes();
+            ("own".to_string(), "mine".to_string(), acked[i], payload)
+        })
+        .collect();
+    assert_eq!(
+        seen, expected,
+        "each own emit once, with its acknowledged offset"
+    );
     let sent = sent.unwrap();
     assert!(a.is_none(), "node A was killed mid-stream");
     assert_eq!(sent.len(), total);

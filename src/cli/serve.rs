@@ -367,7 +367,17 @@ async fn run_server(args: ServeArgs) -> CliResult {
     let fresh = !clustered && !args.memory && !args.data.join("epoch").exists();
     let server = if clustered {
         let backplane = join_cluster(&args, &config).await?;
-        Server::with_backplane(config, identity, backplane)?
+        let sessions = backplane
+            .shared_sessions(config.resume_window)
+            .await
+            .map_err(|e| format!("--cluster: {e}"))?;
+        Server::with_shared_sessions(
+            config,
+            identity,
+            backplane,
+            Box::new(sessions.clone()),
+            std::sync::Arc::new(sessions),
+        )?
     } else {
         Server::bind(config, identity)?
     };

@@ -46,7 +46,7 @@ pub use limits::{AddressLimits, ConnectionLimits, Rate};
 pub use namespaces::{Namespace, NamespaceError, NamespaceSettings, Namespaces};
 pub use outbound::DatagramRing;
 pub use session::MAX_HELLO;
-pub use session_journal::{FileJournal, SessionJournal, StoredSession};
+pub use session_journal::{FileJournal, SessionDirectory, SessionJournal, StoredSession};
 pub use stats::{Limit, Refusal, ServerStats, StatsSnapshot};
 
 use crate::certs::DevCerts;
@@ -300,6 +300,26 @@ impl Server {
                 Self::with_parts(config, identity, backplane, sessions)
             }
         }
+    }
+
+    /// Binds the UDP socket as a node of a cluster: the cluster's backplane,
+    /// and sessions recorded in `journal` and found in `directory` by every
+    /// node, so that a client whose node died resumes on another.
+    pub fn with_shared_sessions(
+        config: ServerConfig,
+        identity: ServerIdentity,
+        backplane: Arc<dyn Backplane>,
+        journal: Box<dyn SessionJournal>,
+        directory: Arc<dyn SessionDirectory>,
+    ) -> Result<Self, ServerError> {
+        let sessions = resume::SessionStore::shared(
+            config.resume_window,
+            config.max_connections.saturating_mul(4),
+            log_limits(&config),
+            journal,
+            directory,
+        );
+        Self::with_parts(config, identity, backplane, sessions)
     }
 
     /// Binds the UDP socket with the given backplane; sessions are kept in

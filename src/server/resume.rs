@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use super::session_journal::{SessionJournal, StoredSession};
+pub use super::session_journal::{SessionDirectory, SessionJournal, StoredSession};
 use crate::sync::lock;
 use crate::wire::{ErrorCode, RecoveryFailure, Resume, ResumeOutcome};
 
@@ -317,6 +317,8 @@ pub struct SessionStore {
     max_sessions: usize,
     log_limits: LogLimits,
     journal: Option<Box<dyn SessionJournal>>,
+    /// Where sessions begun on other nodes are found (a cluster).
+    directory: Option<Arc<dyn SessionDirectory>>,
 }
 
 /// A session attached to a connection; hand it back with
@@ -337,7 +339,47 @@ impl SessionStore {
             max_sessions: max_sessions.max(1),
             log_limits,
             journal: None,
+            directory: None,
         }
+    }
+
+    /// A store whose sessions are shared by the nodes of a cluster: each
+    /// node records its own in `journal`, and finds the others' in
+    /// `directory` when a client brings their token.
+    pub fn shared(
+        window: Duration,
+        max_sessions: usize,
+        log_limits: LogLimits,
+        journal: Box<dyn SessionJournal>,
+        directory: Arc<dyn SessionDirectory>,
+    ) -> Self {
+        let mut store = SessionStore::new(window, max_sessions, log_limits);
+        store.journal = Some(journal);
+        store.directory = Some(directory);
+        store
+    }
+
+    /// Before [`SessionStore::attach`]: a token this node does not know may
+    /// name a session another node began (and perhaps died with); take it
+    /// over from the directory, parked, so that `attach` resumes it. Its
+    /// publish logs start empty: a retried publish is recognised by the
+    /// backplane itself (JetStream deduplicates by session key and id).
+    pub async fn find_elsewhere(&self, resume: Option<&Resume>, epoch: u64, now: Instant) {
+        let (Some(directory), Some(resume)) = (&self.directory, resume) else {
+            return;
+        };
+        if resume.epoch != epoch || lock(&self.sessions).contains_key(&resume.token) {
+            return;
+        }
+        let Some(found) = directory.claim(&resume.token).await else {
+            return;
+        };
+        let state = SessionState::new(found.token, found.key, found.user, false, self.log_limits);
+        lock(&state.attachment).parked_until = Some(now + self.window);
+        let mut sessions = lock(&self.sessions);
+        sessions
+            .entry(resume.token.clone())
+            .or_insert_with(|| Arc::new(state));
     }
 
     /// A store whose sessions outlive the process in `journal`: the ones it

@@ -276,6 +276,14 @@ async fn handshake(
         Err(refusal) => return Err(reject(send, ctx, refusal).await),
     };
 
+    // In a cluster, the session may have begun on another node.
+    ctx.sessions
+        .find_elsewhere(
+            resume.as_ref(),
+            ctx.backplane.epoch(),
+            std::time::Instant::now(),
+        )
+        .await;
     let taken_over = conn.clone();
     let attached = ctx.sessions.attach(
         resume.as_ref(),

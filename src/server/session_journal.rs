@@ -62,6 +62,17 @@ pub trait SessionJournal: Send + Sync {
     fn ended(&self, key: u64);
 }
 
+/// Sessions kept where every node of a cluster can find them, so that a
+/// client whose node died resumes its session on another.
+pub trait SessionDirectory: Send + Sync {
+    /// Takes the session `token` resumes, if a node stored it and nobody
+    /// has taken it since (a token resumes once, on whichever node).
+    fn claim<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> super::backplane::BoxFuture<'a, Option<StoredSession>>;
+}
+
 /// The session journal of a data directory.
 pub struct FileJournal {
     path: PathBuf,

@@ -39,10 +39,13 @@
 //!   datagrams keep flowing; async-nats reconnects by itself, and every
 //!   followed room then reads what it missed from the stream.
 //!
-//! Sessions (resume tokens) are still kept by each node; resuming on
-//! another node is recovery by `since` (see the README).
+//! - **Sessions** are shared through a KV bucket (`sessions`): a client
+//!   whose node died presents its token to another node, which takes the
+//!   session over (`Resumed`); the session key is unchanged, so its resent
+//!   outbox is deduplicated by `Nats-Msg-Id` and published once.
 
 mod feed;
+mod sessions;
 mod store;
 mod subject;
 
@@ -61,6 +64,7 @@ use crate::server::history::Replay;
 use crate::sync::lock;
 use crate::wire::{Recovery, RecoveryFailure};
 use feed::{FeedContext, NodeDatagram, Room};
+pub use sessions::SharedSessions;
 pub use store::{ClusterError, Coverage, StreamSettings};
 pub use subject::{room_token, BadPrefix, Subjects};
 
@@ -151,6 +155,9 @@ impl ClusterCounters {
 /// The backplane of one node of a cluster.
 pub struct ClusterBackplane {
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    prefix: String,
+    replicas: usize,
     store: store::ClusterStore,
     /// Names this node in datagrams between nodes.
     origin: u64,
@@ -226,11 +233,14 @@ impl ClusterBackplane {
         counters.reconnects.store(0, Ordering::Relaxed);
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(config.ack_timeout);
-        let store = store::ClusterStore::open(js, subjects, &config.stream).await?;
+        let store = store::ClusterStore::open(js.clone(), subjects, &config.stream).await?;
         let (datagrams_out, datagrams_in) = mpsc::channel(DATAGRAM_QUEUE);
         tokio::spawn(send_datagrams(client.clone(), datagrams_in));
         Ok(ClusterBackplane {
             client,
+            js,
+            prefix: config.prefix.clone(),
+            replicas: config.stream.replicas,
             store,
             origin: rand::random(),
             rooms: Mutex::new(HashMap::new()),
@@ -241,6 +251,16 @@ impl ClusterBackplane {
             counters,
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// The cluster's shared sessions (a KV bucket next to the stream),
+    /// resumable for `window` after their node last refreshed them.
+    pub async fn shared_sessions(&self, window: Duration) -> Result<SharedSessions, ClusterError> {
+        let bucket = format!(
+            "{}_SESSIONS",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        );
+        SharedSessions::open(&self.js, bucket, self.replicas, window).await
     }
 
     /// The state of the connection to NATS and what the node had to do.
