@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::server::backplane::cluster::ClusterBackplane;
 use crate::server::{Limit, Refusal, ServerStats, StatsSnapshot};
 
 /// The one page served.
@@ -98,18 +99,107 @@ pub async fn serve(
     addr: SocketAddr,
     stats: Arc<ServerStats>,
 ) -> Result<MetricsServer, MetricsError> {
+    serve_node(addr, stats, None).await
+}
+
+/// [`serve`] for a node of a cluster: also the state of its connection to
+/// NATS (`quicbus_cluster_*`).
+pub async fn serve_node(
+    addr: SocketAddr,
+    stats: Arc<ServerStats>,
+    cluster: Option<Arc<ClusterBackplane>>,
+) -> Result<MetricsServer, MetricsError> {
     let bind_error = |source| MetricsError::Bind { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
-    let task = tokio::spawn(accept_loop(listener, Arc::new(registry(stats))));
+    let task = tokio::spawn(accept_loop(listener, Arc::new(registry(stats, cluster))));
     Ok(MetricsServer { local_addr, task })
 }
 
-/// A registry whose only entry reads `stats` at each scrape.
-fn registry(stats: Arc<ServerStats>) -> Registry {
+/// A registry whose entries read `stats` (and the cluster's health) at
+/// each scrape.
+fn registry(stats: Arc<ServerStats>, cluster: Option<Arc<ClusterBackplane>>) -> Registry {
     let mut registry = Registry::with_prefix("quicbus");
     registry.register_collector(Box::new(StatsCollector { stats }));
+    if let Some(cluster) = cluster {
+        registry.register_collector(Box::new(ClusterCollector { cluster }));
+    }
     registry
+}
+
+/// The cluster backplane's health at scrape time.
+struct ClusterCollector {
+    cluster: Arc<ClusterBackplane>,
+}
+
+impl fmt::Debug for ClusterCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let h = self.cluster.health();
+        let gauges: [(&str, &str, i64); 2] = [
+            (
+                "cluster_connected",
+                "1 while this node is connected to NATS; 0 while reliable publishes are refused (Unavailable).",
+                i64::from(h.connected),
+            ),
+            (
+                "cluster_rooms_followed",
+                "Rooms this node follows (has subscribers in).",
+                i64::try_from(h.rooms_followed).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(metric)?;
+        }
+        let counters = [
+            (
+                "cluster_reconnects",
+                "Reconnects to NATS since the start.",
+                h.reconnects,
+            ),
+            (
+                "cluster_publish_failures",
+                "Reliable publishes refused because JetStream did not store them.",
+                h.publish_failures,
+            ),
+            (
+                "cluster_gaps",
+                "Times live delivery missed events that were then read from the stream.",
+                h.gaps,
+            ),
+            (
+                "cluster_caught_up",
+                "Events delivered from the stream rather than live.",
+                h.caught_up,
+            ),
+            (
+                "cluster_malformed",
+                "Messages on this bus's subjects that could not be read.",
+                h.malformed,
+            ),
+            (
+                "cluster_stale_datagrams",
+                "Datagrams from other nodes dropped as older than one already delivered.",
+                h.stale_datagrams,
+            ),
+            (
+                "cluster_datagrams_dropped",
+                "Datagrams not sent to other nodes because NATS was not keeping up.",
+                h.datagrams_dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) {
@@ -369,7 +459,7 @@ mod tests {
         encode: fn(&mut String, &Registry) -> fmt::Result,
     ) -> String {
         let mut text = String::new();
-        encode(&mut text, &registry(stats.clone())).unwrap();
+        encode(&mut text, &registry(stats.clone(), None)).unwrap();
         text
     }
 
@@ -416,7 +506,7 @@ mod tests {
     #[test]
     fn values_are_read_at_scrape_time_with_help_and_type() {
         let stats = Arc::new(ServerStats::default());
-        let registry = registry(stats.clone());
+        let registry = registry(stats.clone(), None);
         stats.events_published.store(4, Ordering::Relaxed);
         stats.datagrams_published.store(3, Ordering::Relaxed);
         stats.history_bytes.store(1234, Ordering::Relaxed);

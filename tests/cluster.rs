@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use common::metrics::{scrape, scrape_until};
 use common::nats::Nats;
 use common::process::ServeProcess;
 use common::within;
@@ -342,8 +343,9 @@ async fn a_subscriber_whose_node_is_killed_resumes_on_another_with_every_event_o
 async fn while_nats_is_down_publishes_are_unavailable_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let mut nats = Nats::start(&dir.path().join("js")).await;
-    let a = node(dir.path(), &nats.url(), "a", &[]).await;
-    let b = node(dir.path(), &nats.url(), "b", &[]).await;
+    let a = node(dir.path(), &nats.url(), "a", &["--metrics", "127.0.0.1:0"]).await;
+    let b = node(dir.path(), &nats.url(), "b", &["--metrics", "127.0.0.1:0"]).await;
+    let (a_metrics, b_metrics) = (metrics_addr(&a), metrics_addr(&b));
     let rooms = ["load.a", "load.b"];
     let (subscriber, mut events) = client(&a, &[]).await;
     for room in rooms {
@@ -382,6 +384,12 @@ async fn while_nats_is_down_publishes_are_unavailable_and_nothing_acknowledged_i
                             matches!(&refused, ClientError::Rejected { code: ErrorCode::Unavailable, .. }),
                             "{refused:?}"
                         );
+                        // Its metrics say so.
+                        let down = scrape_until(b_metrics, "node B to see NATS gone", |s| {
+                            s.get("quicbus_cluster_connected") == 0
+                        })
+                        .await;
+                        assert!(down.get("quicbus_cluster_publish_failures_total") >= 1);
                         // Datagrams within node B still flow.
                         within("a local datagram while NATS is down", async {
                             let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -424,6 +432,31 @@ async fn while_nats_is_down_publishes_are_unavailable_and_nothing_acknowledged_i
     })
     .await;
     assert_eq!(by_room(&received), by_room(&sent));
+    for (addr, name) in [(a_metrics, "A"), (b_metrics, "B")] {
+        let up = scrape_until(addr, &format!("node {name} back on NATS"), |s| {
+            s.get("quicbus_cluster_connected") == 1
+                && s.get("quicbus_cluster_reconnects_total") >= 1
+        })
+        .await;
+        assert_eq!(up.get("quicbus_cluster_malformed_total"), 0);
+    }
+    assert_eq!(
+        scrape(a_metrics)
+            .await
+            .get("quicbus_cluster_rooms_followed"),
+        2
+    );
+}
+
+/// Where a node serves `--metrics`, from what it said at startup.
+fn metrics_addr(node: &ServeProcess) -> std::net::SocketAddr {
+    node.startup
+        .iter()
+        .find_map(|l| l.strip_prefix("quicbus metrics on http://"))
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {:?}", node.startup))
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -365,8 +365,10 @@ async fn run_server(args: ServeArgs) -> CliResult {
     config.limits.publish_streams = args.max_publish_rooms as usize;
     let clustered = !args.cluster.cluster.is_empty();
     let fresh = !clustered && !args.memory && !args.data.join("epoch").exists();
+    let mut cluster = None;
     let server = if clustered {
         let backplane = join_cluster(&args, &config).await?;
+        cluster = Some(backplane.clone());
         let sessions = backplane
             .shared_sessions(config.resume_window)
             .await
@@ -396,7 +398,7 @@ async fn run_server(args: ServeArgs) -> CliResult {
     // Stops when dropped, with the server.
     let _metrics = match args.metrics {
         Some(addr) => {
-            let metrics = quicbus::metrics::serve(addr, stats.clone()).await?;
+            let metrics = quicbus::metrics::serve_node(addr, stats.clone(), cluster).await?;
             eprintln!("quicbus metrics on {}", metrics.url());
             Some(metrics)
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
+pub mod metrics;
 pub mod nats;
 pub mod process;
 

@@ -92,7 +92,6 @@ pub struct ClusterConfig {
 /// Counters of the cluster backplane, for `--metrics`.
 #[derive(Debug, Default)]
 pub struct ClusterCounters {
-    connected: AtomicBool,
     reconnects: AtomicU64,
     publish_failures: AtomicU64,
     gaps: AtomicU64,
@@ -121,6 +120,8 @@ pub struct ClusterHealth {
     pub stale_datagrams: u64,
     /// Datagrams not sent to other nodes because NATS was not keeping up.
     pub datagrams_dropped: u64,
+    /// Rooms this node follows now.
+    pub rooms_followed: usize,
 }
 
 impl ClusterCounters {
@@ -140,7 +141,7 @@ impl ClusterCounters {
     fn snapshot(&self) -> ClusterHealth {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ClusterHealth {
-            connected: self.connected.load(Ordering::Relaxed),
+            connected: false,
             reconnects: get(&self.reconnects),
             publish_failures: get(&self.publish_failures),
             gaps: get(&self.gaps),
@@ -148,6 +149,7 @@ impl ClusterCounters {
             malformed: get(&self.malformed),
             stale_datagrams: get(&self.stale_datagrams),
             datagrams_dropped: get(&self.datagrams_dropped),
+            rooms_followed: 0,
         }
     }
 }
@@ -191,13 +193,11 @@ impl ClusterBackplane {
                 async move {
                     match event {
                         async_nats::Event::Connected => {
-                            counters.connected.store(true, Ordering::Relaxed);
                             counters.reconnects.fetch_add(1, Ordering::Relaxed);
                             reconnects.send_modify(|n| *n += 1);
                             tracing::info!("connected to NATS");
                         }
                         async_nats::Event::Disconnected => {
-                            counters.connected.store(false, Ordering::Relaxed);
                             tracing::warn!("disconnected from NATS");
                         }
                         other => tracing::info!("NATS: {other}"),
@@ -265,7 +265,12 @@ impl ClusterBackplane {
 
     /// The state of the connection to NATS and what the node had to do.
     pub fn health(&self) -> ClusterHealth {
-        self.counters.snapshot()
+        ClusterHealth {
+            // Read live: the connection's own state, not the last event.
+            connected: self.client.connection_state() == async_nats::connection::State::Connected,
+            rooms_followed: lock(&self.rooms).len(),
+            ..self.counters.snapshot()
+        }
     }
 
     /// The room `name` as followed by this node (not yet started).
