@@ -488,3 +488,74 @@ async fn a_nats_cluster_losing_a_server_loses_nothing_acknowledged() {
     assert_eq!(by_room(&received), by_room(&sent));
     assert!(sent.windows(2).all(|w| w[0].2 < w[1].2), "{sent:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_its_cluster_settings_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("js")).await;
+    let config = dir.path().join("quicbus.toml");
+    let text = format!(
+        "cluster = [\"{}\"]\nnode = \"from-file\"\ncluster-prefix = \"filebus\"\n",
+        nats.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let config = config.display().to_string();
+    let a = ServeProcess::start(dir.path(), &["--config", &config]).await;
+    let joined = a
+        .startup
+        .iter()
+        .find(|l| l.starts_with("node from-file joined the cluster on "))
+        .unwrap_or_else(|| panic!("{:?}", a.startup));
+    assert!(joined.contains("stream FILEBUS_EVENTS"), "{joined}");
+    // A second node from flags on the same prefix shares its rooms.
+    let b = node(
+        dir.path(),
+        &nats.url(),
+        "b",
+        &["--cluster-prefix", "filebus"],
+    )
+    .await;
+    let (sub, mut events) = client(&a, &[]).await;
+    sub.join("cfg").await.unwrap();
+    let (publisher, _e) = client(&b, &[]).await;
+    let offset = publisher
+        .emit_with_ack("cfg", "hi", &b"there"[..])
+        .await
+        .unwrap();
+    let got = next_reliable(&mut events, "an event from the other node").await;
+    assert_eq!(got, ("cfg".into(), "hi".into(), offset, b"there".to_vec()));
+}
+
+#[tokio::test]
+async fn bad_cluster_settings_are_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs").display().to_string();
+    let serve = |extra: &[&str]| {
+        let mut cmd = common::process::quicbus();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--certs", &certs])
+            .args(extra);
+        cmd
+    };
+    let unreachable = format!("nats://127.0.0.1:{}", common::nats::free_port());
+    for (args, expected) in [
+        (
+            vec!["--cluster", "bogus://x:1"],
+            "--cluster: NATS address: invalid scheme",
+        ),
+        (
+            vec!["--cluster", unreachable.as_str(), "--cluster-prefix", "a.b"],
+            "--cluster: cluster prefix \"a.b\"",
+        ),
+        (
+            vec!["--cluster", unreachable.as_str()],
+            "--cluster: no NATS server answered at nats://127.0.0.1:",
+        ),
+    ] {
+        let outcome = common::process::run(&mut serve(&args)).await;
+        common::process::assert_one_line_failure(outcome, expected);
+    }
+    // Cluster flags without --cluster are a usage error.
+    let (code, _, stderr) = common::process::run(&mut serve(&["--node", "a"])).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--cluster <URLS>"), "{stderr}");
+}

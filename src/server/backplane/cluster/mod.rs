@@ -178,7 +178,7 @@ impl ClusterBackplane {
     /// outages by itself.
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
         let subjects =
-            Subjects::new(&config.prefix).map_err(|e| ClusterError::Malformed(e.to_string()))?;
+            Subjects::new(&config.prefix).map_err(|e| ClusterError::Settings(e.to_string()))?;
         let counters = Arc::new(ClusterCounters::default());
         let (reconnects_tx, reconnects) = watch::channel(0u64);
         let events = counters.clone();
@@ -210,7 +210,7 @@ impl ClusterBackplane {
             .iter()
             .map(|url| url.parse())
             .collect::<Result<_, _>>()
-            .map_err(|e: std::io::Error| ClusterError::Malformed(format!("NATS address: {e}")))?;
+            .map_err(|e: std::io::Error| ClusterError::Settings(format!("NATS address: {e}")))?;
         // `retry_on_initial_connect` makes connect return at once; wait for
         // the first connection ourselves, bounded.
         let client = options
@@ -221,13 +221,10 @@ impl ClusterBackplane {
                 source,
             })?;
         let mut first = reconnects.clone();
-        let connected = tokio::time::timeout(
-            config.ack_timeout.max(Duration::from_secs(5)),
-            first.wait_for(|n| *n > 0),
-        )
-        .await;
+        let waited = config.ack_timeout.max(Duration::from_secs(5));
+        let connected = tokio::time::timeout(waited, first.wait_for(|n| *n > 0)).await;
         if !matches!(connected, Ok(Ok(_))) {
-            return Err(ClusterError::Disconnected);
+            return Err(ClusterError::Unreachable { urls, waited });
         }
         // The first connection is not a reconnect.
         counters.reconnects.store(0, Ordering::Relaxed);

@@ -58,6 +58,12 @@ pub enum ClusterError {
     /// NATS is not connected now.
     #[error("NATS is not connected")]
     Disconnected,
+    /// The cluster settings cannot work (a NATS address, the prefix).
+    #[error("{0}")]
+    Settings(String),
+    /// No NATS server answered when the node started.
+    #[error("no NATS server answered at {urls} within {waited:?}")]
+    Unreachable { urls: String, waited: Duration },
     /// Something on the stream or a live subject is not ours or is damaged.
     #[error("malformed cluster message: {0}")]
     Malformed(String),
