@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::metrics::{scrape, scrape_until};
-use common::nats::Nats;
+use common::nats::{Nats, TcpGate};
 use common::process::ServeProcess;
 use common::within;
 use quicbus::client::{
@@ -476,6 +476,8 @@ async fn a_nats_cluster_losing_a_server_loses_nothing_acknowledged() {
     let errors = std::sync::Mutex::new(Vec::new());
     let mut sent =
         publish_steadily(&publisher, &rooms, 20, Duration::from_millis(5), &errors).await;
+    // Whichever server led the stream or held a node's connection: the
+    // other two keep a quorum of the three replicas.
     servers[0].kill9().await;
     sent.extend(publish_steadily(&publisher, &rooms, 20, Duration::from_millis(5), &errors).await);
     let mut received = Vec::new();
@@ -487,6 +489,75 @@ async fn a_nats_cluster_losing_a_server_loses_nothing_acknowledged() {
     .await;
     assert_eq!(by_room(&received), by_room(&sent));
     assert!(sent.windows(2).all(|w| w[0].2 < w[1].2), "{sent:?}");
+    let failures = std::mem::take(&mut *errors.lock().unwrap());
+    assert!(
+        failures.iter().all(|e| matches!(
+            e,
+            ClientError::Rejected {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        )),
+        "{failures:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_reads_what_it_missed_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("js")).await;
+    // Node A reaches NATS only through a gate the test can close.
+    let gate = TcpGate::start(nats.port).await;
+    let through_gate = format!("nats://127.0.0.1:{}", gate.port);
+    let a = node(
+        dir.path(),
+        &through_gate,
+        "a",
+        &["--metrics", "127.0.0.1:0"],
+    )
+    .await;
+    let b = node(dir.path(), &nats.url(), "b", &[]).await;
+    let rooms = ["cut.one", "cut.two"];
+    let (subscriber, mut events) = client(&a, &[]).await;
+    for room in rooms {
+        subscriber.join(room).await.unwrap();
+    }
+    let (publisher, _publisher_events) = client(&b, &[]).await;
+    let errors = std::sync::Mutex::new(Vec::new());
+    let mut sent =
+        publish_steadily(&publisher, &rooms, 10, Duration::from_millis(2), &errors).await;
+    let mut received = Vec::new();
+    within("the events before the cut", async {
+        while received.len() < sent.len() {
+            received.push(reliable(&events.next().await.unwrap()));
+        }
+    })
+    .await;
+    let a_metrics = metrics_addr(&a);
+    gate.cut();
+    scrape_until(a_metrics, "node A to lose NATS", |s| {
+        s.get("quicbus_cluster_connected") == 0
+    })
+    .await;
+    // Stored while node A cannot hear of them; nothing is published after
+    // the gate opens, so they reach A's subscriber only from the stream.
+    sent.extend(publish_steadily(&publisher, &rooms, 20, Duration::from_millis(2), &errors).await);
+    gate.open();
+    within("the events stored while node A was cut off", async {
+        while received.len() < sent.len() {
+            received.push(reliable(&events.next().await.unwrap()));
+        }
+    })
+    .await;
+    assert_eq!(by_room(&received), by_room(&sent));
+    assert!(errors.lock().unwrap().is_empty());
+    let after = scrape(a_metrics).await;
+    assert!(
+        after.get("quicbus_cluster_caught_up_total") >= 20,
+        "{}",
+        after.text
+    );
+    assert!(after.get("quicbus_cluster_reconnects_total") >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,3 +140,57 @@ impl Nats {
         *self = again;
     }
 }
+
+/// A TCP relay to a NATS server that the test can close (cutting every
+/// connection through it at once) and open again: a node behind it loses
+/// NATS while everyone else keeps it.
+pub struct TcpGate {
+    pub port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpGate {
+    /// A gate on a free port to NATS on `upstream`, open.
+    pub async fn start(upstream: u16) -> TcpGate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, state) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut state = state.clone();
+                if !*state.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = state.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        TcpGate { port, open, task }
+    }
+
+    /// Cuts every connection through the gate and refuses new ones.
+    pub fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Lets connections through again.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for TcpGate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

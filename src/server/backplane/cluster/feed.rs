@@ -34,8 +34,13 @@ use crate::wire::{self, DatagramTemplate, Frame};
 
 /// Events read from the stream per request while catching up.
 const CATCH_UP_BATCH: usize = 256;
-/// How often a quiet feed checks the stream for events it missed.
-const TICK: Duration = Duration::from_secs(1);
+/// A followed room checks the stream for events it missed this long after
+/// it started (interest in its subjects reaches every server of a NATS
+/// cluster a moment after the subscription)...
+const SETTLE: Duration = Duration::from_secs(1);
+/// ...and then this often, as a last resort: losses that NATS reports
+/// (reconnects, slow consumers) start a check at once.
+const TICK: Duration = Duration::from_secs(30);
 /// Most origins remembered per room for stale filtering.
 const MAX_ORIGINS: usize = 1024;
 
@@ -163,8 +168,9 @@ pub struct FeedContext {
     pub store: ClusterStore,
     /// This node, to skip its own datagrams (already fanned out locally).
     pub origin: u64,
-    /// Bumped on every reconnect to NATS.
-    pub reconnects: watch::Receiver<u64>,
+    /// Bumped whenever core NATS may have lost messages: every reconnect,
+    /// every slow-consumer report.
+    pub losses: watch::Receiver<u64>,
     pub counters: Arc<super::ClusterCounters>,
 }
 
@@ -174,12 +180,12 @@ pub async fn run(room: Arc<Room>, ctx: FeedContext, live: Subscriber, datagrams:
     let FeedContext {
         store,
         origin,
-        mut reconnects,
+        mut losses,
         counters,
     } = ctx;
     let mut live = live;
     let mut datagrams = datagrams;
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SETTLE, TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -192,7 +198,7 @@ pub async fn run(room: Arc<Room>, ctx: FeedContext, live: Subscriber, datagrams:
                 None => break,
             },
             _ = tick.tick() => catch_up(&room, &store, &counters, u64::MAX).await,
-            changed = reconnects.changed() => {
+            changed = losses.changed() => {
                 if changed.is_err() {
                     break;
                 }

@@ -167,7 +167,8 @@ pub struct ClusterBackplane {
     max_rooms: usize,
     datagrams_out: mpsc::Sender<(String, Bytes)>,
     next_datagram: AtomicU64,
-    reconnects: watch::Receiver<u64>,
+    /// Bumped when core NATS may have lost messages (feeds then catch up).
+    losses: watch::Receiver<u64>,
     counters: Arc<ClusterCounters>,
     closed: AtomicBool,
 }
@@ -180,7 +181,7 @@ impl ClusterBackplane {
         let subjects =
             Subjects::new(&config.prefix).map_err(|e| ClusterError::Settings(e.to_string()))?;
         let counters = Arc::new(ClusterCounters::default());
-        let (reconnects_tx, reconnects) = watch::channel(0u64);
+        let (losses_tx, losses) = watch::channel(0u64);
         let events = counters.clone();
         let options = async_nats::ConnectOptions::new()
             .name(format!("quicbus {}", config.node))
@@ -189,13 +190,17 @@ impl ClusterBackplane {
             .connection_timeout(Duration::from_secs(2))
             .event_callback(move |event| {
                 let counters = events.clone();
-                let reconnects = reconnects_tx.clone();
+                let losses = losses_tx.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
                             counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                            reconnects.send_modify(|n| *n += 1);
+                            losses.send_modify(|n| *n += 1);
                             tracing::info!("connected to NATS");
+                        }
+                        async_nats::Event::SlowConsumer(_) => {
+                            losses.send_modify(|n| *n += 1);
+                            tracing::warn!("NATS dropped messages for a slow subscription; catching up from the stream");
                         }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("disconnected from NATS");
@@ -220,7 +225,7 @@ impl ClusterBackplane {
                 urls: urls.clone(),
                 source,
             })?;
-        let mut first = reconnects.clone();
+        let mut first = losses.clone();
         let waited = config.ack_timeout.max(Duration::from_secs(5));
         let connected = tokio::time::timeout(waited, first.wait_for(|n| *n > 0)).await;
         if !matches!(connected, Ok(Ok(_))) {
@@ -244,7 +249,7 @@ impl ClusterBackplane {
             max_rooms: config.max_rooms.max(1),
             datagrams_out,
             next_datagram: AtomicU64::new(0),
-            reconnects,
+            losses,
             counters,
             closed: AtomicBool::new(false),
         })
@@ -322,7 +327,7 @@ impl ClusterBackplane {
         let ctx = FeedContext {
             store: self.store.clone(),
             origin: self.origin,
-            reconnects: self.reconnects.clone(),
+            losses: self.losses.clone(),
             counters: self.counters.clone(),
         };
         let mut state = lock(&room.state);
