@@ -174,6 +174,12 @@ impl Collector for ClusterCollector {
                 h.gaps,
             ),
             (
+                "cluster_stream_checks",
+                "Times a followed room read the stream for events it may have missed \
+                 (after it starts, after a reconnect or slow-consumer report, every 30 s).",
+                h.checks,
+            ),
+            (
                 "cluster_caught_up",
                 "Events delivered from the stream rather than live.",
                 h.caught_up,

@@ -534,6 +534,12 @@ async fn a_node_cut_off_from_nats_reads_what_it_missed_when_it_is_back() {
     })
     .await;
     let a_metrics = metrics_addr(&a);
+    // Each room's first check of the stream (a second after it is
+    // followed) is done: from here on only a reconnect makes one.
+    scrape_until(a_metrics, "the rooms' first stream checks", |s| {
+        s.get("quicbus_cluster_stream_checks_total") >= 2
+    })
+    .await;
     gate.cut();
     scrape_until(a_metrics, "node A to lose NATS", |s| {
         s.get("quicbus_cluster_connected") == 0

@@ -257,6 +257,7 @@ async fn catch_up(
     counters: &super::ClusterCounters,
     through: u64,
 ) {
+    counters.checked();
     loop {
         let last = lock(&room.state).last;
         let events = match store.read(&room.name, last, through, CATCH_UP_BATCH).await {

@@ -95,6 +95,7 @@ pub struct ClusterCounters {
     reconnects: AtomicU64,
     publish_failures: AtomicU64,
     gaps: AtomicU64,
+    checks: AtomicU64,
     caught_up: AtomicU64,
     malformed: AtomicU64,
     stale_datagrams: AtomicU64,
@@ -112,6 +113,8 @@ pub struct ClusterHealth {
     pub publish_failures: u64,
     /// Times core NATS lost live events that were then read from the stream.
     pub gaps: u64,
+    /// Times a followed room read the stream for events it may have missed.
+    pub checks: u64,
     /// Events delivered from the stream rather than live.
     pub caught_up: u64,
     /// Messages on our subjects that could not be read.
@@ -127,6 +130,9 @@ pub struct ClusterHealth {
 impl ClusterCounters {
     fn gap(&self) {
         self.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+    fn checked(&self) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
     }
     fn caught_up(&self) {
         self.caught_up.fetch_add(1, Ordering::Relaxed);
@@ -145,6 +151,7 @@ impl ClusterCounters {
             reconnects: get(&self.reconnects),
             publish_failures: get(&self.publish_failures),
             gaps: get(&self.gaps),
+            checks: get(&self.checks),
             caught_up: get(&self.caught_up),
             malformed: get(&self.malformed),
             stale_datagrams: get(&self.stale_datagrams),
