@@ -636,3 +636,94 @@ async fn bad_cluster_settings_are_one_clear_error() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--cluster <URLS>"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_apply_on_every_node() {
+    use quicbus::auth::token::{mint_hs256, unix_now, TokenRequest};
+    use quicbus::auth::{Action, PermissionLists};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "one secret for every node of the cluster").unwrap();
+    let secret_arg = secret.display().to_string();
+    let nats = Nats::start(&dir.path().join("js")).await;
+    let auth = ["--auth-secret-file", secret_arg.as_str()];
+    let a = node(dir.path(), &nats.url(), "a", &auth).await;
+    let b = node(dir.path(), &nats.url(), "b", &auth).await;
+    let token = |user: &str, publish: &[&str], subscribe: &[&str]| {
+        let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        let request = TokenRequest {
+            user: user.into(),
+            permissions: PermissionLists {
+                publish: owned(publish),
+                subscribe: owned(subscribe),
+                history: owned(subscribe),
+            },
+            ttl: 600,
+        };
+        mint_hs256(
+            b"one secret for every node of the cluster",
+            &request,
+            unix_now(),
+        )
+        .unwrap()
+    };
+    let mut reader_options = options(&a, &[]);
+    reader_options.token = Some(token("reader", &[], &["news.>"]));
+    let (reader, mut events) = within("connect", Client::connect(reader_options))
+        .await
+        .unwrap();
+    let mut writer_options = options(&b, &[]);
+    writer_options.token = Some(token("writer", &["news.>"], &[]));
+    let (writer, _writer_events) = within("connect", Client::connect(writer_options))
+        .await
+        .unwrap();
+
+    reader.join("news.today").await.unwrap();
+    let refused = reader.join("secret.plans").await.unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Forbidden { room, action: Action::Subscribe } if room == "secret.plans"),
+        "{refused:?}"
+    );
+    let refused = reader
+        .emit_with_ack("news.today", "say", &b"no"[..])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            ClientError::Forbidden {
+                action: Action::Publish,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let refused = writer
+        .emit_with_ack("secret.plans", "say", &b"no"[..])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            ClientError::Forbidden {
+                action: Action::Publish,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let offset = writer
+        .emit_with_ack("news.today", "headline", &b"all quiet"[..])
+        .await
+        .unwrap();
+    let got = next_reliable(&mut events, "the writer's event on the reader's node").await;
+    assert_eq!(
+        got,
+        (
+            "news.today".into(),
+            "headline".into(),
+            offset,
+            b"all quiet".to_vec()
+        )
+    );
+}
