@@ -413,6 +413,10 @@ impl SessionStore {
         let Some(journal) = &self.journal else {
             return;
         };
+        // Sessions whose window has passed end now, not at the next
+        // connection: a shared journal must stop offering them to other
+        // nodes.
+        self.expire(&mut lock(&self.sessions), Instant::now());
         let sessions: Vec<Arc<SessionState>> = lock(&self.sessions).values().cloned().collect();
         for state in sessions {
             let logs: Vec<(String, Arc<Mutex<PublishLog>>)> = lock(&state.logs)
@@ -575,7 +579,8 @@ impl SessionStore {
         self.len() == 0
     }
 
-    fn sweep(&self, sessions: &mut HashMap<String, Arc<SessionState>>, now: Instant) {
+    /// Ends the sessions parked past their window.
+    fn expire(&self, sessions: &mut HashMap<String, Arc<SessionState>>, now: Instant) {
         sessions.retain(|_, s| {
             let a = lock(&s.attachment);
             let keep = a.live.is_some() || a.parked_until.is_some_and(|until| until > now);
@@ -584,6 +589,10 @@ impl SessionStore {
             }
             keep
         });
+    }
+
+    fn sweep(&self, sessions: &mut HashMap<String, Arc<SessionState>>, now: Instant) {
+        self.expire(sessions, now);
         // Over the bound: the sessions parked longest go first.
         if sessions.len() >= self.max_sessions {
             let mut parked: Vec<(Instant, String)> = sessions
