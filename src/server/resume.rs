@@ -636,9 +636,102 @@ mod tests {
         }
     }
 
-    /// A journal in memory, recording the checkpoints it is given.
+    /// A journal in memory, recording the checkpoints it is given and the
+    /// sessions that ended.
     #[derive(Default)]
-    struct Recorded(Mutex<Vec<(u64, String, u64)>>);
+    struct Recorded(Mutex<Vec<(u64, String, u64)>>, Mutex<Vec<u64>>);
+
+    /// Another node's sessions, each claimable once.
+    #[derive(Default)]
+    struct Elsewhere(Mutex<HashMap<String, StoredSession>>);
+
+    impl SessionDirectory for Elsewhere {
+        fn claim<'a>(
+            &'a self,
+            token: &'a str,
+        ) -> crate::server::backplane::BoxFuture<'a, Option<StoredSession>> {
+            let found = self.0.lock().unwrap().remove(token);
+            Box::pin(std::future::ready(found))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_begun_on_another_node_is_taken_over_once_by_its_own_user() {
+        let journal = Arc::new(Recorded::default());
+        let elsewhere = Arc::new(Elsewhere::default());
+        let stored = |token: &str, key: u64, user: &str| StoredSession {
+            key,
+            token: token.to_string(),
+            user: Some(user.to_string()),
+            progress: Vec::new(),
+        };
+        for (token, key, user) in [("aa01", 41, "ann"), ("bb02", 42, "bob"), ("cc03", 43, "cy")] {
+            elsewhere
+                .0
+                .lock()
+                .unwrap()
+                .insert(token.to_string(), stored(token, key, user));
+        }
+        let store = SessionStore::shared(
+            Duration::from_secs(120),
+            100,
+            LOGS,
+            Box::new(journal.clone()),
+            elsewhere.clone(),
+        );
+        let now = Instant::now();
+        let take = |token: &str, epoch: u64, user: &'static str| {
+            let r = resume(token, epoch);
+            let store = &store;
+            async move {
+                store.find_elsewhere(Some(&r), EPOCH, now).await;
+                store.attach(Some(&r), Some(user), EPOCH, || {}, now)
+            }
+        };
+        let ann = take("aa01", EPOCH, "ann").await;
+        assert_eq!(ann.outcome, ResumeOutcome::Resumed);
+        assert_eq!(ann.state.key(), 41, "the key that names its publishes");
+        assert_ne!(ann.state.token(), "aa01", "rotated on resume");
+        // A token resumes once, on whichever node.
+        let again = take("aa01", EPOCH, "ann").await;
+        assert_eq!(
+            again.outcome,
+            ResumeOutcome::NotResumed {
+                reason: RecoveryFailure::TokenExpired
+            }
+        );
+        // Another user's token does not resume it, and the session stays.
+        let thief = take("bb02", EPOCH, "mallory").await;
+        assert_eq!(
+            thief.outcome,
+            ResumeOutcome::NotResumed {
+                reason: RecoveryFailure::AnotherUser
+            }
+        );
+        // A token of another epoch is not even looked up.
+        let old = take("cc03", EPOCH + 1, "cy").await;
+        assert!(matches!(old.outcome, ResumeOutcome::NotResumed { .. }));
+        assert!(elsewhere.0.lock().unwrap().contains_key("cc03"));
+    }
+
+    #[test]
+    fn a_parked_session_ends_at_the_next_checkpoint_once_its_window_has_passed() {
+        let journal = Arc::new(Recorded::default());
+        let store = SessionStore::shared(
+            Duration::ZERO,
+            100,
+            LOGS,
+            Box::new(journal.clone()),
+            Arc::new(Elsewhere::default()),
+        );
+        let now = Instant::now();
+        let live = store.attach(None, None, EPOCH, || {}, now);
+        let parked = store.attach(None, None, EPOCH, || {}, now);
+        store.detach(&parked, false, now);
+        store.checkpoint();
+        assert_eq!(*journal.1.lock().unwrap(), vec![parked.state.key()]);
+        assert_eq!(store.len(), 1, "the live one stays: {}", live.state.key());
+    }
 
     impl SessionJournal for Arc<Recorded> {
         fn created(&self, _: &StoredSession) -> Result<(), crate::server::history::HistoryError> {
@@ -659,7 +752,9 @@ mod tests {
         fn rotated(&self, _: u64, _: &str) -> Result<(), crate::server::history::HistoryError> {
             Ok(())
         }
-        fn ended(&self, _: u64) {}
+        fn ended(&self, key: u64) {
+            self.1.lock().unwrap().push(key);
+        }
     }
 
     #[test]
