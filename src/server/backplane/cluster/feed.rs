@@ -9,8 +9,11 @@
 //! live. Each live event carries the room's previous sequence
 //! (`Nats-Last-Sequence`); when that is ahead of what this node delivered,
 //! core NATS lost something (a reconnect, a slow route) and the feed reads
-//! the missing events from the stream before going on. A tick does the same
-//! for a quiet room, and so does every reconnect to NATS.
+//! the missing events from the stream before going on. For a room that has
+//! gone quiet after a loss, the same read happens on every reconnect to
+//! NATS and every slow-consumer report, once a second after following
+//! starts (interest takes a moment to reach every server of a NATS
+//! cluster), and every 30 s as a last resort.
 //!
 //! Datagrams from other nodes get this node's own per-room sequence as they
 //! are fanned out, so a client's stale filter compares one node's numbers;
