@@ -6,8 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::bench::cluster::ClusterOptions;
 use crate::bench::fanout::{FanoutConfig, FanoutRow};
-use crate::bench::latency::{AuthMode, Kind, LatencyConfig, LatencyRow, Scenario, AUTH_P50_LIMIT};
+use crate::bench::latency::{
+    AuthMode, Kind, LatencyConfig, LatencyRow, Scenario, AUTH_P50_LIMIT, CLUSTER_RELAY, NATS_RELAY,
+};
 use crate::bench::replay::{Fill, ReplayConfig, ReplayRow};
 use crate::bench::soak::{AttackKind, SoakConfig, SoakReport};
 use crate::bench::storage::{StorageConfig, StorageRow};
@@ -124,6 +127,36 @@ pub struct OutputArgs {
     quiet: bool,
 }
 
+/// `--cluster`, shared by `latency` and `fanout`.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Also run across a cluster: the bench starts its own nats-server
+    /// (JetStream, a free loopback port, a scratch store) and `serve
+    /// --cluster` nodes on it, and reports the cluster rows next to the
+    /// single-node ones.
+    #[arg(long)]
+    cluster: bool,
+    /// The nats-server executable for --cluster (default: the first of
+    /// /usr/sbin, /usr/bin, /usr/local/bin, else the PATH).
+    #[arg(long, value_name = "PATH", requires = "cluster")]
+    nats_server: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// How to start the bench's cluster, if asked for.
+    fn options(&self, worker_threads: usize) -> Result<Option<ClusterOptions>, String> {
+        if !self.cluster {
+            return Ok(None);
+        }
+        let mut options = ClusterOptions::new(server_exe()?);
+        if let Some(path) = &self.nats_server {
+            options.nats_server = path.clone();
+        }
+        options.worker_threads = worker_threads;
+        Ok(Some(options))
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct LatencyArgs {
     /// Measured messages per scenario and delivery.
@@ -174,6 +207,16 @@ pub struct LatencyArgs {
     /// them.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
     auth: Vec<AuthArg>,
+    /// With --cluster: after the single-node rows, a core-NATS relay
+    /// (`nats-relay`) and the relay across two nodes (`cluster-relay`,
+    /// reliable and datagram; sender on node-2, bouncer on node-1), with
+    /// the check "cross-node reliable p50 <= core-NATS relay p50 + 2 x
+    /// single-node relay p50". Cluster rows run on loopback at 0% loss
+    /// only (--loss, --delay and --jitter do not apply to them), without
+    /// datagram copies and without token checks; --samples, --warmup,
+    /// --size and --rate do.
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -204,6 +247,13 @@ pub struct FanoutArgs {
     /// Serve with history in memory (`serve --memory`) instead of on disk.
     #[arg(long)]
     memory: bool,
+    /// With --cluster: each run again on three `serve --cluster` nodes of
+    /// the bench's own NATS (`cluster-fanout-1xN`, history in JetStream),
+    /// the publisher on node-1 and the subscribers round-robin over the
+    /// three; CPU and memory per connection are the nodes' sums (not
+    /// nats-server's). The plot shows the single-node runs.
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -703,6 +753,7 @@ fn latency(args: LatencyArgs) -> CliResult {
             }
             modes
         },
+        cluster: args.cluster.options(args.server_threads)?,
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
@@ -724,7 +775,7 @@ fn latency(args: LatencyArgs) -> CliResult {
 
 fn print_latency(rows: &[LatencyRow]) {
     println!(
-        "{:<16} {:<15} {:<7} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
+        "{:<16} {:<15} {:<9} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
         "scenario",
         "delivery",
         "storage",
@@ -741,7 +792,7 @@ fn print_latency(rows: &[LatencyRow]) {
     );
     for r in rows {
         println!(
-            "{:<16} {:<15} {:<7} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
+            "{:<16} {:<15} {:<9} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
             r.name,
             r.delivery,
             r.storage,
@@ -759,6 +810,46 @@ fn print_latency(rows: &[LatencyRow]) {
     }
     print_storage_comparison(rows);
     print_auth_comparison(rows);
+    print_cluster_check(rows);
+}
+
+/// The issue's budget for the relay across nodes: within a core-NATS relay
+/// plus two single-node relays, all measured in this run. A report, not
+/// an assertion; one line per single-node storage measured.
+fn print_cluster_check(rows: &[LatencyRow]) {
+    let find = |name: &str, delivery: &str| {
+        rows.iter()
+            .find(|r| r.name == name && r.delivery == delivery)
+    };
+    let (Some(cross), Some(nats)) = (
+        find(CLUSTER_RELAY, "reliable"),
+        find(NATS_RELAY, "core-nats"),
+    ) else {
+        return;
+    };
+    println!("\ncross-node reliable p50 <= core-NATS relay p50 + 2 x single-node relay p50:");
+    let singles: Vec<&LatencyRow> = rows
+        .iter()
+        .filter(|r| r.name == "relay" && r.delivery == "reliable" && r.auth == "off")
+        .collect();
+    if singles.is_empty() {
+        println!(
+            "  not checked: no single-node reliable relay in this run (--scenario relay measures it)"
+        );
+    }
+    for single in singles {
+        let budget = nats.latency.p50_us + 2 * single.latency.p50_us;
+        let ok = cross.latency.p50_us <= budget;
+        println!(
+            "  {} µs <= {} + 2 x {} µs ({}) = {budget} µs: {}   ({:.2}x the budget)",
+            cross.latency.p50_us,
+            nats.latency.p50_us,
+            single.latency.p50_us,
+            single.storage,
+            if ok { "yes" } else { "NO" },
+            cross.latency.p50_us as f64 / budget.max(1) as f64,
+        );
+    }
 }
 
 /// Durable against memory storage, wherever a run has both.
