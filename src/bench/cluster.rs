@@ -34,6 +34,10 @@ pub const NATS_PONG: &str = "bench.nats.pong";
 pub const JETSTREAM: &str = "jetstream";
 /// How long a core-NATS message may take before the run fails.
 const NATS_LIMIT: Duration = Duration::from_secs(20);
+/// The sequence number of the probes that wait for the relay to work.
+const PROBE: u64 = u64::MAX;
+/// How long a probe is waited for before the next one is sent.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// Where Debian and others put `nats-server`.
 const NATS_SERVER_PATHS: [&str; 3] = [
     "/usr/sbin/nats-server",
@@ -84,6 +88,9 @@ pub enum ClusterBenchError {
     /// A message did not come back in time.
     #[error("{missing} core-NATS messages did not come back within {NATS_LIMIT:?}")]
     Lost { missing: u64 },
+    /// No probe came back: B's subscription never took effect.
+    #[error("the core-NATS relay did not carry a probe within {NATS_LIMIT:?}")]
+    NotRelaying,
     /// A subscription ended under the run.
     #[error("the NATS subscription to {NATS_PONG} ended")]
     SubscriptionEnded,
@@ -257,8 +264,8 @@ pub struct NatsRelay {
 }
 
 impl NatsRelay {
-    /// Connects A and B, subscribes both and waits until NATS has the
-    /// subscriptions.
+    /// Connects A and B, subscribes both and waits until the relay carries
+    /// a probe.
     pub async fn connect(url: &str) -> Result<Self, ClusterBenchError> {
         let connect = |url: String| async move {
             async_nats::connect(url.as_str())
@@ -288,13 +295,38 @@ impl NatsRelay {
                 }
             }
         });
-        Ok(NatsRelay {
+        let mut relay = NatsRelay {
             a,
             pong,
             bouncer,
             next: 0,
             misordered: 0,
-        })
+        };
+        relay.probe().await?;
+        Ok(relay)
+    }
+
+    /// Sends probes until one comes back. A flush only says that B's
+    /// subscription left B; A's connection may reach the server first.
+    async fn probe(&mut self) -> Result<(), ClusterBenchError> {
+        let give_up = Instant::now() + NATS_LIMIT;
+        while Instant::now() < give_up {
+            publish(&self.a, PROBE, 8).await?;
+            let wait = tokio::time::timeout(PROBE_EVERY, async {
+                while let Some(message) = self.pong.next().await {
+                    if seq_of(&message.payload) == Some(PROBE) {
+                        return true;
+                    }
+                }
+                false
+            });
+            match wait.await {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(ClusterBenchError::SubscriptionEnded),
+                Err(_) => continue,
+            }
+        }
+        Err(ClusterBenchError::NotRelaying)
     }
 
     /// Sends `count` messages of `size` bytes, each when the previous one
@@ -319,6 +351,8 @@ impl NatsRelay {
                         }
                         break;
                     }
+                    // A probe that came back late is no fault.
+                    Ok(Some(message)) if seq_of(&message.payload) == Some(PROBE) => {}
                     Ok(Some(_)) => self.misordered += 1,
                     Ok(None) => return Err(ClusterBenchError::SubscriptionEnded),
                     Err(_) => return Err(ClusterBenchError::Lost { missing: 1 }),
@@ -370,7 +404,10 @@ impl NatsRelay {
             }
             match tokio::time::timeout_at(end, self.pong.next()).await {
                 Ok(Some(message)) => {
-                    let Some(i) = seq_of(&message.payload).and_then(|s| s.checked_sub(base)) else {
+                    let Some(i) = seq_of(&message.payload)
+                        .filter(|&s| s != PROBE)
+                        .and_then(|s| s.checked_sub(base))
+                    else {
                         continue;
                     };
                     if i != expected {
