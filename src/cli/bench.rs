@@ -127,34 +127,21 @@ pub struct OutputArgs {
     quiet: bool,
 }
 
-/// `--cluster`, shared by `latency` and `fanout`.
-#[derive(Debug, clap::Args)]
-pub struct ClusterArgs {
-    /// Also run across a cluster: the bench starts its own nats-server
-    /// (JetStream, a free loopback port, a scratch store) and `serve
-    /// --cluster` nodes on it, and reports the cluster rows next to the
-    /// single-node ones.
-    #[arg(long)]
+/// How to start the bench's cluster, if `--cluster` asks for one.
+fn cluster_options(
     cluster: bool,
-    /// The nats-server executable for --cluster (default: the first of
-    /// /usr/sbin, /usr/bin, /usr/local/bin, else the PATH).
-    #[arg(long, value_name = "PATH", requires = "cluster")]
-    nats_server: Option<PathBuf>,
-}
-
-impl ClusterArgs {
-    /// How to start the bench's cluster, if asked for.
-    fn options(&self, worker_threads: usize) -> Result<Option<ClusterOptions>, String> {
-        if !self.cluster {
-            return Ok(None);
-        }
-        let mut options = ClusterOptions::new(server_exe()?);
-        if let Some(path) = &self.nats_server {
-            options.nats_server = path.clone();
-        }
-        options.worker_threads = worker_threads;
-        Ok(Some(options))
+    nats_server: Option<&PathBuf>,
+    worker_threads: usize,
+) -> Result<Option<ClusterOptions>, String> {
+    if !cluster {
+        return Ok(None);
     }
+    let mut options = ClusterOptions::new(server_exe()?);
+    if let Some(path) = nats_server {
+        options.nats_server = path.clone();
+    }
+    options.worker_threads = worker_threads;
+    Ok(Some(options))
 }
 
 #[derive(Debug, clap::Args)]
@@ -207,16 +194,23 @@ pub struct LatencyArgs {
     /// them.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
     auth: Vec<AuthArg>,
-    /// With --cluster: after the single-node rows, a core-NATS relay
-    /// (`nats-relay`) and the relay across two nodes (`cluster-relay`,
-    /// reliable and datagram; sender on node-2, bouncer on node-1), with
-    /// the check "cross-node reliable p50 <= core-NATS relay p50 + 2 x
-    /// single-node relay p50". Cluster rows run on loopback at 0% loss
-    /// only (--loss, --delay and --jitter do not apply to them), without
-    /// datagram copies and without token checks; --samples, --warmup,
-    /// --size and --rate do.
-    #[command(flatten)]
-    cluster: ClusterArgs,
+    /// Also measure across a cluster: the bench starts its own nats-server
+    /// (JetStream, a free loopback port, a scratch store) and two `serve
+    /// --cluster` nodes, and adds, after the single-node rows, a core-NATS
+    /// relay (`nats-relay`) and the relay across the nodes
+    /// (`cluster-relay`, reliable and datagram; sender on node-2, bouncer
+    /// on node-1), with the check "cross-node reliable p50 <= core-NATS
+    /// relay p50 + 2 x single-node relay p50". Cluster rows run on loopback
+    /// at 0% loss only (--loss, --delay and --jitter do not apply to them),
+    /// without datagram copies and without token checks; --samples,
+    /// --warmup, --size, --rate, --loss-timeout and --server-threads do
+    /// apply.
+    #[arg(long)]
+    cluster: bool,
+    /// The nats-server executable for --cluster (default: the first of
+    /// /usr/sbin, /usr/bin, /usr/local/bin, else the PATH).
+    #[arg(long, value_name = "PATH", requires = "cluster")]
+    nats_server: Option<PathBuf>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -247,13 +241,19 @@ pub struct FanoutArgs {
     /// Serve with history in memory (`serve --memory`) instead of on disk.
     #[arg(long)]
     memory: bool,
-    /// With --cluster: each run again on three `serve --cluster` nodes of
-    /// the bench's own NATS (`cluster-fanout-1xN`, history in JetStream),
-    /// the publisher on node-1 and the subscribers round-robin over the
-    /// three; CPU and memory per connection are the nodes' sums (not
-    /// nats-server's). The plot shows the single-node runs.
-    #[command(flatten)]
-    cluster: ClusterArgs,
+    /// Also run across a cluster: each run again on three `serve
+    /// --cluster` nodes of the bench's own nats-server (JetStream, a free
+    /// loopback port, a scratch store, fresh for each run), rows
+    /// `cluster-fanout-1xN` with history in JetStream; the publisher on
+    /// node-1, the subscribers round-robin over the three. CPU and memory
+    /// per connection are the nodes' sums (not nats-server's). The plot
+    /// shows the single-node runs.
+    #[arg(long)]
+    cluster: bool,
+    /// The nats-server executable for --cluster (default: the first of
+    /// /usr/sbin, /usr/bin, /usr/local/bin, else the PATH).
+    #[arg(long, value_name = "PATH", requires = "cluster")]
+    nats_server: Option<PathBuf>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -753,7 +753,7 @@ fn latency(args: LatencyArgs) -> CliResult {
             }
             modes
         },
-        cluster: args.cluster.options(args.server_threads)?,
+        cluster: cluster_options(args.cluster, args.nats_server.as_ref(), args.server_threads)?,
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
@@ -973,7 +973,7 @@ fn fanout(args: FanoutArgs) -> CliResult {
         } else {
             StorageKind::Disk
         },
-        cluster: args.cluster.options(args.server_threads)?,
+        cluster: cluster_options(args.cluster, args.nats_server.as_ref(), args.server_threads)?,
         ..FanoutConfig::new(server_exe)
     };
     config.validate()?;
