@@ -369,6 +369,7 @@ fn bench_fanout_writes_every_field_with_sane_values() {
         assert_eq!(s(row, "name"), format!("fanout-1x{subs}"));
         assert_eq!(s(row, "delivery"), delivery);
         assert_eq!(s(row, "storage"), "disk", "durable by default: {row}");
+        assert_eq!(u(row, "nodes"), 1, "{row}");
         assert_eq!(u(row, "subscribers"), subs);
         let (sent, delivered) = (u(row, "sent"), u(row, "delivered"));
         assert_eq!(sent, 300, "{row}");
@@ -391,6 +392,152 @@ fn bench_fanout_writes_every_field_with_sane_values() {
         assert!(u(row, "udp_p50_us") >= 1, "{row}");
     }
     assert_svg(&svg);
+}
+
+#[test]
+fn bench_latency_with_cluster_adds_the_cross_node_and_core_nats_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cluster.json");
+    let (stdout, stderr) = quicbus_ok(&[
+        "bench",
+        "latency",
+        "--cluster",
+        "--scenario",
+        "relay",
+        "--storage",
+        "memory",
+        "--no-copies",
+        "--samples",
+        "40",
+        "--warmup",
+        "5",
+        // A loaded machine may hold a datagram past the default 5 ms.
+        "--loss-timeout",
+        "500",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("nats-relay core-nats"), "{stderr}");
+    let rows = rows(&json);
+    let names: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                s(r, "name"),
+                s(r, "delivery"),
+                s(r, "storage"),
+                s(r, "auth"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("udp-echo", "udp", "none", "none"),
+            ("relay", "reliable", "memory", "off"),
+            ("relay", "datagram", "memory", "off"),
+            ("nats-relay", "core-nats", "none", "none"),
+            ("cluster-relay", "reliable", "jetstream", "off"),
+            ("cluster-relay", "datagram", "jetstream", "off"),
+        ]
+    );
+    let udp_p50 = u(&rows[0], "p50_us");
+    for row in &rows[3..] {
+        let (sent, delivered) = (u(row, "sent"), u(row, "delivered"));
+        assert_eq!(sent, 40, "{row}");
+        if s(row, "delivery") == "datagram" {
+            assert!(delivered > 0 && delivered <= sent, "{row}");
+        } else {
+            assert_eq!(
+                delivered, sent,
+                "nothing lost over NATS or JetStream: {row}"
+            );
+        }
+        assert_eq!(u(row, "misordered"), 0, "{row}");
+        assert_eq!(f(row, "loss_pct"), 0.0, "cluster rows run clean: {row}");
+        assert!(u(row, "p50_us") >= 1, "{row}");
+        assert!(u(row, "p50_us") <= u(row, "p99_us"), "{row}");
+        assert_eq!(u(row, "udp_p50_us"), udp_p50, "{row}");
+        assert!(f(row, "p50_vs_udp") > 0.0, "{row}");
+    }
+    // The budget, reported with the figures of this run.
+    let (cross, nats, single) = (
+        u(&rows[4], "p50_us"),
+        u(&rows[3], "p50_us"),
+        u(&rows[1], "p50_us"),
+    );
+    let check = stdout
+        .split_once("cross-node reliable p50 <= core-NATS relay p50 + 2 x single-node relay p50")
+        .unwrap_or_else(|| panic!("no check: {stdout}"))
+        .1;
+    let line = check.lines().nth(1).unwrap();
+    assert!(
+        line.contains(&format!(
+            "{cross} µs <= {nats} + 2 x {single} µs (memory) = {} µs",
+            nats + 2 * single
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn bench_fanout_with_cluster_runs_each_count_on_three_nodes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fanout-cluster.json");
+    let (stdout, stderr) = quicbus_ok(&[
+        "bench",
+        "fanout",
+        "--cluster",
+        "--subscribers",
+        "4",
+        "--events",
+        "200",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr.contains("cluster-fanout 1x4 reliable (3 nodes, jetstream)"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("nodes"), "{stdout}");
+    let rows = rows(&json);
+    let names: Vec<(&str, &str, &str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                s(r, "name"),
+                s(r, "delivery"),
+                s(r, "storage"),
+                u(r, "nodes"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("fanout-1x4", "reliable", "disk", 1),
+            ("cluster-fanout-1x4", "reliable", "jetstream", 3),
+            ("fanout-1x4", "datagram", "disk", 1),
+            ("cluster-fanout-1x4", "datagram", "jetstream", 3),
+        ]
+    );
+    for row in &rows {
+        let (sent, delivered) = (u(row, "sent"), u(row, "delivered"));
+        assert_eq!(u(row, "subscribers"), 4, "{row}");
+        assert_eq!(sent, 200, "{row}");
+        if s(row, "delivery") == "reliable" {
+            assert_eq!(delivered, 800, "reliable fan-out loses nothing: {row}");
+        } else {
+            assert!(delivered > 0 && delivered <= 800, "{row}");
+        }
+        assert_eq!(u(row, "misordered"), 0, "{row}");
+        assert!(f(row, "events_per_sec") > 0.0, "{row}");
+        assert!(u(row, "p50_us") >= 1, "{row}");
+        assert!(u(row, "p50_us") <= u(row, "p99_us"), "{row}");
+        assert!(f(row, "server_cpu_s") >= 0.0, "{row}");
+        assert!(u(row, "mem_per_conn_bytes") < 10_000_000, "{row}");
+        assert!(u(row, "udp_p50_us") >= 1, "{row}");
+    }
 }
 
 #[test]
@@ -819,6 +966,8 @@ fn bench_refuses_bad_arguments_with_usage_errors() {
         &["bench", "fanout", "--size", "8"],
         &["bench", "latency", "--storage", "tape"],
         &["bench", "latency", "--auth", "maybe"],
+        &["bench", "latency", "--nats-server", "/usr/sbin/nats-server"],
+        &["bench", "fanout", "--nats-server", "/usr/sbin/nats-server"],
         &["bench", "replay", "--size", "4"],
         &["bench", "replay", "--events", "0"],
         &["bench", "replay", "--bytes", "12Q"],

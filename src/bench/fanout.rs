@@ -13,6 +13,12 @@
 //! server's slow-consumer limit, so a reliable run measures throughput and
 //! not disconnections. Each payload carries its sequence number and send
 //! time, so subscribers count, de-duplicate and time every event.
+//!
+//! **Cluster.** With [`FanoutConfig::cluster`], each run is made again on
+//! [`CLUSTER_NODES`] `serve --cluster` nodes of the bench's own NATS
+//! ([`super::cluster`]): the publisher on node-1, subscriber `i` on node
+//! `i mod 3`, history in JetStream. CPU time and memory per connection are
+//! then the nodes' sums (nats-server's own are not counted).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +31,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::cluster::{Cluster, ClusterOptions, JETSTREAM};
 use super::latency::Kind;
 use super::scratch::ScratchDir;
 use super::server_process::{ServeOptions, ServerProcess};
@@ -39,6 +46,8 @@ const STALL: Duration = Duration::from_secs(5);
 const CONNECT_BATCH: usize = 50;
 /// Subscriber connections sharing one UDP socket.
 const SUBSCRIBERS_PER_SOCKET: usize = 8;
+/// Nodes of a cluster run.
+pub const CLUSTER_NODES: usize = 3;
 
 /// Settings of a fan-out run.
 #[derive(Debug, Clone)]
@@ -63,6 +72,8 @@ pub struct FanoutConfig {
     /// Where the server keeps history: on disk (`serve`'s default, fsync
     /// `interval`) or in memory.
     pub storage: StorageKind,
+    /// Also make each run on a cluster of [`CLUSTER_NODES`] nodes.
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl FanoutConfig {
@@ -78,6 +89,7 @@ impl FanoutConfig {
             client_threads: 0,
             run_limit: Duration::from_secs(120),
             storage: StorageKind::Disk,
+            cluster: None,
         }
     }
 
@@ -114,12 +126,15 @@ impl FanoutConfig {
 /// One run: the JSON object and the table row.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutRow {
-    /// `fanout-1xN`.
+    /// `fanout-1xN`, or `cluster-fanout-1xN` across cluster nodes.
     pub name: String,
     /// `reliable` or `datagram`.
     pub delivery: String,
-    /// Where the server kept history: `disk` or `memory`.
+    /// Where the server kept history: `disk`, `memory` or `jetstream` (the
+    /// cluster's stream).
     pub storage: String,
+    /// quicbus nodes serving the run: 1, or [`CLUSTER_NODES`].
+    pub nodes: usize,
     pub subscribers: usize,
     /// Events published.
     pub sent: u64,
@@ -136,9 +151,11 @@ pub struct FanoutRow {
     /// Send-to-receipt latency under this load.
     pub p50_us: u64,
     pub p99_us: u64,
-    /// Server CPU time (user + system) while events flowed.
+    /// Server CPU time (user + system) while events flowed, summed over
+    /// the nodes.
     pub server_cpu_s: f64,
-    /// Growth of the server's resident memory per idle, joined subscriber.
+    /// Growth of the server's resident memory per idle, joined subscriber
+    /// (of all nodes' together).
     pub mem_per_conn_bytes: u64,
     /// The raw-UDP echo's p50 in the same run.
     pub udp_p50_us: u64,
@@ -168,37 +185,117 @@ pub fn run(config: &FanoutConfig, progress: &Progress) -> Result<Vec<FanoutRow>,
     let mut rows = Vec::new();
     for &n in &config.subscribers {
         for &kind in &config.kinds {
-            progress.step(&format!(
-                "fanout 1x{n} {} ({})",
-                kind.name(),
-                config.storage.name()
-            ));
-            let data = ScratchDir::new("data")?;
-            let server = ServerProcess::start(&ServeOptions {
-                worker_threads: config.server_threads,
-                data: match config.storage {
-                    StorageKind::Disk => Some(data.path().join("data")),
-                    StorageKind::Memory => None,
-                },
-                ..ServeOptions::new(config.server_exe.clone())
-            })?;
-            let result = runtime.block_on(one_run(config, &server, n, kind, udp_p50, progress));
-            drop(server);
-            drop(data);
-            let row = result?;
-            progress.finish(&format!(
-                "{:.0} events/s, {}/{} delivered, p99 {} µs, server CPU {:.2} s, {} B/conn",
-                row.events_per_sec,
-                row.delivered,
-                row.sent * n as u64,
-                row.p99_us,
-                row.server_cpu_s,
-                row.mem_per_conn_bytes
-            ));
-            rows.push(row);
+            rows.push(single_node(config, &runtime, n, kind, udp_p50, progress)?);
+            if let Some(cluster) = &config.cluster {
+                rows.push(across_cluster(
+                    config, cluster, &runtime, n, kind, udp_p50, progress,
+                )?);
+            }
         }
     }
     Ok(rows)
+}
+
+/// One run on a fresh `serve` process.
+fn single_node(
+    config: &FanoutConfig,
+    runtime: &tokio::runtime::Runtime,
+    n: usize,
+    kind: Kind,
+    udp_p50: u64,
+    progress: &Progress,
+) -> Result<FanoutRow, BenchError> {
+    progress.step(&format!(
+        "fanout 1x{n} {} ({})",
+        kind.name(),
+        config.storage.name()
+    ));
+    let data = ScratchDir::new("data")?;
+    let server = ServerProcess::start(&ServeOptions {
+        worker_threads: config.server_threads,
+        data: match config.storage {
+            StorageKind::Disk => Some(data.path().join("data")),
+            StorageKind::Memory => None,
+        },
+        ..ServeOptions::new(config.server_exe.clone())
+    })?;
+    let setup = Setup {
+        name: format!("fanout-1x{n}"),
+        storage: config.storage.name(),
+        nodes: std::slice::from_ref(&server),
+    };
+    let result = runtime.block_on(one_run(config, &setup, n, kind, udp_p50, progress));
+    drop(server);
+    drop(data);
+    finished(result, progress)
+}
+
+/// One run on a fresh cluster: the bench's NATS and [`CLUSTER_NODES`]
+/// nodes.
+fn across_cluster(
+    config: &FanoutConfig,
+    options: &ClusterOptions,
+    runtime: &tokio::runtime::Runtime,
+    n: usize,
+    kind: Kind,
+    udp_p50: u64,
+    progress: &Progress,
+) -> Result<FanoutRow, BenchError> {
+    progress.step(&format!(
+        "cluster-fanout 1x{n} {} ({CLUSTER_NODES} nodes, {JETSTREAM})",
+        kind.name()
+    ));
+    let cluster = Cluster::start(options, CLUSTER_NODES)?;
+    let setup = Setup {
+        name: format!("cluster-fanout-1x{n}"),
+        storage: JETSTREAM,
+        nodes: &cluster.nodes,
+    };
+    let result = runtime.block_on(one_run(config, &setup, n, kind, udp_p50, progress));
+    drop(cluster);
+    finished(result, progress)
+}
+
+/// Ends the step with the row's summary.
+fn finished(
+    result: Result<FanoutRow, BenchError>,
+    progress: &Progress,
+) -> Result<FanoutRow, BenchError> {
+    let row = result?;
+    progress.finish(&format!(
+        "{:.0} events/s, {}/{} delivered, p99 {} µs, server CPU {:.2} s, {} B/conn",
+        row.events_per_sec,
+        row.delivered,
+        row.sent * row.subscribers as u64,
+        row.p99_us,
+        row.server_cpu_s,
+        row.mem_per_conn_bytes
+    ));
+    Ok(row)
+}
+
+/// What a run is served by: one process, or the nodes of a cluster.
+struct Setup<'a> {
+    /// The row's name.
+    name: String,
+    /// The row's storage.
+    storage: &'static str,
+    /// The publisher's node first; subscriber `i` on node `i mod len`.
+    nodes: &'a [ServerProcess],
+}
+
+impl Setup<'_> {
+    fn rss(&self) -> Result<u64, BenchError> {
+        self.nodes.iter().map(ServerProcess::rss).sum()
+    }
+
+    fn cpu_seconds(&self) -> Result<f64, BenchError> {
+        self.nodes.iter().map(ServerProcess::cpu_seconds).sum()
+    }
+
+    fn node_of_subscriber(&self, i: usize) -> &ServerProcess {
+        &self.nodes[i % self.nodes.len()]
+    }
 }
 
 /// Shared between the subscribers and the publisher.
@@ -230,13 +327,13 @@ impl Tally {
 
 async fn one_run(
     config: &FanoutConfig,
-    server: &ServerProcess,
+    setup: &Setup<'_>,
     n: usize,
     kind: Kind,
     udp_p50: u64,
     progress: &Progress,
 ) -> Result<FanoutRow, BenchError> {
-    let idle_rss = server.rss()?;
+    let idle_rss = setup.rss()?;
     let tally = Arc::new(Tally {
         progress: (0..n).map(|_| AtomicU64::new(0)).collect(),
         delivered: AtomicU64::new(0),
@@ -263,7 +360,11 @@ async fn one_run(
     for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
         let mut connecting = Vec::new();
         for &i in batch {
-            let options = client_options(server, kind, &endpoints[i / SUBSCRIBERS_PER_SOCKET]);
+            let options = client_options(
+                setup.node_of_subscriber(i),
+                kind,
+                &endpoints[i / SUBSCRIBERS_PER_SOCKET],
+            );
             connecting.push(tokio::spawn(async move {
                 let (client, events) = Client::connect(options)
                     .await
@@ -285,18 +386,18 @@ async fn one_run(
         progress.tick(subscribers.len() as u64, n as u64);
     }
     // Every subscriber holds a joined room and nothing has flowed yet.
-    let joined_rss = server.rss()?;
+    let joined_rss = setup.rss()?;
     let mem_per_conn = joined_rss.saturating_sub(idle_rss) / n as u64;
 
     let (publisher, _publisher_events) = Client::connect(client_options(
-        server,
+        setup.node_of_subscriber(0),
         kind,
         &endpoints[endpoints.len() - 1],
     ))
     .await
     .map_err(BenchError::client("connecting the publisher"))?;
     let total = config.events_for(n);
-    let cpu_before = server.cpu_seconds()?;
+    let cpu_before = setup.cpu_seconds()?;
     let started = Instant::now();
     let deadline = started + config.run_limit;
     let mut sent = 0u64;
@@ -347,7 +448,7 @@ async fn one_run(
             quiet_since = Instant::now();
         }
     }
-    let cpu = server.cpu_seconds()? - cpu_before;
+    let cpu = setup.cpu_seconds()? - cpu_before;
     let last = Duration::from_nanos(tally.last_ns.load(Ordering::Relaxed));
     let elapsed = last
         .saturating_sub(started.duration_since(tally.epoch))
@@ -372,9 +473,10 @@ async fn one_run(
         .clone();
     let p99 = latency.value_at_quantile(0.99);
     Ok(FanoutRow {
-        name: format!("fanout-1x{n}"),
+        name: setup.name.clone(),
         delivery: kind.name().into(),
-        storage: config.storage.name().into(),
+        storage: setup.storage.into(),
+        nodes: setup.nodes.len(),
         subscribers: n,
         sent,
         delivered,

@@ -24,6 +24,9 @@
 //! - [`attack_targets`]: each attack alone against a fresh server, measured
 //!   against the targets of issue 9 (a bystander's connect and join times,
 //!   the server's memory per attack).
+//! - [`cluster`]: the bench's own `nats-server` and `serve --cluster`
+//!   nodes, and the core-NATS relay, for `latency --cluster` (a relay
+//!   across two nodes) and `fanout --cluster` (subscribers over three).
 //! - [`plot`]: the SVG pictures of latency and fan-out.
 //!
 //! Durable history (`serve`'s default) is measured against memory storage
@@ -31,6 +34,7 @@
 
 pub mod attack;
 pub mod attack_targets;
+pub mod cluster;
 pub mod fanout;
 pub mod latency;
 pub mod plot;
@@ -74,6 +78,9 @@ pub enum BenchError {
         #[source]
         source: quicbus::server::HistoryError,
     },
+    /// The bench's NATS or the core-NATS relay failed.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterBenchError),
     /// Anything else that stops a run, with what was being done.
     #[error("{0}")]
     Other(String),

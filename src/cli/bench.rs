@@ -6,8 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::bench::cluster::ClusterOptions;
 use crate::bench::fanout::{FanoutConfig, FanoutRow};
-use crate::bench::latency::{AuthMode, Kind, LatencyConfig, LatencyRow, Scenario, AUTH_P50_LIMIT};
+use crate::bench::latency::{
+    AuthMode, Kind, LatencyConfig, LatencyRow, Scenario, AUTH_P50_LIMIT, CLUSTER_RELAY, NATS_RELAY,
+};
 use crate::bench::replay::{Fill, ReplayConfig, ReplayRow};
 use crate::bench::soak::{AttackKind, SoakConfig, SoakReport};
 use crate::bench::storage::{StorageConfig, StorageRow};
@@ -124,6 +127,23 @@ pub struct OutputArgs {
     quiet: bool,
 }
 
+/// How to start the bench's cluster, if `--cluster` asks for one.
+fn cluster_options(
+    cluster: bool,
+    nats_server: Option<&PathBuf>,
+    worker_threads: usize,
+) -> Result<Option<ClusterOptions>, String> {
+    if !cluster {
+        return Ok(None);
+    }
+    let mut options = ClusterOptions::new(server_exe()?);
+    if let Some(path) = nats_server {
+        options.nats_server = path.clone();
+    }
+    options.worker_threads = worker_threads;
+    Ok(Some(options))
+}
+
 #[derive(Debug, clap::Args)]
 pub struct LatencyArgs {
     /// Measured messages per scenario and delivery.
@@ -174,6 +194,23 @@ pub struct LatencyArgs {
     /// them.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
     auth: Vec<AuthArg>,
+    /// Also measure across a cluster: the bench starts its own nats-server
+    /// (JetStream, a free loopback port, a scratch store) and two `serve
+    /// --cluster` nodes, and adds, after the single-node rows, a core-NATS
+    /// relay (`nats-relay`) and the relay across the nodes
+    /// (`cluster-relay`, reliable and datagram; sender on node-2, bouncer
+    /// on node-1), with the check "cross-node reliable p50 <= core-NATS
+    /// relay p50 + 2 x single-node relay p50". Cluster rows run on loopback
+    /// at 0% loss only (--loss, --delay and --jitter do not apply to them),
+    /// without datagram copies and without token checks; --samples,
+    /// --warmup, --size, --rate, --loss-timeout and --server-threads do
+    /// apply.
+    #[arg(long)]
+    cluster: bool,
+    /// The nats-server executable for --cluster (default: the first of
+    /// /usr/sbin, /usr/bin, /usr/local/bin, else the PATH).
+    #[arg(long, value_name = "PATH", requires = "cluster")]
+    nats_server: Option<PathBuf>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -204,6 +241,19 @@ pub struct FanoutArgs {
     /// Serve with history in memory (`serve --memory`) instead of on disk.
     #[arg(long)]
     memory: bool,
+    /// Also run across a cluster: each run again on three `serve
+    /// --cluster` nodes of the bench's own nats-server (JetStream, a free
+    /// loopback port, a scratch store, fresh for each run), rows
+    /// `cluster-fanout-1xN` with history in JetStream; the publisher on
+    /// node-1, the subscribers round-robin over the three. CPU and memory
+    /// per connection are the nodes' sums (not nats-server's). The plot
+    /// shows the single-node runs.
+    #[arg(long)]
+    cluster: bool,
+    /// The nats-server executable for --cluster (default: the first of
+    /// /usr/sbin, /usr/bin, /usr/local/bin, else the PATH).
+    #[arg(long, value_name = "PATH", requires = "cluster")]
+    nats_server: Option<PathBuf>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -703,6 +753,7 @@ fn latency(args: LatencyArgs) -> CliResult {
             }
             modes
         },
+        cluster: cluster_options(args.cluster, args.nats_server.as_ref(), args.server_threads)?,
     };
     config.validate()?;
     let progress = Progress::new(!args.output.quiet);
@@ -724,7 +775,7 @@ fn latency(args: LatencyArgs) -> CliResult {
 
 fn print_latency(rows: &[LatencyRow]) {
     println!(
-        "{:<16} {:<15} {:<7} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
+        "{:<16} {:<15} {:<9} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
         "scenario",
         "delivery",
         "storage",
@@ -741,7 +792,7 @@ fn print_latency(rows: &[LatencyRow]) {
     );
     for r in rows {
         println!(
-            "{:<16} {:<15} {:<7} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
+            "{:<16} {:<15} {:<9} {:<4} {:>6} {:>15} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8.1}x {:>8.1}x",
             r.name,
             r.delivery,
             r.storage,
@@ -759,6 +810,46 @@ fn print_latency(rows: &[LatencyRow]) {
     }
     print_storage_comparison(rows);
     print_auth_comparison(rows);
+    print_cluster_check(rows);
+}
+
+/// The issue's budget for the relay across nodes: within a core-NATS relay
+/// plus two single-node relays, all measured in this run. A report, not
+/// an assertion; one line per single-node storage measured.
+fn print_cluster_check(rows: &[LatencyRow]) {
+    let find = |name: &str, delivery: &str| {
+        rows.iter()
+            .find(|r| r.name == name && r.delivery == delivery)
+    };
+    let (Some(cross), Some(nats)) = (
+        find(CLUSTER_RELAY, "reliable"),
+        find(NATS_RELAY, "core-nats"),
+    ) else {
+        return;
+    };
+    println!("\ncross-node reliable p50 <= core-NATS relay p50 + 2 x single-node relay p50:");
+    let singles: Vec<&LatencyRow> = rows
+        .iter()
+        .filter(|r| r.name == "relay" && r.delivery == "reliable" && r.auth == "off")
+        .collect();
+    if singles.is_empty() {
+        println!(
+            "  not checked: no single-node reliable relay in this run (--scenario relay measures it)"
+        );
+    }
+    for single in singles {
+        let budget = nats.latency.p50_us + 2 * single.latency.p50_us;
+        let ok = cross.latency.p50_us <= budget;
+        println!(
+            "  {} µs <= {} + 2 x {} µs ({}) = {budget} µs: {}   ({:.2}x the budget)",
+            cross.latency.p50_us,
+            nats.latency.p50_us,
+            single.latency.p50_us,
+            single.storage,
+            if ok { "yes" } else { "NO" },
+            cross.latency.p50_us as f64 / budget.max(1) as f64,
+        );
+    }
 }
 
 /// Durable against memory storage, wherever a run has both.
@@ -882,6 +973,7 @@ fn fanout(args: FanoutArgs) -> CliResult {
         } else {
             StorageKind::Disk
         },
+        cluster: cluster_options(args.cluster, args.nats_server.as_ref(), args.server_threads)?,
         ..FanoutConfig::new(server_exe)
     };
     config.validate()?;
@@ -897,16 +989,19 @@ fn fanout(args: FanoutArgs) -> CliResult {
     );
     println!("{title}\nmachine: {}\n", machine());
     print_fanout(&rows);
+    // The plot draws one curve per delivery: the single-node runs.
+    let single: Vec<FanoutRow> = rows.iter().filter(|r| r.nodes == 1).cloned().collect();
     write_outputs(&args.output, &rows, |path| {
-        plot::fanout_svg(path, &rows, &title)
+        plot::fanout_svg(path, &single, &title)
     })
 }
 
 fn print_fanout(rows: &[FanoutRow]) {
     println!(
-        "{:<15} {:<7} {:>6} {:>9} {:>12} {:>7} {:>12} {:>7} {:>8} {:>8} {:>11}",
+        "{:<15} {:<9} {:>5} {:>6} {:>9} {:>12} {:>7} {:>12} {:>7} {:>8} {:>8} {:>11}",
         "delivery",
         "storage",
+        "nodes",
         "subs",
         "sent",
         "delivered",
@@ -919,9 +1014,10 @@ fn print_fanout(rows: &[FanoutRow]) {
     );
     for r in rows {
         println!(
-            "{:<15} {:<7} {:>6} {:>9} {:>12} {:>7.2} {:>12.0} {:>7} {:>8} {:>8.2} {:>11}",
+            "{:<15} {:<9} {:>5} {:>6} {:>9} {:>12} {:>7.2} {:>12.0} {:>7} {:>8} {:>8.2} {:>11}",
             r.delivery,
             r.storage,
+            r.nodes,
             r.subscribers,
             r.sent,
             r.delivered,
@@ -931,6 +1027,11 @@ fn print_fanout(rows: &[FanoutRow]) {
             r.p99_us,
             r.server_cpu_s,
             r.mem_per_conn_bytes,
+        );
+    }
+    if rows.iter().any(|r| r.nodes > 1) {
+        println!(
+            "\ncluster rows: publisher on node-1, subscribers round-robin over the nodes, history in JetStream; cpu s and B/conn summed over the quicbus nodes (nats-server not counted)"
         );
     }
     if let Some(r) = rows.first() {

@@ -30,8 +30,13 @@
 //! allow just what they do ([`auth`]), and all of them take turns. The
 //! issue's target: the relay's p50 with checks within
 //! [`AUTH_P50_LIMIT`] of the one without, in the same run.
+//!
+//! **Cluster.** With [`LatencyConfig::cluster`], the run then starts its
+//! own NATS and two `serve --cluster` nodes and adds a core-NATS relay row
+//! and the relay across the nodes ([`cross_node`]), on loopback only.
 
 mod auth;
+mod cross_node;
 mod local_server;
 mod pair;
 
@@ -41,8 +46,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::cluster::ClusterOptions;
 use super::{curve, histogram, ratio, udp_echo, BenchError, Percentiles, Progress, StorageKind};
 use auth::PairTokens;
+pub use cross_node::{CLUSTER_RELAY, NATS_RELAY};
 use local_server::LocalServer;
 use pair::{Joined, Pair};
 use quicbus::netsim::{Impairment, Netsim, NetsimConfig, NetsimHandle};
@@ -164,6 +171,9 @@ pub struct LatencyConfig {
     /// Token checks measured, for every scenario and storage (`Off` only
     /// by default).
     pub auth: Vec<AuthMode>,
+    /// Also measure a relay across two `serve --cluster` nodes and a
+    /// core-NATS relay on the bench's own NATS ([`cross_node`]).
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl Default for LatencyConfig {
@@ -183,6 +193,7 @@ impl Default for LatencyConfig {
             copies: true,
             storage: None,
             auth: vec![AuthMode::Off],
+            cluster: None,
         }
     }
 }
@@ -274,15 +285,17 @@ impl LatencyConfig {
 /// One scenario and delivery kind: the JSON object and the table row.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyRow {
-    /// `udp-echo`, `relay`, `oneway` or `netsim-loss<N>`.
+    /// `udp-echo`, `relay`, `oneway`, `netsim-loss<N>`, `nats-relay` or
+    /// `cluster-relay`.
     pub name: String,
-    /// `udp`, `reliable`, `reliable+copies` or `datagram`.
+    /// `udp`, `reliable`, `reliable+copies`, `datagram` or `core-nats`.
     pub delivery: String,
     /// Where the server kept history: `disk` (fsync `interval`, `serve`'s
-    /// default) or `memory`; `none` for the UDP echo.
+    /// default), `memory` or `jetstream` (the cluster's stream); `none`
+    /// for the UDP echo and core NATS.
     pub storage: String,
     /// Whether the server checked signed tokens: `off` or `on`; `none` for
-    /// the UDP echo.
+    /// the UDP echo and core NATS.
     pub auth: String,
     /// Loss netsim applied per packet and direction (0 without netsim).
     pub loss_pct: f64,
@@ -373,6 +386,11 @@ pub fn run(config: &LatencyConfig, progress: &Progress) -> Result<Vec<LatencyRow
         ));
         drop(servers);
         rows.extend(result?);
+    }
+    if let Some(cluster) = &config.cluster {
+        rows.extend(cross_node::rows(
+            config, cluster, &clients, udp_p50, progress,
+        )?);
     }
     Ok(rows)
 }

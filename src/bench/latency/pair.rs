@@ -39,7 +39,6 @@ impl Pair {
         tokens: Option<PairTokens>,
     ) -> Result<Pair, BenchError> {
         let mut options = ClientOptions::new(server);
-        options.copies = kind == Kind::Copies;
         options.trust = Trust::CaPem(ca_pem.to_string());
         options.client_name = "quicbus-bench".into();
         // A handshake through 5% loss may need a few retransmissions.
@@ -50,18 +49,32 @@ impl Pair {
             Some(t) => (Some(t.sender), Some(t.receiver)),
             None => (None, None),
         };
-        let (a, a_events) = Client::connect(ClientOptions {
+        let a = ClientOptions {
             token: a_token,
             ..options.clone()
-        })
-        .await
-        .map_err(BenchError::client("connecting client A"))?;
-        let (b, b_events) = Client::connect(ClientOptions {
+        };
+        let b = ClientOptions {
             token: b_token,
             ..options
-        })
-        .await
-        .map_err(BenchError::client("connecting client B"))?;
+        };
+        Pair::connect_with(a, b, kind).await
+    }
+
+    /// Connects A and B with their own options (each to its own server,
+    /// for a relay across cluster nodes).
+    pub(super) async fn connect_with(
+        mut a: ClientOptions,
+        mut b: ClientOptions,
+        kind: Kind,
+    ) -> Result<Pair, BenchError> {
+        a.copies = kind == Kind::Copies;
+        b.copies = kind == Kind::Copies;
+        let (a, a_events) = Client::connect(a)
+            .await
+            .map_err(BenchError::client("connecting client A"))?;
+        let (b, b_events) = Client::connect(b)
+            .await
+            .map_err(BenchError::client("connecting client B"))?;
         Ok(Pair {
             a,
             a_events,
