@@ -437,6 +437,8 @@ fn bench_latency_with_cluster_adds_the_cross_node_and_core_nats_rows() {
             ("relay", "reliable", "memory", "off"),
             ("relay", "datagram", "memory", "off"),
             ("nats-relay", "core-nats", "none", "none"),
+            ("nats-relay", "jetstream", "none", "none"),
+            ("nats-relay", "jetstream-acked", "none", "none"),
             ("cluster-relay", "reliable", "jetstream", "off"),
             ("cluster-relay", "datagram", "jetstream", "off"),
         ]
@@ -461,23 +463,24 @@ fn bench_latency_with_cluster_adds_the_cross_node_and_core_nats_rows() {
         assert!(f(row, "p50_vs_udp") > 0.0, "{row}");
     }
     // The budget, reported with the figures of this run.
-    let (cross, nats, single) = (
-        u(&rows[4], "p50_us"),
-        u(&rows[3], "p50_us"),
-        u(&rows[1], "p50_us"),
-    );
-    let check = stdout
-        .split_once("cross-node reliable p50 <= core-NATS relay p50 + 2 x single-node relay p50")
-        .unwrap_or_else(|| panic!("no check: {stdout}"))
-        .1;
-    let line = check.lines().nth(1).unwrap();
-    assert!(
-        line.contains(&format!(
-            "{cross} µs <= {nats} + 2 x {single} µs (memory) = {} µs",
-            nats + 2 * single
-        )),
-        "{line}"
-    );
+    let (cross, single) = (u(&rows[6], "p50_us"), u(&rows[1], "p50_us"));
+    for (label, row) in [("core-NATS", 3), ("JetStream", 4), ("acked JetStream", 5)] {
+        let nats = u(&rows[row], "p50_us");
+        let heading =
+            format!("\ncross-node reliable p50 <= {label} relay p50 + 2 x single-node relay p50");
+        let check = stdout
+            .split_once(&heading)
+            .unwrap_or_else(|| panic!("no {label} check: {stdout}"))
+            .1;
+        let line = check.lines().nth(1).unwrap();
+        assert!(
+            line.contains(&format!(
+                "{cross} µs <= {nats} + 2 x {single} µs (memory) = {} µs",
+                nats + 2 * single
+            )),
+            "{line}"
+        );
+    }
 }
 
 #[test]

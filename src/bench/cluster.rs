@@ -10,6 +10,8 @@
 //! to [`NATS_PONG`], where A receives it. It is timed as the relay rows
 //! are: each message carries its sequence number in its first 8 bytes, and
 //! runs from its intended send time to its return, one in flight or paced.
+//! The JetStream relay ([`JS_RELAY`]) is the same through a stream that
+//! republishes what it stores: the cluster's live path without quicbus.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -30,6 +32,51 @@ use super::{histogram, record, BenchError, Progress};
 pub const NATS_PING: &str = "bench.nats.ping";
 /// The subject B bounces each message to.
 pub const NATS_PONG: &str = "bench.nats.pong";
+/// The same relay through a JetStream stream (file storage) that
+/// republishes what it stores, as the cluster's live path does: A and B
+/// publish into the stream and listen on the republished subjects.
+pub const JS_RELAY: Route = Route {
+    ping_out: "bench.js.ping",
+    ping_in: "bench.live.ping",
+    pong_out: "bench.js.pong",
+    pong_in: "bench.live.pong",
+    acked: false,
+};
+/// [`JS_RELAY`] with every message published as a JetStream publish
+/// that asks for an acknowledgement, as a quicbus node publishes (the
+/// acknowledgements are not waited for).
+pub const JS_ACKED_RELAY: Route = Route {
+    acked: true,
+    ..JS_RELAY
+};
+/// The core-NATS relay's subjects.
+pub const CORE_RELAY: Route = Route {
+    ping_out: NATS_PING,
+    ping_in: NATS_PING,
+    pong_out: NATS_PONG,
+    pong_in: NATS_PONG,
+    acked: false,
+};
+
+/// Where a relay's messages go out and come in, each way, and how they
+/// are published.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub ping_out: &'static str,
+    pub ping_in: &'static str,
+    pub pong_out: &'static str,
+    pub pong_in: &'static str,
+    /// Published with a reply subject for JetStream's acknowledgement.
+    pub acked: bool,
+}
+
+impl Route {
+    /// Whether the messages travel through a JetStream stream.
+    fn stored(&self) -> bool {
+        self.ping_out != self.ping_in
+    }
+}
+
 /// Where the cluster keeps history, as the `storage` of its rows.
 pub const JETSTREAM: &str = "jetstream";
 /// How long a core-NATS message may take before the run fails.
@@ -83,7 +130,7 @@ pub enum ClusterBenchError {
     Publish {
         seq: u64,
         #[source]
-        source: async_nats::client::PublishError,
+        source: async_nats::Error,
     },
     /// A message did not come back in time.
     #[error("{missing} core-NATS messages did not come back within {NATS_LIMIT:?}")]
@@ -91,6 +138,9 @@ pub enum ClusterBenchError {
     /// No probe came back: B's subscription never took effect.
     #[error("the core-NATS relay did not carry a probe within {NATS_LIMIT:?}")]
     NotRelaying,
+    /// The JetStream relay's stream could not be made.
+    #[error("creating the JetStream relay's stream: {0}")]
+    Stream(String),
     /// A subscription ended under the run.
     #[error("the NATS subscription to {NATS_PONG} ended")]
     SubscriptionEnded,
@@ -253,7 +303,8 @@ impl Cluster {
 /// Two core-NATS clients relaying through the bench's NATS: A publishes,
 /// B bounces, A receives.
 pub struct NatsRelay {
-    a: async_nats::Client,
+    a: Sender,
+    route: Route,
     pong: async_nats::Subscriber,
     bouncer: JoinHandle<()>,
     /// The sequence number of the next message.
@@ -266,7 +317,7 @@ pub struct NatsRelay {
 impl NatsRelay {
     /// Connects A and B, subscribes both and waits until the relay carries
     /// a probe.
-    pub async fn connect(url: &str) -> Result<Self, ClusterBenchError> {
+    pub async fn connect(url: &str, route: Route) -> Result<Self, ClusterBenchError> {
         let connect = |url: String| async move {
             async_nats::connect(url.as_str())
                 .await
@@ -280,23 +331,42 @@ impl NatsRelay {
                 .await
                 .map_err(|source| ClusterBenchError::Subscribe { subject, source })
         };
-        let mut ping = subscribe(b.clone(), NATS_PING).await?;
-        let pong = subscribe(a.clone(), NATS_PONG).await?;
+        if route.stored() {
+            let js = async_nats::jetstream::new(a.clone());
+            let config = async_nats::jetstream::stream::Config {
+                name: "BENCH_RELAY".to_string(),
+                subjects: vec![route.ping_out.to_string(), route.pong_out.to_string()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                republish: Some(async_nats::jetstream::stream::Republish {
+                    source: "bench.js.>".to_string(),
+                    destination: "bench.live.>".to_string(),
+                    headers_only: false,
+                }),
+                ..Default::default()
+            };
+            js.create_or_update_stream(config)
+                .await
+                .map_err(|e| ClusterBenchError::Stream(e.to_string()))?;
+        }
+        let mut ping = subscribe(b.clone(), route.ping_in).await?;
+        let pong = subscribe(a.clone(), route.pong_in).await?;
         for client in [&a, &b] {
             client
                 .flush()
                 .await
                 .map_err(|source| ClusterBenchError::Flush { source })?;
         }
+        let b = Sender::new(b, route.acked);
         let bouncer = tokio::spawn(async move {
             while let Some(message) = ping.next().await {
-                if b.publish(NATS_PONG, message.payload).await.is_err() {
+                if b.send(route.pong_out, message.payload).await.is_err() {
                     return;
                 }
             }
         });
         let mut relay = NatsRelay {
-            a,
+            a: Sender::new(a, route.acked),
+            route,
             pong,
             bouncer,
             next: 0,
@@ -311,7 +381,7 @@ impl NatsRelay {
     async fn probe(&mut self) -> Result<(), ClusterBenchError> {
         let give_up = Instant::now() + NATS_LIMIT;
         while Instant::now() < give_up {
-            publish(&self.a, PROBE, 8).await?;
+            publish(&self.a, self.route.ping_out, PROBE, 8).await?;
             let wait = tokio::time::timeout(PROBE_EVERY, async {
                 while let Some(message) = self.pong.next().await {
                     if seq_of(&message.payload) == Some(PROBE) {
@@ -341,7 +411,7 @@ impl NatsRelay {
             let seq = self.next;
             self.next += 1;
             let intended = Instant::now();
-            publish(&self.a, seq, size).await?;
+            publish(&self.a, self.route.ping_out, seq, size).await?;
             let deadline = tokio::time::Instant::from_std(intended + NATS_LIMIT);
             loop {
                 match tokio::time::timeout_at(deadline, self.pong.next()).await {
@@ -381,6 +451,7 @@ impl NatsRelay {
         let due = move |i: u64| start + interval.mul_f64(i as f64);
         let sender = {
             let a = self.a.clone();
+            let to = self.route.ping_out;
             tokio::spawn(async move {
                 for i in 0..total {
                     let at = due(i);
@@ -391,7 +462,7 @@ impl NatsRelay {
                     while Instant::now() < at {
                         tokio::task::yield_now().await;
                     }
-                    publish(&a, base + i, size).await?;
+                    publish(&a, to, base + i, size).await?;
                 }
                 Ok::<(), ClusterBenchError>(())
             })
@@ -445,10 +516,11 @@ impl NatsRelay {
 /// pacing: its latencies and misordered count.
 pub async fn nats_relay(
     url: &str,
+    route: Route,
     config: &LatencyConfig,
     progress: &Progress,
 ) -> Result<(Histogram<u64>, u64), BenchError> {
-    let mut relay = NatsRelay::connect(url).await?;
+    let mut relay = NatsRelay::connect(url, route).await?;
     let measured = match config.rate {
         None => {
             let total = config.warmup + config.samples;
@@ -476,14 +548,40 @@ pub async fn nats_relay(
 }
 
 async fn publish(
-    client: &async_nats::Client,
+    sender: &Sender,
+    subject: &'static str,
     seq: u64,
     size: usize,
 ) -> Result<(), ClusterBenchError> {
-    client
-        .publish(NATS_PING, payload(seq, size))
+    sender
+        .send(subject, payload(seq, size))
         .await
         .map_err(|source| ClusterBenchError::Publish { seq, source })
+}
+
+/// Publishes as a route says: core NATS, or JetStream asking for an
+/// acknowledgement (dropped unread: only the server's work is measured).
+#[derive(Clone)]
+struct Sender {
+    client: async_nats::Client,
+    js: Option<async_nats::jetstream::Context>,
+}
+
+impl Sender {
+    fn new(client: async_nats::Client, acked: bool) -> Self {
+        let js = acked.then(|| async_nats::jetstream::new(client.clone()));
+        Sender { client, js }
+    }
+
+    async fn send(&self, subject: &'static str, payload: Bytes) -> Result<(), async_nats::Error> {
+        match &self.js {
+            Some(js) => {
+                drop(js.publish(subject, payload).await?);
+                Ok(())
+            }
+            None => Ok(self.client.publish(subject, payload).await?),
+        }
+    }
 }
 
 /// A payload of `size` bytes starting with `seq`.

@@ -821,13 +821,25 @@ fn print_cluster_check(rows: &[LatencyRow]) {
         rows.iter()
             .find(|r| r.name == name && r.delivery == delivery)
     };
-    let (Some(cross), Some(nats)) = (
-        find(CLUSTER_RELAY, "reliable"),
-        find(NATS_RELAY, "core-nats"),
-    ) else {
+    let Some(cross) = find(CLUSTER_RELAY, "reliable") else {
         return;
     };
-    println!("\ncross-node reliable p50 <= core-NATS relay p50 + 2 x single-node relay p50:");
+    for (label, relay) in [
+        ("core-NATS", "core-nats"),
+        ("JetStream", "jetstream"),
+        ("acked JetStream", "jetstream-acked"),
+    ] {
+        let Some(nats) = find(NATS_RELAY, relay) else {
+            continue;
+        };
+        print_budget(rows, cross, nats, label);
+    }
+}
+
+/// One budget line per single-node storage: `cross` against `nats` plus
+/// two single-node relays.
+fn print_budget(rows: &[LatencyRow], cross: &LatencyRow, nats: &LatencyRow, label: &str) {
+    println!("\ncross-node reliable p50 <= {label} relay p50 + 2 x single-node relay p50:");
     let singles: Vec<&LatencyRow> = rows
         .iter()
         .filter(|r| r.name == "relay" && r.delivery == "reliable" && r.auth == "off")

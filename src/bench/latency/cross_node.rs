@@ -6,14 +6,18 @@
 //! every round trip crosses the nodes twice: A → node B → JetStream → node
 //! A → B → node A → JetStream → node B → A. The budget, printed as
 //! a check: its reliable p50 within the core-NATS relay's p50 plus two
-//! single-node relay p50s. Cluster rows run on loopback only (no netsim
+//! single-node relay p50s; and, beside it, the same with the JetStream
+//! relay (NATS's own cost of storing and republishing) in place of the
+//! core-NATS one. Cluster rows run on loopback only (no netsim
 //! loss), without datagram copies and without token checks.
 
 use tokio::runtime::Runtime;
 
 use super::pair::Pair;
 use super::{measure_all, summary, Kind, LatencyConfig, LatencyRow};
-use crate::bench::cluster::{nats_relay, Cluster, ClusterOptions, JETSTREAM};
+use crate::bench::cluster::{
+    nats_relay, Cluster, ClusterOptions, CORE_RELAY, JETSTREAM, JS_ACKED_RELAY, JS_RELAY,
+};
 use crate::bench::{BenchError, Progress};
 
 /// The name of the cross-node relay rows.
@@ -34,14 +38,21 @@ pub(super) fn rows(
     let cluster = Cluster::start(options, 2)?;
     progress.finish(&format!("NATS at {}", cluster.nats_url()));
     clients.block_on(async {
-        progress.step("nats-relay core-nats");
-        let (h, misordered) = nats_relay(cluster.nats_url(), config, progress).await?;
-        let nats = LatencyRow {
-            misordered,
-            ..LatencyRow::new(NATS_RELAY, "core-nats", &h, config.samples, udp_p50)
-        };
-        progress.finish(&summary(&nats));
-        let mut rows = vec![nats];
+        let mut rows = Vec::new();
+        for (delivery, route) in [
+            ("core-nats", CORE_RELAY),
+            ("jetstream", JS_RELAY),
+            ("jetstream-acked", JS_ACKED_RELAY),
+        ] {
+            progress.step(&format!("nats-relay {delivery}"));
+            let (h, misordered) = nats_relay(cluster.nats_url(), route, config, progress).await?;
+            let row = LatencyRow {
+                misordered,
+                ..LatencyRow::new(NATS_RELAY, delivery, &h, config.samples, udp_p50)
+            };
+            progress.finish(&summary(&row));
+            rows.push(row);
+        }
         for kind in [Kind::Reliable, Kind::Datagram] {
             progress.step(&format!(
                 "{CLUSTER_RELAY} {} (client on node-2 → node-1 → back)",
