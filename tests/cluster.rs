@@ -684,33 +684,29 @@ async fn permissions_apply_on_every_node() {
         matches!(&refused, ClientError::Forbidden { room, action: Action::Subscribe } if room == "secret.plans"),
         "{refused:?}"
     );
-    let refused = reader
-        .emit_with_ack("news.today", "say", &b"no"[..])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            &refused,
-            ClientError::Forbidden {
-                action: Action::Publish,
-                ..
-            }
-        ),
-        "{refused:?}"
+    let publish_refused = |refused: ClientError| {
+        assert!(
+            matches!(
+                &refused,
+                ClientError::Forbidden {
+                    action: Action::Publish,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+    };
+    publish_refused(
+        reader
+            .emit_with_ack("news.today", "say", &b"no"[..])
+            .await
+            .unwrap_err(),
     );
-    let refused = writer
-        .emit_with_ack("secret.plans", "say", &b"no"[..])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            &refused,
-            ClientError::Forbidden {
-                action: Action::Publish,
-                ..
-            }
-        ),
-        "{refused:?}"
+    publish_refused(
+        writer
+            .emit_with_ack("secret.plans", "say", &b"no"[..])
+            .await
+            .unwrap_err(),
     );
     let offset = writer
         .emit_with_ack("news.today", "headline", &b"all quiet"[..])

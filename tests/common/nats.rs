@@ -3,7 +3,7 @@
 //! run). Debian's `nats-server` package provides the binary; `.ci/run`
 //! installs it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -31,6 +31,19 @@ fn binary() -> &'static str {
     "nats-server"
 }
 
+/// JetStream on `port` of 127.0.0.1, storing in `store`.
+fn base_args(port: u16, store: &Path) -> Vec<String> {
+    vec![
+        "-js".to_string(),
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-sd".into(),
+        store.display().to_string(),
+    ]
+}
+
 /// A TCP port nobody listens on now.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -41,16 +54,7 @@ impl Nats {
     /// A single NATS server with JetStream storing in `store`.
     pub async fn start(store: &Path) -> Nats {
         let port = free_port();
-        let args = vec![
-            "-js".to_string(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-sd".into(),
-            store.display().to_string(),
-        ];
-        Self::spawn(port, args).await
+        Self::spawn(port, base_args(port, store)).await
     }
 
     /// `count` NATS servers routed into one JetStream cluster, each storing
@@ -64,15 +68,8 @@ impl Nats {
         let mut servers = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             let port = free_port();
-            let store: PathBuf = dir.join(format!("nats-{i}"));
-            let args = vec![
-                "-js".to_string(),
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-                "-sd".into(),
-                store.display().to_string(),
+            let mut args = base_args(port, &dir.join(format!("nats-{i}")));
+            args.extend([
                 "-n".into(),
                 format!("nats-{i}"),
                 "--cluster_name".into(),
@@ -81,7 +78,7 @@ impl Nats {
                 format!("nats://127.0.0.1:{route}"),
                 "--routes".into(),
                 route_urls.join(","),
-            ];
+            ]);
             servers.push(Self::spawn(port, args).await);
         }
         servers
