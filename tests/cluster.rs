@@ -92,8 +92,31 @@ async fn three_nodes_deliver_every_event_to_every_subscriber_in_order_once() {
             .unwrap();
         sent.push((room.to_string(), name.to_string(), offset, payload));
     }
-    // Offsets are stream sequences: increasing across the rooms, sparse in each.
-    assert!(sent.windows(2).all(|w| w[0].2 < w[1].2), "{sent:?}");
+    // Then a burst with many publishes in flight at once (the node
+    // pipelines them into JetStream): stored and acknowledged in the order
+    // sent.
+    let mut pending = Vec::new();
+    for i in 30..130 {
+        let room = rooms[i % 2];
+        let payload = format!("{room}:{i}").into_bytes();
+        let ack = publisher
+            .emit_acked(room, "burst", payload.clone())
+            .await
+            .unwrap();
+        pending.push((room, payload, ack));
+    }
+    for (room, payload, ack) in pending {
+        let offset = within("a burst ack", ack.wait()).await.unwrap();
+        sent.push((room.to_string(), "burst".to_string(), offset, payload));
+    }
+    // Offsets are stream sequences: increasing in each room in the order
+    // sent (a room's publishes are one stream; rooms interleave freely).
+    for (room, events) in by_room(&sent) {
+        assert!(
+            events.windows(2).all(|w| w[0].2 < w[1].2),
+            "{room}: {events:?}"
+        );
+    }
 
     for (n, (_, events)) in subscribers.iter_mut().enumerate() {
         let mut received = Vec::new();

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quinn::Connection;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use super::backplane::{Publisher, SessionId};
+use super::backplane::{BoxFuture, Publisher, SessionId};
 use super::context::{
     error_frame, forbidden, over_rate, read_failure, stopping, unknown_id, Closing,
     ConnectionShare, Control, SessionContext,
@@ -274,20 +274,109 @@ pub(crate) async fn read_publish_stream(
     let Some(log) = session_state.log(&room) else {
         return refuse_stream(reader, &ctx, control, &room).await;
     };
+    // Publishes in flight, answered in order by `answer_in_order` while
+    // this reads on: a clustered backplane acknowledges after a network
+    // round trip, and one at a time would bound a stream's rate by it.
+    let (in_flight, answers) = mpsc::channel(PUBLISH_PIPELINE);
+    let answering = answer_in_order(answers, log.clone(), control, &ctx.stats, &room);
+    tokio::pin!(answering);
+    let reading = read_publishes(
+        &mut reader,
+        &conn,
+        session,
+        &ctx,
+        &share,
+        &session_state,
+        &mut shutdown,
+        &room,
+        &log,
+        in_flight,
+    );
+    tokio::select! {
+        biased;
+        // The answers stopped (the connection is going): so does reading.
+        () = &mut answering => {}
+        read = reading => {
+            // Every publish accepted gets its answer, unless the stream
+            // was given up at once.
+            if read == Read::Ended {
+                answering.await;
+            }
+        }
+    }
+}
+
+/// How many publishes of one stream may await their outcome at once.
+const PUBLISH_PIPELINE: usize = 256;
+
+/// How reading a publish stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The stream ended, or the server is stopping: answer what is in flight.
+    Ended,
+    /// The stream or connection is given up: nothing more to answer.
+    GivenUp,
+}
+
+/// One publish whose place is decided; its outcome is awaited in order.
+struct InFlight {
+    id: u64,
+    ack: Option<u64>,
+    outcome: BoxFuture<'static, (Outcome, Option<String>)>,
+    /// Record the outcome in the publish log (not for a duplicate).
+    record: bool,
+    /// It went to the backplane (a `ShuttingDown` then means: not handled).
+    published: bool,
+    /// The answer, when decided already (a rate refusal).
+    reply: Option<Bytes>,
+    /// Whether the stream's progress may be reported after it.
+    progress: bool,
+    /// Whether more frames were buffered when it was read.
+    more_buffered: bool,
+}
+
+impl InFlight {
+    fn settled(id: u64, ack: Option<u64>, outcome: Outcome, message: Option<String>) -> Self {
+        InFlight {
+            id,
+            ack,
+            outcome: Box::pin(std::future::ready((outcome, message))),
+            record: false,
+            published: false,
+            reply: None,
+            progress: true,
+            more_buffered: false,
+        }
+    }
+}
+
+/// Reads `Publish` frames and hands each, its place decided, to `in_flight`.
+#[allow(clippy::too_many_arguments)]
+async fn read_publishes(
+    reader: &mut FrameReader,
+    conn: &Connection,
+    session: SessionId,
+    ctx: &Arc<SessionContext>,
+    share: &ConnectionShare,
+    session_state: &SessionState,
+    shutdown: &mut watch::Receiver<bool>,
+    room: &str,
+    log: &Arc<std::sync::Mutex<PublishLog>>,
+    in_flight: mpsc::Sender<InFlight>,
+) -> Read {
     // What the connection may do in the room, computed again when its
     // token is refreshed.
     let namespaces = &ctx.config.namespaces;
-    let (mut grant, mut generation) = share.access.grant(&room, namespaces);
+    let (mut grant, mut generation) = share.access.grant(room, namespaces);
     // A resumed session's earlier publishes are learned from storage before
     // its first publish is handled; not for a room it may not publish to
     // (that would open the room), until a refresh allows it.
     let mut restored = false;
-    let mut reported = 0;
     loop {
         let frame = tokio::select! {
             biased;
-            () = stopping(&mut shutdown) => return,
-            frame = next_publish_frame(&mut reader, &conn, &ctx.stats) => frame,
+            () = stopping(shutdown) => return Read::Ended,
+            frame = next_publish_frame(reader, conn, &ctx.stats) => frame,
         };
         let (id, event, payload, ack) = match frame {
             Some(Frame::Publish {
@@ -297,21 +386,22 @@ pub(crate) async fn read_publish_stream(
                 ack,
             }) => (id, event, payload, ack),
             Some(other) => {
-                return Closing::violation(format!(
+                Closing::violation(format!(
                     "{} is not allowed on a publish stream",
                     other.name()
                 ))
-                .apply(&conn, &ctx.stats)
+                .apply(conn, &ctx.stats);
+                return Read::GivenUp;
             }
-            None => return,
+            None => return Read::Ended,
         };
         if share.access.generation() != generation {
-            (grant, generation) = share.access.grant(&room, namespaces);
+            (grant, generation) = share.access.grant(room, namespaces);
         }
         if !restored && grant.allows(Action::Publish) {
-            if let Err(closing) = restore_log(&ctx, &room, &session_state, &log).await {
-                closing.apply(&conn, &ctx.stats);
-                return;
+            if let Err(closing) = restore_log(ctx, room, session_state, log).await {
+                closing.apply(conn, &ctx.stats);
+                return Read::GivenUp;
             }
             restored = true;
         }
@@ -320,7 +410,7 @@ pub(crate) async fn read_publish_stream(
         let seen = if id == 0 {
             Seen::New
         } else {
-            lock(&log).claim(id)
+            lock(log).claim(id)
         };
         // Refusals are recorded like outcomes, so a retry is answered the
         // same and nothing after it is published out of order.
@@ -332,77 +422,105 @@ pub(crate) async fn read_publish_stream(
             }
             Seen::New if payload.len() > grant.max_payload => {
                 ctx.stats.refused(Refusal::PayloadTooLarge);
-                let message = payload_message(&room, payload.len(), grant.max_payload);
+                let message = payload_message(room, payload.len(), grant.max_payload);
                 Some((ErrorCode::TooLarge, Some(message)))
             }
             Seen::New => None,
         };
-        let (outcome, message) = match (seen, refused) {
-            (Seen::New, Some((code, message))) => {
-                if id != 0 {
-                    lock(&log).record(id, Err(code));
-                }
-                (Err(code), message)
-            }
+        let mut next = match (seen, refused) {
+            (Seen::New, Some((code, message))) => InFlight {
+                record: true,
+                ..InFlight::settled(id, ack, Err(code), message)
+            },
             (Seen::New, None) => match share.check_publish(&ctx.stats) {
                 Verdict::Allow => {
                     let publisher = Publisher {
                         session: session_state.key(),
                         id,
                     };
-                    let (outcome, message) =
-                        publish(&ctx, session, &room, publisher, event, payload).await;
-                    if outcome == Err(ErrorCode::ShuttingDown) {
-                        // Not handled: the server is stopping. Nothing after it
-                        // on this stream may be published either (order), so the
-                        // stream ends unanswered and the client sends it again,
-                        // in order, to the server it reconnects to. (A storage
-                        // failure, `Unavailable`, is a refusal like any other:
-                        // answered and recorded.)
-                        lock(&log).abandon(id);
-                        return;
+                    InFlight {
+                        outcome: publish(ctx, session, room, publisher, event, payload).await,
+                        record: true,
+                        published: true,
+                        ..InFlight::settled(id, ack, Ok(0), None)
                     }
-                    if id != 0 {
-                        let forgotten = lock(&log).record(id, outcome);
-                        ctx.stats.limit_hits(Limit::PublishLog, forgotten as u64);
-                    }
-                    (outcome, message)
                 }
                 Verdict::Refuse { .. } => {
                     // Refused, and recorded as refused, so that a retry is
                     // answered the same and never published out of order.
                     let (reply, _) = over_rate("publish", &ctx.config.limits.publish_rate, ack);
-                    if id != 0 {
-                        lock(&log).record(id, Err(ErrorCode::RateLimited));
+                    InFlight {
+                        record: true,
+                        reply: Some(reply),
+                        progress: false,
+                        ..InFlight::settled(id, ack, Err(ErrorCode::RateLimited), None)
                     }
-                    if !control.send(reply) {
-                        return;
-                    }
-                    continue;
                 }
                 Verdict::Close => {
-                    lock(&log).abandon(id);
+                    lock(log).abandon(id);
                     let (_, closing) = over_rate("publish", &ctx.config.limits.publish_rate, ack);
-                    return closing.apply(&conn, &ctx.stats);
+                    closing.apply(conn, &ctx.stats);
+                    return Read::GivenUp;
                 }
             },
             (Seen::Duplicate(outcome), _) => {
                 ctx.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
-                (outcome.unwrap_or(Err(ErrorCode::Duplicate)), None)
+                InFlight::settled(id, ack, outcome.unwrap_or(Err(ErrorCode::Duplicate)), None)
             }
         };
-        let reply = match outcome {
-            Ok(offset) => ack.map(|request| wire::encode_framed(&Frame::Ack { request, offset })),
+        next.more_buffered = reader.has_buffered_frame();
+        if in_flight.send(next).await.is_err() {
+            return Read::GivenUp;
+        }
+    }
+}
+
+/// Awaits the outcome of each publish in the order they were read,
+/// records it, answers it, and reports the stream's progress once nothing
+/// more is waiting. Returns when the reader is done and all is answered,
+/// or at once when the connection cannot be answered any more or the
+/// server is stopping.
+async fn answer_in_order(
+    mut answers: mpsc::Receiver<InFlight>,
+    log: Arc<std::sync::Mutex<PublishLog>>,
+    control: &Control,
+    stats: &ServerStats,
+    room: &str,
+) {
+    let mut reported = 0;
+    while let Some(next) = answers.recv().await {
+        let (outcome, message) = next.outcome.await;
+        let id = next.id;
+        if next.published && outcome == Err(ErrorCode::ShuttingDown) {
+            // Not handled: the server is stopping. Nothing after it on
+            // this stream may be published either (order), so the stream
+            // ends unanswered and the client sends it again, in order, to
+            // the server it reconnects to. (A storage failure,
+            // `Unavailable`, is a refusal like any other: answered and
+            // recorded.)
+            lock(&log).abandon(id);
+            return;
+        }
+        if next.record && id != 0 {
+            let forgotten = lock(&log).record(id, outcome);
+            if next.published {
+                stats.limit_hits(Limit::PublishLog, forgotten as u64);
+            }
+        }
+        let reply = next.reply.or_else(|| match outcome {
+            Ok(offset) => next
+                .ack
+                .map(|request| wire::encode_framed(&Frame::Ack { request, offset })),
             Err(ErrorCode::Forbidden) => Some(wire::encode_framed(&Frame::Forbidden {
-                request: ack,
-                room: room.clone(),
+                request: next.ack,
+                room: room.to_string(),
                 action: Action::Publish,
             })),
             Err(code) => {
                 let message = message.unwrap_or_else(|| format!("publish {id}: {code}"));
-                Some(error_frame(ack, code, message))
+                Some(error_frame(next.ack, code, message))
             }
-        };
+        });
         if let Some(reply) = reply {
             if !control.send(reply) {
                 return;
@@ -411,10 +529,10 @@ pub(crate) async fn read_publish_stream(
         // Once no further frame is buffered, tell the client how far this
         // stream has been handled, so it can drop those from its outbox.
         let through = lock(&log).through();
-        if through > reported && !reader.has_buffered_frame() {
+        if next.progress && through > reported && !next.more_buffered && answers.is_empty() {
             reported = through;
             let progress = wire::encode_framed(&Frame::Progress {
-                room: room.clone(),
+                room: room.to_string(),
                 through,
             });
             if !control.send(progress) {
@@ -484,18 +602,20 @@ async fn restore_log(
     }
 }
 
-/// Publishes one reliable event: its offset, or why it was refused (with a
-/// message for the client).
+/// Publishes one reliable event: once its place in the room is fixed,
+/// the future of its offset, or of why it was refused (with a message for
+/// the client).
 async fn publish(
-    ctx: &SessionContext,
+    ctx: &Arc<SessionContext>,
     session: SessionId,
     room: &str,
     publisher: Publisher,
     event: String,
     payload: Bytes,
-) -> (Outcome, Option<String>) {
+) -> BoxFuture<'static, (Outcome, Option<String>)> {
+    let refused = |code, message| Box::pin(std::future::ready((Err(code), Some(message))));
     if let Err(message) = validate_name("event", &event) {
-        return (Err(ErrorCode::InvalidName), Some(message));
+        return refused(ErrorCode::InvalidName, message);
     }
     let event_len = wire::event_frame_len(event.len(), payload.len());
     if event_len > ctx.config.max_frame {
@@ -503,19 +623,22 @@ async fn publish(
             "event '{event}' would be a {event_len}-byte frame, over the limit of {} bytes",
             ctx.config.max_frame
         );
-        return (Err(ErrorCode::TooLarge), Some(message));
+        return refused(ErrorCode::TooLarge, message);
     }
     let size = (event.len() + payload.len()) as u64;
-    match ctx
+    let stored = ctx
         .backplane
-        .publish(room, session, publisher, event, payload)
-        .await
-    {
-        Ok(offset) => {
-            ctx.stats.events_published.fetch_add(1, Ordering::Relaxed);
-            ctx.stats.bytes_in.fetch_add(size, Ordering::Relaxed);
-            (Ok(offset), None)
+        .publish_ordered(room, session, publisher, event, payload)
+        .await;
+    let stats = ctx.stats.clone();
+    Box::pin(async move {
+        match stored.await {
+            Ok(offset) => {
+                stats.events_published.fetch_add(1, Ordering::Relaxed);
+                stats.bytes_in.fetch_add(size, Ordering::Relaxed);
+                (Ok(offset), None)
+            }
+            Err(e) => (Err(e.code()), Some(e.to_string())),
         }
-        Err(e) => (Err(e.code()), Some(e.to_string())),
-    }
+    })
 }

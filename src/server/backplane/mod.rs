@@ -45,6 +45,10 @@ impl std::fmt::Display for SessionId {
 /// A boxed future, so that [`Backplane`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The outcome of a publish whose place is fixed: its offset, or why it
+/// was not stored ([`Backplane::publish_ordered`]).
+pub type PublishOutcome = BoxFuture<'static, Result<u64, BackplaneError>>;
+
 /// Why a backplane operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackplaneError {
@@ -146,6 +150,27 @@ pub trait Backplane: Send + Sync + 'static {
         event: String,
         payload: Bytes,
     ) -> BoxFuture<'_, Result<u64, BackplaneError>>;
+    /// [`Backplane::publish`] in two steps, so that one publisher can have
+    /// several events in flight: the returned future resolves once the
+    /// event's place in the room is fixed (an event published after that
+    /// comes after it), to a second future that resolves to the outcome.
+    /// The default does it all in the first step.
+    // The first step yields the second on purpose.
+    #[allow(clippy::async_yields_async)]
+    fn publish_ordered(
+        &self,
+        room: &str,
+        from: SessionId,
+        publisher: Publisher,
+        event: String,
+        payload: Bytes,
+    ) -> BoxFuture<'_, PublishOutcome> {
+        let published = self.publish(room, from, publisher, event, payload);
+        Box::pin(async move {
+            let outcome = published.await;
+            Box::pin(std::future::ready(outcome)) as PublishOutcome
+        })
+    }
     /// [`Backplane::publish`] done at once, for the datagram copy of a
     /// publish (which must not wait); `None` when this backplane cannot
     /// publish without waiting (the stream frame then publishes the event).

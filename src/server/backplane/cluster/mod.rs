@@ -58,7 +58,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Backplane, BackplaneError, BoxFuture, Publisher, RoomSubscriber, SessionId, Subscribed,
+    Backplane, BackplaneError, BoxFuture, PublishOutcome, Publisher, RoomSubscriber, SessionId,
+    Subscribed,
 };
 use crate::server::history::Replay;
 use crate::sync::lock;
@@ -527,6 +528,52 @@ impl Backplane for ClusterBackplane {
                     tracing::warn!(room, "publish not stored: {e}");
                     BackplaneError::Unavailable(e.to_string())
                 })
+        })
+    }
+
+    // The first step yields the second on purpose.
+    #[allow(clippy::async_yields_async)]
+    fn publish_ordered(
+        &self,
+        room: &str,
+        from: SessionId,
+        publisher: Publisher,
+        event: String,
+        payload: Bytes,
+    ) -> BoxFuture<'_, PublishOutcome> {
+        let room = room.to_string();
+        Box::pin(async move {
+            let failed = |e: ClusterError, counters: &ClusterCounters, room: &str| {
+                counters.publish_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(room, "publish not stored: {e}");
+                BackplaneError::Unavailable(e.to_string())
+            };
+            let refused =
+                |e: BackplaneError| Box::pin(std::future::ready(Err(e))) as PublishOutcome;
+            if self.closed.load(Ordering::SeqCst) {
+                return refused(BackplaneError::ShuttingDown);
+            }
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                return refused(failed(ClusterError::Disconnected, &self.counters, &room));
+            }
+            let ack = match self
+                .store
+                .send(&room, from, publisher, event, payload)
+                .await
+            {
+                Ok(ack) => ack,
+                Err(e) => return refused(failed(e, &self.counters, &room)),
+            };
+            let counters = self.counters.clone();
+            Box::pin(async move {
+                ack.await.map(|ack| ack.sequence).map_err(|e| {
+                    let e = ClusterError::JetStream {
+                        what: "storing an event",
+                        source: e.into(),
+                    };
+                    failed(e, &counters, &room)
+                })
+            }) as PublishOutcome
         })
     }
 

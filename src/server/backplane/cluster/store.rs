@@ -231,6 +231,24 @@ impl ClusterStore {
         event: String,
         payload: Bytes,
     ) -> Result<u64, ClusterError> {
+        self.send(room, from, publisher, event, payload)
+            .await?
+            .await
+            .map(|ack| ack.sequence)
+            .map_err(|e| ClusterError::js("storing an event")(e.into()))
+    }
+
+    /// Sends one event to the stream: once this returns, it is ordered
+    /// before anything this node sends later; the returned future
+    /// resolves when JetStream has stored it.
+    pub async fn send(
+        &self,
+        room: &str,
+        from: SessionId,
+        publisher: Publisher,
+        event: String,
+        payload: Bytes,
+    ) -> Result<jetstream::context::PublishAckFuture, ClusterError> {
         let mut headers = HeaderMap::new();
         headers.insert(FROM, format!("{:x}.{}", from.node, from.connection));
         if publisher.session != 0 {
@@ -244,14 +262,10 @@ impl ClusterStore {
         }
         let body = postcard::to_stdvec(&Body { event, payload })
             .map_err(|e| ClusterError::Malformed(format!("cannot encode an event: {e}")))?;
-        let ack = self
-            .js
+        self.js
             .publish_with_headers(self.subjects.events(room), headers, body.into())
             .await
-            .map_err(|e| ClusterError::js("publishing an event")(e.into()))?
-            .await
-            .map_err(|e| ClusterError::js("storing an event")(e.into()))?;
-        Ok(ack.sequence)
+            .map_err(|e| ClusterError::js("publishing an event")(e.into()))
     }
 
     /// The stream's newest sequence (0 if it never held an event): a
