@@ -244,7 +244,10 @@ async fn next_publish_frame(
 /// Reads one client publish stream: a `PublishStream` header, then `Publish`
 /// frames, until the stream ends or the server starts shutting down. Shutdown
 /// is noticed only between frames, so an event that was accepted always gets
-/// its ack queued.
+/// its ack queued. Publishes are pipelined: each is handed to the backplane
+/// in order as it is read, and its outcome is awaited, recorded in the
+/// publish log and answered in that same order while later frames are read
+/// (`answer_in_order`).
 pub(crate) async fn read_publish_stream(
     mut reader: FrameReader,
     conn: Connection,
