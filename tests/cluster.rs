@@ -215,6 +215,21 @@ async fn publish_steadily(
     sent
 }
 
+/// Every publish that failed was refused as `Unavailable` (NATS away).
+fn assert_only_unavailable(errors: &std::sync::Mutex<Vec<ClientError>>) {
+    let failures = std::mem::take(&mut *errors.lock().unwrap());
+    assert!(
+        failures.iter().all(|e| matches!(
+            e,
+            ClientError::Rejected {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        )),
+        "{failures:?}"
+    );
+}
+
 /// Each room's events, in the order received.
 fn by_room(events: &[Sent]) -> HashMap<String, Vec<Sent>> {
     let mut rooms: HashMap<String, Vec<Sent>> = HashMap::new();
@@ -435,17 +450,7 @@ async fn while_nats_is_down_publishes_are_unavailable_and_nothing_acknowledged_i
     .await;
     assert!(restarted);
     assert_eq!(sent.len(), total);
-    let failures = std::mem::take(&mut *errors.lock().unwrap());
-    assert!(
-        failures.iter().all(|e| matches!(
-            e,
-            ClientError::Rejected {
-                code: ErrorCode::Unavailable,
-                ..
-            }
-        )),
-        "{failures:?}"
-    );
+    assert_only_unavailable(&errors);
     // Every acknowledged event arrives, in order, once; a probe refused
     // by the node was never stored.
     within("the rest of the events", async {
@@ -512,17 +517,7 @@ async fn a_nats_cluster_losing_a_server_loses_nothing_acknowledged() {
     .await;
     assert_eq!(by_room(&received), by_room(&sent));
     assert!(sent.windows(2).all(|w| w[0].2 < w[1].2), "{sent:?}");
-    let failures = std::mem::take(&mut *errors.lock().unwrap());
-    assert!(
-        failures.iter().all(|e| matches!(
-            e,
-            ClientError::Rejected {
-                code: ErrorCode::Unavailable,
-                ..
-            }
-        )),
-        "{failures:?}"
-    );
+    assert_only_unavailable(&errors);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

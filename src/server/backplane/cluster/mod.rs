@@ -505,30 +505,9 @@ impl Backplane for ClusterBackplane {
         event: String,
         payload: Bytes,
     ) -> BoxFuture<'_, Result<u64, BackplaneError>> {
-        let room = room.to_string();
-        Box::pin(async move {
-            if self.closed.load(Ordering::SeqCst) {
-                return Err(BackplaneError::ShuttingDown);
-            }
-            if self.client.connection_state() != async_nats::connection::State::Connected {
-                self.counters
-                    .publish_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(BackplaneError::Unavailable(
-                    ClusterError::Disconnected.to_string(),
-                ));
-            }
-            self.store
-                .publish(&room, from, publisher, event, payload)
-                .await
-                .map_err(|e| {
-                    self.counters
-                        .publish_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(room, "publish not stored: {e}");
-                    BackplaneError::Unavailable(e.to_string())
-                })
-        })
+        // Both steps of `publish_ordered`, one after the other.
+        let ordered = self.publish_ordered(room, from, publisher, event, payload);
+        Box::pin(async move { ordered.await.await })
     }
 
     // The first step yields the second on purpose.

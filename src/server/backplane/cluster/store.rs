@@ -220,27 +220,11 @@ impl ClusterStore {
         &self.subjects
     }
 
-    /// Stores one event and returns its sequence. A publish with the same
-    /// publisher (session and id) within the duplicate window returns the
-    /// first one's sequence and stores nothing.
-    pub async fn publish(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
-    ) -> Result<u64, ClusterError> {
-        self.send(room, from, publisher, event, payload)
-            .await?
-            .await
-            .map(|ack| ack.sequence)
-            .map_err(|e| ClusterError::js("storing an event")(e.into()))
-    }
-
     /// Sends one event to the stream: once this returns, it is ordered
     /// before anything this node sends later; the returned future
-    /// resolves when JetStream has stored it.
+    /// resolves when JetStream has stored it, with its sequence. A publish
+    /// with the same publisher (session and id) within the duplicate
+    /// window resolves to the first one's sequence and stores nothing.
     pub async fn send(
         &self,
         room: &str,
