@@ -6,8 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::{Connection, Reader};
 use bytes::Bytes;
-use quinn::Connection;
 use tokio::sync::{mpsc, watch};
 
 use super::access::{Access, Identity};
@@ -56,7 +56,7 @@ impl Closing {
             stats.limit_hit(Limit::HalfSentFrame);
         }
         tracing::debug!(code = self.code, reason = %self.reason, "closing connection");
-        conn.close(self.code.into(), self.reason.as_bytes());
+        conn.close(self.code, self.reason.as_bytes());
     }
 }
 
@@ -140,7 +140,7 @@ impl Control {
                     let reason =
                         format!("slow consumer: more than {CONTROL_QUEUE} control replies unread");
                     self.conn
-                        .close(close_code::SLOW_CONSUMER.into(), reason.as_bytes());
+                        .close(close_code::SLOW_CONSUMER, reason.as_bytes());
                 }
                 false
             }
@@ -193,7 +193,7 @@ impl ConnectionShare {
     }
 
     /// A reader of one of this connection's streams, under its limits.
-    pub fn reader(&self, stream: quinn::RecvStream, config: &ServerConfig) -> FrameReader {
+    pub fn reader(&self, stream: web_transport_quinn::RecvStream, config: &ServerConfig) -> Reader {
         let mut reader = FrameReader::new(stream, config.max_frame);
         reader.set_frame_timeout(config.limits.frame_timeout);
         reader.set_budget(self.frame_budget.clone());

@@ -3,8 +3,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::{Connection, Reader};
 use bytes::Bytes;
-use quinn::Connection;
 use tokio::sync::{mpsc, watch};
 
 use super::backplane::{BoxFuture, Publisher, SessionId};
@@ -18,7 +18,7 @@ use super::room_ids::{Named, RoomIds};
 use super::stats::{Limit, Refusal, ServerStats};
 use crate::auth::{namespace_of, Action};
 use crate::sync::lock;
-use crate::wire::{self, close_code, validate_name, ErrorCode, Frame, FrameReader};
+use crate::wire::{self, close_code, validate_name, ErrorCode, Frame};
 
 /// Decodes and publishes one client datagram.
 pub(crate) fn handle_datagram(
@@ -226,7 +226,7 @@ fn publish_copy(
 /// The next frame of a publish stream; `None` once the stream has ended or
 /// the connection has been closed for what was on it.
 async fn next_publish_frame(
-    reader: &mut FrameReader,
+    reader: &mut Reader,
     conn: &Connection,
     stats: &ServerStats,
 ) -> Option<Frame> {
@@ -249,7 +249,7 @@ async fn next_publish_frame(
 /// publish log and answered in that same order while later frames are read
 /// (`answer_in_order`).
 pub(crate) async fn read_publish_stream(
-    mut reader: FrameReader,
+    mut reader: Reader,
     conn: Connection,
     session: SessionId,
     ctx: Arc<SessionContext>,
@@ -356,7 +356,7 @@ impl InFlight {
 /// Reads `Publish` frames and hands each, its place decided, to `in_flight`.
 #[allow(clippy::too_many_arguments)]
 async fn read_publishes(
-    reader: &mut FrameReader,
+    reader: &mut Reader,
     conn: &Connection,
     session: SessionId,
     ctx: &Arc<SessionContext>,
@@ -548,12 +548,7 @@ async fn answer_in_order(
 /// A publish stream to a room beyond the session's maximum: every publish
 /// on it is answered `LimitReached` (none is published) until the client
 /// ends the stream.
-async fn refuse_stream(
-    mut reader: FrameReader,
-    ctx: &SessionContext,
-    control: &Control,
-    room: &str,
-) {
+async fn refuse_stream(mut reader: Reader, ctx: &SessionContext, control: &Control, room: &str) {
     ctx.stats.limit_hit(Limit::PublishStreams);
     let max = ctx.config.limits.publish_streams;
     let message =

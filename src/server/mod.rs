@@ -54,6 +54,14 @@ use crate::sync::lock;
 use crate::tls::{self, TlsError, TransportSettings};
 use crate::wire::{close_code, DEFAULT_MAX_FRAME};
 use context::SessionContext;
+
+/// A client's connection as the server sees it: native QUIC (ALPN
+/// `quicbus/1`, a raw session) or a browser's WebTransport session (ALPN
+/// `h3`). Both carry the same frames on the same kinds of streams and
+/// datagrams; only the session's framing underneath differs.
+pub(crate) type Connection = web_transport_quinn::Session;
+/// Frames read from one of a [`Connection`]'s streams.
+pub(crate) type Reader = crate::wire::FrameReader<web_transport_quinn::RecvStream>;
 use limits::{AddressTable, Admit};
 
 /// What a session's publish logs may hold, from the configuration.
@@ -505,7 +513,10 @@ impl Server {
                     .connections_accepted
                     .fetch_add(1, Ordering::Relaxed);
                 ctx.stats.active_sessions.fetch_add(1, Ordering::Relaxed);
-                session::run(conn, session, ctx.clone(), stop_rx).await;
+                match open_session(conn, handshake_timeout).await {
+                    Ok(conn) => session::run(conn, session, ctx.clone(), stop_rx).await,
+                    Err(e) => tracing::debug!("WebTransport session refused: {e}"),
+                }
                 lock(&ctx.addresses).disconnect(ip);
                 ctx.stats.active_sessions.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
@@ -552,6 +563,50 @@ impl Server {
             task,
         }
     }
+}
+
+/// The path of the WebTransport URL browsers open
+/// (`https://HOST:PORT/quicbus`); a session for any other path is answered
+/// 404.
+pub const WEB_PATH: &str = "/quicbus";
+
+/// The session a handshaken connection carries: a native one as it is; a
+/// browser's (ALPN `h3`) after its HTTP/3 settings and its WebTransport
+/// CONNECT for [`WEB_PATH`], within `timeout`.
+async fn open_session(conn: quinn::Connection, timeout: Duration) -> Result<Connection, String> {
+    if !is_webtransport(&conn) {
+        return Ok(web_transport_quinn::Session::raw(conn));
+    }
+    let accept = async {
+        let request = web_transport_quinn::Request::accept(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let path = request.url.path().to_string();
+        if path != WEB_PATH {
+            // Held until the browser has read the answer and closed (the
+            // caller's timeout bounds the wait): dropping the connection
+            // at once would cut the answer off.
+            let conn = request.conn().clone();
+            let _ = request
+                .reject(web_transport_quinn::http::StatusCode::NOT_FOUND)
+                .await;
+            conn.closed().await;
+            return Err(format!("a session for {path}, not {WEB_PATH}"));
+        }
+        request.ok().await.map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(timeout, accept)
+        .await
+        .map_err(|_| format!("no WebTransport CONNECT within {timeout:?}"))?
+}
+
+/// Whether the client chose HTTP/3 (a browser's WebTransport) in the TLS
+/// handshake rather than `quicbus/1`.
+fn is_webtransport(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+        .is_some_and(|alpn| alpn == web_transport_quinn::ALPN.as_bytes())
 }
 
 /// Refuses a connection because every slot is taken: after a handshake,

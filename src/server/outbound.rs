@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use quinn::{Connection, SendStream};
+use web_transport_quinn::SendStream;
+
+use super::Connection;
 use tokio::sync::{mpsc, Notify};
 
 use super::backplane::{EventCopy, RoomSubscriber, SessionId};
@@ -201,7 +203,7 @@ impl RoomSubscriber for SessionSubscriber {
             );
             tracing::warn!(session = %self.session, "{reason}");
             self.conn
-                .close(close_code::SLOW_CONSUMER.into(), reason.as_bytes());
+                .close(close_code::SLOW_CONSUMER, reason.as_bytes());
         }
     }
 
@@ -227,9 +229,10 @@ impl RoomSubscriber for SessionSubscriber {
         {
             return;
         }
-        let Some(target) = self.conn.max_datagram_size() else {
+        let target = self.conn.max_datagram_size();
+        if target == 0 {
             return;
-        };
+        }
         let frame = wire::encode_padded(target, |pad| Frame::EventCopy {
             room_id: self.room_id,
             previous: copy.previous,
@@ -271,7 +274,7 @@ pub(crate) async fn write_room_stream(
             // The client was told these events would come: it must not
             // carry on as if it had them. It reconnects and recovers.
             tracing::error!(room = %room, "replay failed: {reason}");
-            conn.close(close_code::STORAGE_UNAVAILABLE.into(), reason.as_bytes());
+            conn.close(close_code::STORAGE_UNAVAILABLE, reason.as_bytes());
             return;
         }
     }
@@ -372,7 +375,9 @@ pub(crate) async fn write_datagrams(
                     stats.bytes_out.fetch_add(len, Ordering::Relaxed);
                 }
                 // Too large for this client's path: dropped, like a full ring.
-                Err(quinn::SendDatagramError::TooLarge) => {
+                Err(web_transport_quinn::SessionError::SendDatagramError(
+                    quinn::SendDatagramError::TooLarge,
+                )) => {
                     stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(_) => return,

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quinn::{Connection, SendStream};
+use web_transport_quinn::SendStream;
+
+use super::{Connection, Reader};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Duration, Instant};
@@ -138,7 +140,7 @@ pub(crate) async fn run(
                 .apply(&conn, &ctx.stats);
                 break false;
             }
-            datagram = conn.read_datagram() => match datagram {
+            datagram = read_datagram(&conn) => match datagram {
                 Ok(bytes) => {
                     if let Err(closing) = handle_datagram(&bytes, session, &ctx, &share, &attached.state, &mut rooms.ids) {
                         closing.apply(&conn, &ctx.stats);
@@ -165,11 +167,7 @@ pub(crate) async fn run(
         }
         // Only a clean close by the client ends the session; after anything
         // else the client may come back and resume it.
-        let clean = matches!(
-            conn.close_reason(),
-            Some(quinn::ConnectionError::ApplicationClosed(ref c))
-                if c.error_code.into_inner() == u64::from(close_code::NORMAL)
-        );
+        let clean = closed_normally(&conn);
         ctx.sessions
             .detach(&attached, clean, std::time::Instant::now());
         return;
@@ -209,10 +207,42 @@ pub(crate) async fn run(
             ctx.backplane.unsubscribe(room, session);
         }
     }
-    conn.close(
-        close_code::SERVER_SHUTTING_DOWN.into(),
-        b"server shutting down",
-    );
+    conn.close(close_code::SERVER_SHUTTING_DOWN, b"server shutting down");
+}
+
+/// The next datagram's frame. A native connection's is read from quinn
+/// directly, as before WebTransport came: the session's reader builds a
+/// new owned future (a connection handle clone and an error mapping) on
+/// every turn of the session loop, and the native datagram relay measured
+/// slower with it (README, "WebTransport").
+async fn read_datagram(conn: &Connection) -> Result<Bytes, ()> {
+    if conn.request().is_none() {
+        let quic: &quinn::Connection = conn;
+        quic.read_datagram().await.map_err(drop)
+    } else {
+        conn.read_datagram().await.map_err(drop)
+    }
+}
+
+/// Whether the client closed the connection itself with `NORMAL`: a
+/// native client with that QUIC application code, a browser with that
+/// WebTransport session code.
+fn closed_normally(conn: &Connection) -> bool {
+    use web_transport_quinn::{SessionError, WebTransportError};
+    if conn.request().is_some() {
+        matches!(
+            conn.close_reason(),
+            Some(SessionError::WebTransportError(WebTransportError::Closed(code, _)))
+                if code == close_code::NORMAL
+        )
+    } else {
+        let quic: &quinn::Connection = conn;
+        matches!(
+            quic.close_reason(),
+            Some(quinn::ConnectionError::ApplicationClosed(ref c))
+                if c.error_code.into_inner() == u64::from(close_code::NORMAL)
+        )
+    }
 }
 
 /// Accepts the control stream, reads `Hello`, answers `Welcome` or `Reject`.
@@ -220,7 +250,7 @@ async fn handshake(
     conn: &Connection,
     session: SessionId,
     ctx: &SessionContext,
-) -> Result<(SendStream, FrameReader, Attached, bool, Identity), Ending> {
+) -> Result<(SendStream, Reader, Attached, bool, Identity), Ending> {
     let hello = async {
         let (send, recv) = conn.accept_bi().await.map_err(|_| Ending::Gone)?;
         // Nobody is known yet: a `Hello` gets a few KiB, not the full frame
@@ -291,7 +321,7 @@ async fn handshake(
         ctx.backplane.epoch(),
         move || {
             taken_over.close(
-                close_code::SESSION_RESUMED.into(),
+                close_code::SESSION_RESUMED,
                 b"session resumed on another connection",
             )
         },
@@ -303,7 +333,7 @@ async fn handshake(
     {
         ctx.stats.refused(Refusal::AnotherUser);
     }
-    let max_datagram_payload = conn.max_datagram_size().unwrap_or(0) as u32;
+    let max_datagram_payload = u32::try_from(conn.max_datagram_size()).unwrap_or(u32::MAX);
     let welcome = wire::encode_framed(&Frame::Welcome {
         session_id: session.connection,
         max_datagram_payload,

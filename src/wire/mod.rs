@@ -17,7 +17,7 @@ pub use codec::{
     decode, encode, encode_framed, encode_padded, encoded_len, event_frame_len, read_varint,
     varint_len, write_varint, DatagramTemplate, FrameDecoder, MAX_VARINT_LEN,
 };
-pub use stream::{FrameReader, ReadFrameError};
+pub use stream::{ChunkStream, FrameReader, ReadFrameError};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

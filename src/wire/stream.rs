@@ -1,9 +1,11 @@
-//! Reading frames from a QUIC receive stream.
+//! Reading frames from a QUIC receive stream: a native quinn stream, or
+//! a WebTransport one (the same QUIC stream behind its session header).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::RecvStream;
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -20,17 +22,59 @@ pub enum ReadFrameError {
     Wire(#[from] WireError),
     /// The stream or its connection failed.
     #[error("stream read failed: {0}")]
-    Read(#[from] quinn::ReadError),
+    Read(Box<dyn std::error::Error + Send + Sync>),
     /// A frame was begun and not completed within the frame timeout.
     #[error("a frame stayed half-sent for more than {0:?}")]
     Stalled(Duration),
 }
 
+impl From<quinn::ReadError> for ReadFrameError {
+    fn from(e: quinn::ReadError) -> Self {
+        ReadFrameError::Read(Box::new(e))
+    }
+}
+
+impl From<web_transport_quinn::ReadError> for ReadFrameError {
+    fn from(e: web_transport_quinn::ReadError) -> Self {
+        ReadFrameError::Read(Box::new(e))
+    }
+}
+
+/// A stream frames are read from.
+pub trait ChunkStream: Send {
+    /// The next bytes, in order, at most `max`; `None` at the end.
+    fn next_chunk(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Option<Bytes>, ReadFrameError>> + Send;
+    /// Asks the peer to stop sending.
+    fn stop_sending(&mut self, code: u32);
+}
+
+impl ChunkStream for quinn::RecvStream {
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadFrameError> {
+        Ok(self.read_chunk(max, true).await?.map(|c| c.bytes))
+    }
+    fn stop_sending(&mut self, code: u32) {
+        // The stream may already be finished or reset; nothing to do then.
+        let _ = self.stop(code.into());
+    }
+}
+
+impl ChunkStream for web_transport_quinn::RecvStream {
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadFrameError> {
+        Ok(self.read_chunk(max, true).await?.map(|c| c.bytes))
+    }
+    fn stop_sending(&mut self, code: u32) {
+        let _ = self.stop(code);
+    }
+}
+
 /// Cuts a receive stream into frames, with a size limit per frame and,
 /// optionally, a time limit for a begun frame and a byte budget shared by
 /// every reader of one connection.
-pub struct FrameReader {
-    stream: RecvStream,
+pub struct FrameReader<S: ChunkStream = quinn::RecvStream> {
+    stream: S,
     decoder: FrameDecoder,
     frame_timeout: Option<Duration>,
     /// When the frame now buffered in part began to arrive.
@@ -40,9 +84,9 @@ pub struct FrameReader {
     held: usize,
 }
 
-impl FrameReader {
+impl<S: ChunkStream> FrameReader<S> {
     /// Reads frames from `stream`, refusing any body over `max_frame` bytes.
-    pub fn new(stream: RecvStream, max_frame: usize) -> Self {
+    pub fn new(stream: S, max_frame: usize) -> Self {
         FrameReader {
             stream,
             decoder: FrameDecoder::new(max_frame),
@@ -83,9 +127,9 @@ impl FrameReader {
             let more = async {
                 // Read what is there without copying twice; then take the
                 // budget for it (the chunk is small next to the budget).
-                let chunk = self.stream.read_chunk(READ_CHUNK, true).await?;
+                let chunk = self.stream.next_chunk(READ_CHUNK).await?;
                 if let (Some(chunk), Some(budget)) = (&chunk, &self.budget) {
-                    let len = chunk.bytes.len();
+                    let len = chunk.len();
                     let permits = u32::try_from(len).unwrap_or(u32::MAX);
                     if let Ok(permit) = budget.acquire_many(permits).await {
                         permit.forget();
@@ -105,7 +149,7 @@ impl FrameReader {
             };
             match chunk {
                 Some(chunk) => {
-                    self.decoder.extend(&chunk.bytes);
+                    self.decoder.extend(&chunk);
                     if self.frame_began.is_none() {
                         self.frame_began = Some(Instant::now());
                     }
@@ -152,12 +196,11 @@ impl FrameReader {
 
     /// Asks the peer to stop sending on this stream.
     pub fn stop(&mut self, code: u32) {
-        // The stream may already be finished or reset; nothing to do then.
-        let _ = self.stream.stop(code.into());
+        self.stream.stop_sending(code);
     }
 }
 
-impl Drop for FrameReader {
+impl<S: ChunkStream> Drop for FrameReader<S> {
     fn drop(&mut self) {
         if let Some(budget) = &self.budget {
             budget.add_permits(self.held);
