@@ -6,6 +6,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -170,6 +173,59 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertErro
     file.write_all(contents.as_bytes()).map_err(io_err)
 }
 
+/// How long a browser certificate is valid. Browsers accept a certificate
+/// pinned by its hash (WebTransport's `serverCertificateHashes`) only if it
+/// is an ECDSA P-256 one valid for at most 14 days in all.
+pub const BROWSER_CERT_VALIDITY: Duration = Duration::from_secs(13 * 24 * 3600);
+
+/// A self-signed ECDSA P-256 certificate for browsers, which pin it by its
+/// SHA-256 hash instead of trusting a CA. Short-lived by the browsers'
+/// rule ([`BROWSER_CERT_VALIDITY`]): a server keeps replacing it.
+pub struct BrowserCert {
+    pub der: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    /// SHA-256 of `der`: what a page passes to `serverCertificateHashes`.
+    pub sha256: [u8; 32],
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// A new browser certificate for the development names ([`DEFAULT_SANS`])
+/// and `extra_sans`, valid from a minute before `now`, for
+/// [`BROWSER_CERT_VALIDITY`] in all.
+pub fn browser_cert(extra_sans: &[String], now: SystemTime) -> Result<BrowserCert, CertError> {
+    let mut sans: Vec<String> = DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
+    sans.extend(
+        extra_sans
+            .iter()
+            .filter(|s| !DEFAULT_SANS.contains(&s.as_str()))
+            .cloned(),
+    );
+    let mut params = CertificateParams::new(sans)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "quicbus browser certificate");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let not_before = now - Duration::from_secs(60);
+    let not_after = not_before + BROWSER_CERT_VALIDITY;
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = params.self_signed(&key)?;
+    let der = cert.der().clone();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(digest.as_ref());
+    Ok(BrowserCert {
+        der,
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        sha256,
+        not_before,
+        not_after,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +271,25 @@ mod tests {
     #[test]
     fn invalid_san_is_an_error() {
         assert!(generate(&["bücher.example".into()]).is_err());
+    }
+
+    #[test]
+    fn browser_certs_are_p256_short_lived_and_pinned_by_their_hash() {
+        let now = SystemTime::now();
+        let cert = browser_cert(&["example.test".into()], now).unwrap();
+        let lifetime = cert.not_after.duration_since(cert.not_before).unwrap();
+        assert!(
+            lifetime <= Duration::from_secs(14 * 24 * 3600),
+            "{lifetime:?}"
+        );
+        assert!(cert.not_before <= now && now < cert.not_after);
+        // The named curve P-256 (1.2.840.10045.3.1.7) in the public key.
+        let p256 = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        assert!(cert.der.windows(p256.len()).any(|w| w == p256));
+        let digest = ring::digest::digest(&ring::digest::SHA256, &cert.der);
+        assert_eq!(digest.as_ref(), &cert.sha256[..]);
+        // A fresh key each time.
+        let other = browser_cert(&[], now).unwrap();
+        assert_ne!(other.sha256, cert.sha256);
     }
 }

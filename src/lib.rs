@@ -50,9 +50,11 @@ mod copies;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod game;
+mod http;
 pub mod metrics;
 pub mod netsim;
 pub mod server;
 mod sync;
 pub mod tls;
+pub mod web;
 pub mod wire;

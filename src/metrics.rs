@@ -9,7 +9,6 @@
 //! Every [`Limit`] in [`Limit::ALL`] is a `kind` of
 //! `quicbus_limits_hit_total`, so a new defence shows up without an edit here.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,11 +16,8 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::header;
+use hyper::{Request, Response, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text as openmetrics_text;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric};
@@ -30,9 +26,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
+use crate::http::{self, plain};
 use crate::server::backplane::cluster::ClusterBackplane;
 use crate::server::{Limit, Refusal, ServerStats, StatsSnapshot};
 
@@ -112,7 +108,15 @@ pub async fn serve_node(
     let bind_error = |source| MetricsError::Bind { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
-    let task = tokio::spawn(accept_loop(listener, Arc::new(registry(stats, cluster))));
+    let registry = registry(stats, cluster);
+    let handler: Arc<http::Handler> = Arc::new(move |req| respond(req, &registry));
+    let task = tokio::spawn(http::accept_loop(
+        listener,
+        "metrics",
+        MAX_CONNECTIONS,
+        HEADER_TIMEOUT,
+        handler,
+    ));
     Ok(MetricsServer { local_addr, task })
 }
 
@@ -208,47 +212,6 @@ impl Collector for ClusterCollector {
     }
 }
 
-async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    // Owned here, so stopping this task (drop of MetricsServer) ends them.
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors, say: retrying at once would spin.
-                        tracing::warn!("metrics: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::debug!("metrics: {MAX_CONNECTIONS} connections open, closing a new one");
-                    continue;
-                };
-                let registry = registry.clone();
-                let service = service_fn(move |req| {
-                    let registry = registry.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &registry)) }
-                });
-                let connection = http.serve_connection(TokioIo::new(stream), service);
-                connections.spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!("metrics: connection ended: {e}");
-                    }
-                    drop(slot);
-                });
-            }
-            Some(_) = connections.join_next() => {}
-        }
-    }
-}
-
 /// The answer to one request.
 fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
     if req.uri().path() != PATH {
@@ -257,12 +220,8 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
             "not found: metrics are at GET /metrics\n",
         );
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
+    if let Some(refusal) = http::only_get(req) {
+        return refusal;
     }
     let mut body = String::new();
     let (encoded, content_type) = if wants_openmetrics(req) {
@@ -279,11 +238,7 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
     if encoded.is_err() {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n");
     }
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
+    http::body(content_type, Bytes::from(body))
 }
 
 /// Prometheus asks for OpenMetrics first in its `Accept`; curl asks for
@@ -294,16 +249,6 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"))
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 /// Turns the server's atomics into metric families at scrape time.

@@ -4,11 +4,13 @@
 //! requires it) and the ALPN `quicbus/1`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use crate::wire::ALPN;
 
@@ -27,6 +29,9 @@ pub enum TlsError {
     /// The rustls configuration is not usable for QUIC.
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
+    /// The browser certificate could not be made.
+    #[error(transparent)]
+    Cert(#[from] crate::certs::CertError),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -139,16 +144,128 @@ impl TransportSettings {
     }
 }
 
-/// A quinn server configuration for the given certificate chain and key.
+/// Browsers' certificates are replaced when less than this is left of
+/// their validity, so a page never pins one about to expire.
+pub const BROWSER_CERT_RENEW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The certificate a server shows browsers (WebTransport, ALPN `h3`) when
+/// it runs on development certificates: self-signed, pinned by its hash,
+/// and replaced before it expires (`renew_if_due`).
+pub struct BrowserCerts {
+    sans: Vec<String>,
+    current: RwLock<Arc<BrowserKey>>,
+}
+
+struct BrowserKey {
+    key: Arc<CertifiedKey>,
+    sha256: [u8; 32],
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for BrowserCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current();
+        f.debug_struct("BrowserCerts")
+            .field("sha256", &current.sha256)
+            .field("not_after", &current.not_after)
+            .finish()
+    }
+}
+
+impl BrowserCerts {
+    /// A first certificate for the development names and `extra_sans`.
+    pub fn new(extra_sans: &[String]) -> Result<Arc<Self>, TlsError> {
+        let current = RwLock::new(Arc::new(browser_key(extra_sans, SystemTime::now())?));
+        Ok(Arc::new(BrowserCerts {
+            sans: extra_sans.to_vec(),
+            current,
+        }))
+    }
+
+    fn current(&self) -> Arc<BrowserKey> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// SHA-256 of the certificate browsers are shown now.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.current().sha256
+    }
+
+    /// When the certificate browsers are shown now expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.current().not_after
+    }
+
+    /// Replaces the certificate if less than [`BROWSER_CERT_RENEW`] of it
+    /// is left at `now`; returns whether it did. Connections already made
+    /// keep theirs; new ones get the new one.
+    pub fn renew_if_due(&self, now: SystemTime) -> Result<bool, TlsError> {
+        if self.current().not_after > now + BROWSER_CERT_RENEW {
+            return Ok(false);
+        }
+        let next = Arc::new(browser_key(&self.sans, now)?);
+        match self.current.write() {
+            Ok(mut current) => *current = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(true)
+    }
+}
+
+fn browser_key(extra_sans: &[String], now: SystemTime) -> Result<BrowserKey, TlsError> {
+    let cert = crate::certs::browser_cert(extra_sans, now)?;
+    let signing = provider().key_provider.load_private_key(cert.key)?;
+    Ok(BrowserKey {
+        key: Arc::new(CertifiedKey::new(vec![cert.der], signing)),
+        sha256: cert.sha256,
+        not_after: cert.not_after,
+    })
+}
+
+/// Picks a connection's certificate: browsers (ALPN `h3`) get the browser
+/// certificate when the server has one; everyone else the server's chain.
+#[derive(Debug)]
+struct CertResolver {
+    chain: Arc<CertifiedKey>,
+    browsers: Option<Arc<BrowserCerts>>,
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let h3 = web_transport_quinn::ALPN.as_bytes();
+        match &self.browsers {
+            Some(browsers) if hello.alpn().is_some_and(|mut alpn| alpn.any(|p| p == h3)) => {
+                Some(browsers.current().key.clone())
+            }
+            _ => Some(self.chain.clone()),
+        }
+    }
+}
+
+/// A quinn server configuration for the given certificate chain and key,
+/// and, if given, a browser certificate shown to WebTransport clients.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    browsers: Option<Arc<BrowserCerts>>,
     transport: &TransportSettings,
 ) -> Result<quinn::ServerConfig, TlsError> {
+    let signing = provider().key_provider.load_private_key(key)?;
+    let chain = Arc::new(CertifiedKey::new(chain, signing));
+    // What `with_single_cert` checks: the key belongs to the certificate
+    // (when the key can tell its public half).
+    match chain.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let resolver = Arc::new(CertResolver { chain, browsers });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(resolver);
     // Native clients, and browsers' WebTransport (HTTP/3) on the same port.
     tls.alpn_protocols = vec![ALPN.to_vec(), web_transport_quinn::ALPN.as_bytes().to_vec()];
     tls.max_early_data_size = 0;

@@ -31,6 +31,7 @@ impl ScriptedServer {
         let config = tls::server_config(
             tls::parse_certs(&certs.server_pem).unwrap(),
             tls::parse_key(&certs.server_key_pem).unwrap(),
+            None,
             &ServerConfig::default().transport,
         )
         .unwrap();

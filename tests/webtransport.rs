@@ -29,16 +29,30 @@ fn url(server: &TestServer, path: &str) -> url::Url {
     url::Url::parse(&format!("https://127.0.0.1:{port}{path}")).unwrap()
 }
 
-/// Opens a WebTransport session to `path`, pinning the server's
-/// certificate by its SHA-256 hash as a browser's
-/// `serverCertificateHashes` does.
+/// Opens a WebTransport session to `url`, pinning the certificate with
+/// SHA-256 `hash` as a browser's `serverCertificateHashes` does (which
+/// also accepts only short-lived ECDSA certificates: the browser test in
+/// web/ checks that part).
+async fn open_pinned(
+    url: url::Url,
+    hash: [u8; 32],
+) -> Result<Session, web_transport_quinn::ClientError> {
+    let client = ClientBuilder::new()
+        .with_server_certificate_hashes(vec![hash.to_vec()])
+        .unwrap();
+    client.connect(url).await
+}
+
+/// [`open_pinned`] with the server's current browser certificate.
 async fn open(
     server: &TestServer,
     path: &str,
 ) -> Result<Session, web_transport_quinn::ClientError> {
-    let leaf = quicbus::tls::parse_certs(&server.certs.server_pem).unwrap();
-    let client = ClientBuilder::new().with_server_certificates(leaf).unwrap();
-    client.connect(url(server, path)).await
+    let certs = server
+        .handle
+        .browser_certs()
+        .expect("a browser certificate");
+    open_pinned(url(server, path), certs.sha256()).await
 }
 
 impl WebPeer {
@@ -46,6 +60,11 @@ impl WebPeer {
         let session = within("WebTransport session", open(server, "/quicbus"))
             .await
             .expect("WebTransport session");
+        WebPeer::on(session).await
+    }
+
+    /// Says `Hello` on a new session and waits for `Welcome`.
+    async fn on(session: Session) -> WebPeer {
         let (mut control_send, recv) = session.open_bi().await.unwrap();
         let hello = Frame::Hello {
             version: PROTOCOL_VERSION,
@@ -318,4 +337,106 @@ async fn a_session_for_another_path_is_refused_and_others_carry_on() {
             payload: Bytes::from_static(b"still here"),
         }
     );
+}
+
+/// What `GET /cert-hash` answers.
+#[derive(serde::Deserialize)]
+struct CertHash {
+    url: String,
+    hashes: Vec<String>,
+    expires: Option<u64>,
+}
+
+async fn cert_hash(web: &quicbus::web::WebServer) -> CertHash {
+    let answer = common::metrics::get(web.local_addr(), "/cert-hash", None).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.content_type, "application/json");
+    serde_json::from_str(&answer.body).unwrap()
+}
+
+fn sha256_of(hash: &CertHash) -> [u8; 32] {
+    use base64::Engine;
+    assert_eq!(hash.hashes.len(), 1, "one certificate at a time");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&hash.hashes[0])
+        .unwrap();
+    bytes.try_into().unwrap()
+}
+
+#[tokio::test]
+async fn a_page_finds_the_session_and_its_certificate_over_http() {
+    let server = common::start().await;
+    let certs = server.handle.browser_certs().unwrap();
+    let config = quicbus::web::WebConfig {
+        quic_port: server.handle.local_addr().port(),
+        browsers: Some(certs.clone()),
+    };
+    let web = quicbus::web::serve("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let answer = cert_hash(&web).await;
+    let port = server.handle.local_addr().port();
+    assert_eq!(answer.url, format!("https://127.0.0.1:{port}/quicbus"));
+    assert_eq!(sha256_of(&answer), certs.sha256());
+    let expires = answer.expires.expect("an expiry");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        expires > now && expires <= now + 14 * 24 * 3600,
+        "{expires}"
+    );
+
+    // Exactly what a page does: the URL and the pinned hash from the answer.
+    let session = within(
+        "a session from /cert-hash",
+        open_pinned(url::Url::parse(&answer.url).unwrap(), sha256_of(&answer)),
+    )
+    .await
+    .expect("the pinned certificate is the one shown");
+    let mut web_peer = WebPeer::on(session).await;
+    web_peer.join("chat").await;
+
+    // Native clients still verify the chain of the development CA.
+    let (native, _events) = server.client().await;
+    native.join("chat").await.unwrap();
+
+    // The certificate is renewed before it expires: new sessions get the
+    // new one (the old hash no longer opens one), the answer changes with
+    // it, and sessions already open carry on.
+    let soon = std::time::SystemTime::now() + std::time::Duration::from_secs(7 * 24 * 3600);
+    assert!(certs.renew_if_due(soon).unwrap());
+    let renewed = cert_hash(&web).await;
+    assert_ne!(sha256_of(&renewed), sha256_of(&answer));
+    assert_eq!(sha256_of(&renewed), certs.sha256());
+    let stale = within(
+        "a session pinning the old hash",
+        open_pinned(url(&server, "/quicbus"), sha256_of(&answer)),
+    )
+    .await;
+    assert!(stale.is_err(), "the old certificate is no longer shown");
+    let fresh = within(
+        "a session pinning the new hash",
+        open_pinned(url(&server, "/quicbus"), sha256_of(&renewed)),
+    )
+    .await
+    .expect("the new certificate is shown");
+    WebPeer::on(fresh).await;
+    let at = native
+        .emit_with_ack("chat", "say", "after renewal")
+        .await
+        .unwrap();
+    let (room, mut reader) = web_peer.event_stream().await;
+    assert_eq!(room, "chat");
+    assert_eq!(
+        next_stream_frame(&mut reader, "an event on the older session").await,
+        Frame::Event {
+            offset: at,
+            event: "say".into(),
+            payload: Bytes::from_static(b"after renewal"),
+        }
+    );
+    // Not yet due: nothing changes.
+    assert!(!certs.renew_if_due(std::time::SystemTime::now()).unwrap());
 }

@@ -27,6 +27,12 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics over HTTP on this TCP address (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Serve browsers over HTTP on this TCP address: the JavaScript client
+    /// and where to open the WebTransport session, with the browser
+    /// certificate's hash (GET /cert-hash). Browsers use the same UDP port
+    /// as native clients.
+    #[arg(long, value_name = "ADDR")]
+    web: Option<SocketAddr>,
     /// Directory of the development certificates (created on first run).
     #[arg(long, default_value = "certs")]
     certs: PathBuf,
@@ -308,7 +314,10 @@ async fn run_server(args: ServeArgs) -> CliResult {
                     paths.ca.display()
                 );
             }
+            // Browsers cannot be told to trust the development CA: they
+            // pin a short-lived certificate by its hash (`--web` serves it).
             ServerIdentity::from_pem_files(&paths.server, &paths.server_key)?
+                .with_browser_cert(&[])?
         }
     };
     let token = shared_token(&args)?;
@@ -401,6 +410,18 @@ async fn run_server(args: ServeArgs) -> CliResult {
             let metrics = quicbus::metrics::serve_node(addr, stats.clone(), cluster).await?;
             eprintln!("quicbus metrics on {}", metrics.url());
             Some(metrics)
+        }
+        None => None,
+    };
+    let _web = match args.web {
+        Some(addr) => {
+            let config = quicbus::web::WebConfig {
+                quic_port: server.local_addr().port(),
+                browsers: server.browser_certs(),
+            };
+            let web = quicbus::web::serve(addr, config).await?;
+            eprintln!("quicbus web pages on {}", web.url());
+            Some(web)
         }
         None => None,
     };

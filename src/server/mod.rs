@@ -230,6 +230,7 @@ pub enum Storage {
 pub struct ServerIdentity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    browsers: Option<Arc<tls::BrowserCerts>>,
 }
 
 impl ServerIdentity {
@@ -238,15 +239,28 @@ impl ServerIdentity {
         Ok(ServerIdentity {
             chain: tls::load_certs(cert)?,
             key: tls::load_key(key)?,
+            browsers: None,
         })
     }
 
-    /// Uses freshly generated development certificates held in memory.
+    /// Uses freshly generated development certificates held in memory,
+    /// with a browser certificate beside them ([`Self::with_browser_cert`]).
     pub fn from_dev_certs(certs: &DevCerts) -> Result<Self, TlsError> {
-        Ok(ServerIdentity {
+        ServerIdentity {
             chain: tls::parse_certs(&certs.server_pem)?,
             key: tls::parse_key(&certs.server_key_pem)?,
-        })
+            browsers: None,
+        }
+        .with_browser_cert(&[])
+    }
+
+    /// Shows browsers (WebTransport) a short-lived self-signed certificate
+    /// they pin by its hash, renewed before it expires, instead of the
+    /// chain: for development certificates, which browsers cannot be told
+    /// to trust. Names: the development ones and `extra_sans`.
+    pub fn with_browser_cert(mut self, extra_sans: &[String]) -> Result<Self, TlsError> {
+        self.browsers = Some(tls::BrowserCerts::new(extra_sans)?);
+        Ok(self)
     }
 }
 
@@ -271,6 +285,7 @@ pub enum ServerError {
 pub struct Server {
     endpoint: quinn::Endpoint,
     ctx: Arc<SessionContext>,
+    browsers: Option<Arc<tls::BrowserCerts>>,
 }
 
 impl Server {
@@ -351,7 +366,13 @@ impl Server {
         backplane: Arc<dyn Backplane>,
         sessions: resume::SessionStore,
     ) -> Result<Self, ServerError> {
-        let quic = tls::server_config(identity.chain, identity.key, &config.transport)?;
+        let browsers = identity.browsers;
+        let quic = tls::server_config(
+            identity.chain,
+            identity.key,
+            browsers.clone(),
+            &config.transport,
+        )?;
         let bind_error = |source| ServerError::Bind {
             addr: config.listen,
             source,
@@ -382,6 +403,7 @@ impl Server {
                 config: Arc::new(config),
                 stats: Arc::new(ServerStats::default()),
             }),
+            browsers,
         })
     }
 
@@ -393,6 +415,12 @@ impl Server {
     /// Live counters.
     pub fn stats(&self) -> Arc<ServerStats> {
         self.ctx.stats.clone()
+    }
+
+    /// The certificate browsers are shown, if not the chain (see
+    /// [`ServerIdentity::with_browser_cert`]): its hash is what a page pins.
+    pub fn browser_certs(&self) -> Option<Arc<tls::BrowserCerts>> {
+        self.browsers.clone()
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully: stops
@@ -412,6 +440,9 @@ impl Server {
         let node = rand::random::<u64>();
         let mut next_session: u64 = 1;
         let maintenance = tokio::spawn(maintain(ctx.clone()));
+        let renewal = self
+            .browsers
+            .map(|certs| tokio::spawn(renew_browser_certs(certs)));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -539,6 +570,9 @@ impl Server {
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         maintenance.abort();
+        if let Some(renewal) = renewal {
+            renewal.abort();
+        }
         // A graceful stop leaves the publish logs checkpointed and, with a
         // disk store, every stored event synced, whatever the fsync policy.
         let _ = tokio::task::spawn_blocking(move || {
@@ -552,6 +586,7 @@ impl Server {
     pub fn spawn(self) -> ServerHandle {
         let addr = self.local_addr();
         let stats = self.stats();
+        let browsers = self.browser_certs();
         let (trigger, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(self.run(async move {
             let _ = stop.await;
@@ -559,6 +594,7 @@ impl Server {
         ServerHandle {
             addr,
             stats,
+            browsers,
             trigger,
             task,
         }
@@ -607,6 +643,28 @@ fn is_webtransport(conn: &quinn::Connection) -> bool {
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol)
         .is_some_and(|alpn| alpn == web_transport_quinn::ALPN.as_bytes())
+}
+
+/// Renews the browser certificate before it expires (checked every
+/// minute: it lives for days).
+async fn renew_browser_certs(certs: Arc<tls::BrowserCerts>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match certs.renew_if_due(std::time::SystemTime::now()) {
+            Ok(true) => tracing::info!(
+                sha256 = %hex(&certs.sha256()),
+                "new browser certificate"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!("cannot renew the browser certificate: {e}"),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Refuses a connection because every slot is taken: after a handshake,
@@ -664,6 +722,7 @@ async fn maintain(ctx: Arc<SessionContext>) {
 pub struct ServerHandle {
     addr: SocketAddr,
     stats: Arc<ServerStats>,
+    browsers: Option<Arc<tls::BrowserCerts>>,
     trigger: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -672,6 +731,11 @@ impl ServerHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The certificate browsers are shown, if not the chain.
+    pub fn browser_certs(&self) -> Option<Arc<tls::BrowserCerts>> {
+        self.browsers.clone()
     }
 
     /// Live counters.

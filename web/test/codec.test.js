@@ -217,17 +217,16 @@ const DOC_EXAMPLES = [
     framed: "09 00 02 00 03 63 6c 69 00 00",
   },
   {
-    // PROTOCOL.md 4.1 spells this example with version 1 (byte `01`); decoded as written.
-    name: "4.1: Hello with token, resume and copies (as written: version 1)",
+    name: "4.1: Hello with token, resume and copies",
     frame: {
       type: "Hello",
-      version: 1,
+      version: 2,
       token: "s",
       client_name: "cli",
       resume: { token: "ab", epoch: 5n },
       copies: true,
     },
-    framed: "0f 00 01 01 01 73 03 63 6c 69 01 02 61 62 05 01",
+    framed: "0f 00 02 01 01 73 03 63 6c 69 01 02 61 62 05 01",
   },
   {
     name: "8: Welcome, resumed New",
