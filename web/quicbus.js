@@ -40,7 +40,6 @@ import {
   eventFrameLen,
   text as decodeUtf8,
   utf8,
-  varintLength,
   decodeFrame,
 } from "./codec.js";
 
@@ -334,6 +333,8 @@ class Link {
     this.datagrams = null;
     this.dead = false;
     this.closedHere = false;
+    /** @type {Error | null} why this client closed it (a protocol violation) */
+    this.error = null;
     /** @type {ReturnType<typeof deferred<void>>} */
     this.ready = deferred();
     /** @type {ReturnType<typeof deferred<void>>} */
@@ -889,6 +890,7 @@ export class Quicbus {
   async #open(resume) {
     /** @type {Link | null} */
     let link = null;
+    let abandoned = false;
     const attempt = async () => {
       const { url, hashes } = await this.#target();
       /** @type {any} */
@@ -907,6 +909,7 @@ export class Quicbus {
       }
       link = new Link(this.#nextLink++, transport);
       transport.closed.catch(() => {});
+      if (abandoned) throw timeoutError("connecting", this.#o.connectTimeout);
       try {
         await transport.ready;
       } catch (e) {
@@ -945,6 +948,7 @@ export class Quicbus {
         throw new QuicbusError("protocol", `protocol error from server: expected Welcome, got ${first.type}`);
       }
       link.welcome = first;
+      if (abandoned) throw timeoutError("connecting", this.#o.connectTimeout);
       return link;
     };
     /** @type {any} */
@@ -955,11 +959,15 @@ export class Quicbus {
         this.#o.connectTimeout,
       );
     });
+    const attempted = attempt();
+    attempted.catch(() => {});
+    expired.catch(() => {});
     try {
-      const opened = await Promise.race([attempt(), expired]);
+      const opened = await Promise.race([attempted, expired]);
       this.#startReading(opened);
       return opened;
     } catch (e) {
+      abandoned = true;
       const failed = /** @type {Link | null} */ (link);
       if (failed) {
         failed.dead = true;
@@ -1026,7 +1034,7 @@ export class Quicbus {
     link.gone.resolve();
     for (const wake of link.writers.values()) wake();
     link.controlReader?.cancel();
-    const lost = closeError(info, "disconnected");
+    const lost = link.error instanceof QuicbusError ? link.error : closeError(info, "disconnected");
     // Requests of this session fail (acks survive: their events are resent).
     for (const [request, waiter] of this.#pending) {
       if (!waiter.survives && waiter.link === link) {
@@ -1094,11 +1102,11 @@ export class Quicbus {
   /** @param {number} ms */
   #sleep(ms) {
     return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      this.#timers.add(timer);
-      function done() {
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
         resolve(undefined);
-      }
+      }, ms);
+      this.#timers.add(timer);
       this.#cancelSleep = () => {
         clearTimeout(timer);
         resolve(undefined);
@@ -1112,6 +1120,10 @@ export class Quicbus {
   async #reconnectOnce() {
     const oldEpoch = this.#session.epoch;
     const link = await this.#open({ token: this.#session.resumeToken, epoch: oldEpoch });
+    if (this.#closing) {
+      link.close(CloseCode.NORMAL, "client closed");
+      throw this.#gone();
+    }
     try {
       await this.#rejoin(link, oldEpoch);
     } catch (e) {
@@ -1295,6 +1307,7 @@ export class Quicbus {
    * @returns {Promise<any>}
    */
   async #request(link, what, deadline, frame) {
+    if (this.#finished) throw this.#gone();
     if (link.dead) throw this.#lastLoss ?? closeError(null, "disconnected");
     const { request, promise } = this.#register(link, false, what, deadline);
     link.send(frame(request));
@@ -1354,8 +1367,8 @@ export class Quicbus {
    * @param {number} [code]
    */
   #violation(link, reason, code = CloseCode.PROTOCOL_VIOLATION) {
-    if (link.dead) return;
-    this.#lastLoss = new QuicbusError("protocol", `protocol error from server: ${reason}`);
+    if (link.dead || link.closedHere) return;
+    link.error = new QuicbusError("protocol", `protocol error from server: ${reason}`);
     link.close(code, reason);
   }
 
@@ -1808,5 +1821,3 @@ function tokenExpired(e) {
   return (e.code === "closed" && e.closeCode === CloseCode.TOKEN_EXPIRED)
     || (e.code === "rejected" && e.serverCode === "TokenExpired");
 }
-
-export { varintLength };
