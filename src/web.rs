@@ -9,7 +9,9 @@
 //!   certificate's hash (renewed before it expires: the client asks again
 //!   on every connect); with a real certificate it is empty and browsers
 //!   verify the server as for any HTTPS site.
-//! - `GET /codec.js`: the wire codec (ES module), embedded in the binary.
+//! - `GET /quicbus.js`: the JavaScript client, and `GET /codec.js`, the
+//!   wire codec it imports (ES modules, web/, embedded in the binary).
+//! - `GET /`: the chat page (web/index.html).
 //!
 //! Pages are plain HTTP: browsers treat `http://127.0.0.1` and
 //! `http://localhost` as secure contexts, where WebTransport is allowed;
@@ -37,6 +39,8 @@ const MAX_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 const CODEC_JS: &[u8] = include_bytes!("../web/codec.js");
+const CLIENT_JS: &[u8] = include_bytes!("../web/quicbus.js");
+const INDEX_HTML: &[u8] = include_bytes!("../web/index.html");
 
 /// Why the web endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,10 @@ fn respond(req: &Request<Incoming>, config: &WebConfig) -> Response<Full<Bytes>>
     }
     match req.uri().path() {
         "/cert-hash" => cert_hash(req, config),
+        "/" | "/index.html" => {
+            http::body("text/html; charset=utf-8", Bytes::from_static(INDEX_HTML))
+        }
+        "/quicbus.js" => javascript(CLIENT_JS),
         "/codec.js" => javascript(CODEC_JS),
         _ => http::plain(StatusCode::NOT_FOUND, "not found\n"),
     }
