@@ -399,6 +399,29 @@ pub async fn run_subscriber(
     }
 }
 
+/// A snapshot as the trade-off page reads it (web/tradeoff.js), compact
+/// enough that 48 entities fit one datagram: little-endian `u32 tick`,
+/// `f64 sent_at_ms` (the publisher's wall clock, ms since the Unix epoch),
+/// `u16 n`, then `n` times `u32 id, f32 x, f32 y`. 14 + 12n bytes.
+pub fn web_snapshot(tick: u64, sent_at_ms: f64, entities: &[Entity]) -> Vec<u8> {
+    let n = entities.len().min(usize::from(u16::MAX));
+    let mut out = Vec::with_capacity(WEB_SNAPSHOT_HEADER + WEB_ENTITY * n);
+    // The page counts ticks in 32 bits: a 60 Hz world wraps after 2 years.
+    out.extend_from_slice(&(tick as u32).to_le_bytes());
+    out.extend_from_slice(&sent_at_ms.to_le_bytes());
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    for e in &entities[..n] {
+        out.extend_from_slice(&e.id.to_le_bytes());
+        out.extend_from_slice(&e.x.to_le_bytes());
+        out.extend_from_slice(&e.y.to_le_bytes());
+    }
+    out
+}
+
+/// Bytes of [`web_snapshot`]'s header and of each entity in it.
+pub const WEB_SNAPSHOT_HEADER: usize = 14;
+pub const WEB_ENTITY: usize = 12;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,5 +466,25 @@ mod tests {
         assert_eq!((spawned, despawned), (10, 10));
         assert_eq!(world.entities().len(), 64);
         assert_eq!(world.tick(), 600);
+    }
+
+    #[test]
+    fn a_web_snapshot_is_laid_out_as_the_page_reads_it() {
+        let e = Entity {
+            id: 7,
+            x: 1.5,
+            y: 999.0,
+            vx: 3.0,
+            vy: -3.0,
+        };
+        let bytes = web_snapshot(0x1_0000_0002, 1234.5, &[e, e]);
+        assert_eq!(bytes.len(), WEB_SNAPSHOT_HEADER + 2 * WEB_ENTITY);
+        assert_eq!(&bytes[0..4], &2u32.to_le_bytes());
+        assert_eq!(&bytes[4..12], &1234.5f64.to_le_bytes());
+        assert_eq!(&bytes[12..14], &2u16.to_le_bytes());
+        assert_eq!(&bytes[14..18], &7u32.to_le_bytes());
+        assert_eq!(&bytes[18..22], &1.5f32.to_le_bytes());
+        assert_eq!(&bytes[22..26], &999.0f32.to_le_bytes());
+        assert_eq!(web_snapshot(1, 0.0, &[]).len(), WEB_SNAPSHOT_HEADER);
     }
 }

@@ -183,10 +183,7 @@ impl BrowserCerts {
     }
 
     fn current(&self) -> Arc<BrowserKey> {
-        match self.current.read() {
-            Ok(current) => current.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::read(&self.current).clone()
     }
 
     /// SHA-256 of the certificate browsers are shown now.
@@ -207,10 +204,7 @@ impl BrowserCerts {
             return Ok(false);
         }
         let next = Arc::new(browser_key(&self.sans, now)?);
-        match self.current.write() {
-            Ok(mut current) => *current = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
+        *crate::sync::write(&self.current) = next;
         Ok(true)
     }
 }

@@ -18,7 +18,7 @@
 //! from another host, serve the page over HTTPS.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
@@ -30,7 +30,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::http;
+use crate::netsim::{Impairment, NetsimHandle};
 use crate::server::WEB_PATH;
+use crate::sync::lock;
 use crate::tls::BrowserCerts;
 
 /// Browsers served at once (pages, modules, hash requests).
@@ -41,6 +43,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CODEC_JS: &[u8] = include_bytes!("../web/codec.js");
 const CLIENT_JS: &[u8] = include_bytes!("../web/quicbus.js");
 const INDEX_HTML: &[u8] = include_bytes!("../web/index.html");
+const TRADEOFF_HTML: &[u8] = include_bytes!("../web/tradeoff.html");
+const TRADEOFF_JS: &[u8] = include_bytes!("../web/tradeoff.js");
 
 /// Why the web endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,21 @@ pub struct WebConfig {
     pub quic_port: u16,
     /// The certificate browsers are shown, if not a real one.
     pub browsers: Option<Arc<BrowserCerts>>,
+    /// `quicbus demo --web`: the trade-off page and the page's path.
+    pub demo: Option<DemoWeb>,
+}
+
+/// What `quicbus demo --web` adds: the trade-off page at `/`, what it
+/// subscribes to (`GET /demo`), and the impairment of the page's own path,
+/// which its sliders set (`GET`/`POST /netsim`).
+#[derive(Clone)]
+pub struct DemoWeb {
+    /// What `GET /demo` answers.
+    pub info: serde_json::Value,
+    /// The UDP proxy between the pages and the server.
+    pub netsim: Arc<NetsimHandle>,
+    /// The impairment set now (both directions alike).
+    pub impairment: Arc<Mutex<Impairment>>,
 }
 
 /// A running web endpoint; dropping it stops it.
@@ -103,18 +122,111 @@ pub async fn serve(addr: SocketAddr, config: WebConfig) -> Result<WebServer, Web
 }
 
 fn respond(req: &Request<Incoming>, config: &WebConfig) -> Response<Full<Bytes>> {
+    if let (Some(demo), "/netsim") = (&config.demo, req.uri().path()) {
+        return netsim(req, demo);
+    }
     if let Some(refusal) = http::only_get(req) {
         return refusal;
     }
+    let html =
+        |page: &'static [u8]| http::body("text/html; charset=utf-8", Bytes::from_static(page));
     match req.uri().path() {
         "/cert-hash" => cert_hash(req, config),
-        "/" | "/index.html" => {
-            http::body("text/html; charset=utf-8", Bytes::from_static(INDEX_HTML))
-        }
+        "/" if config.demo.is_some() => html(TRADEOFF_HTML),
+        "/" | "/index.html" => html(INDEX_HTML),
+        "/tradeoff.html" => html(TRADEOFF_HTML),
+        "/tradeoff.js" => javascript(TRADEOFF_JS),
+        "/demo" => match &config.demo {
+            Some(demo) => json(StatusCode::OK, &demo.info),
+            None => http::plain(
+                StatusCode::NOT_FOUND,
+                "no demo here: run `quicbus demo --web 127.0.0.1:8080`\n",
+            ),
+        },
         "/quicbus.js" => javascript(CLIENT_JS),
         "/codec.js" => javascript(CODEC_JS),
         _ => http::plain(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `GET /netsim`: the page's path now; `POST /netsim?loss=P&delay_ms=D&jitter_ms=J`
+/// changes it (a missing parameter keeps its value) in both directions.
+fn netsim(req: &Request<Incoming>, demo: &DemoWeb) -> Response<Full<Bytes>> {
+    let current = *lock(&demo.impairment);
+    let answer = |status, impairment: &Impairment| json(status, &impairment_json(impairment));
+    if req.method() == hyper::Method::GET || req.method() == hyper::Method::HEAD {
+        return answer(StatusCode::OK, &current);
+    }
+    if req.method() != hyper::Method::POST {
+        return http::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST\n");
+    }
+    let next = match impairment_from_query(req.uri().query().unwrap_or(""), current) {
+        Ok(next) => next,
+        Err(error) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": error }),
+            )
+        }
+    };
+    if let Err(e) = demo.netsim.set_impairment(next, next) {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "error": e.to_string() }),
+        );
+    }
+    *lock(&demo.impairment) = next;
+    tracing::info!(
+        loss = next.loss_pct,
+        delay = ?next.delay,
+        jitter = ?next.jitter,
+        "the page's path changed"
+    );
+    answer(StatusCode::OK, &next)
+}
+
+fn impairment_json(i: &Impairment) -> serde_json::Value {
+    serde_json::json!({
+        "loss": i.loss_pct,
+        "delay_ms": i.delay.as_millis() as u64,
+        "jitter_ms": i.jitter.as_millis() as u64,
+    })
+}
+
+/// `current` with the query's `loss` (percent), `delay_ms` and `jitter_ms`.
+fn impairment_from_query(query: &str, current: Impairment) -> Result<Impairment, String> {
+    let mut next = current;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |what: &str| {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| format!("{what} must be a number of at least 0, got '{value}'"))
+        };
+        match key {
+            "loss" => next.loss_pct = number("loss")?,
+            "delay_ms" => next.delay = Duration::from_secs_f64(number("delay_ms")? / 1000.0),
+            "jitter_ms" => next.jitter = Duration::from_secs_f64(number("jitter_ms")? / 1000.0),
+            other => {
+                return Err(format!(
+                    "unknown parameter '{other}' (loss, delay_ms, jitter_ms)"
+                ))
+            }
+        }
+    }
+    next.validate().map_err(|e| e.to_string())?;
+    Ok(next)
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = http::body("application/json", Bytes::from(value.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn javascript(source: &'static [u8]) -> Response<Full<Bytes>> {
@@ -185,5 +297,26 @@ mod tests {
         assert_eq!(host_of("evil\"host"), None);
         assert_eq!(host_of(""), None);
         assert_eq!(host_of(":80"), None);
+    }
+
+    #[test]
+    fn the_path_is_set_from_the_query_and_checked() {
+        let none = Impairment::default();
+        let set = impairment_from_query("loss=5&delay_ms=20&jitter_ms=2.5", none).unwrap();
+        assert_eq!(set.loss_pct, 5.0);
+        assert_eq!(set.delay, Duration::from_millis(20));
+        assert_eq!(set.jitter, Duration::from_micros(2500));
+        // A missing parameter keeps its value.
+        let kept = impairment_from_query("loss=1", set).unwrap();
+        assert_eq!(
+            (kept.loss_pct, kept.delay),
+            (1.0, Duration::from_millis(20))
+        );
+        assert!(impairment_from_query("loss=101", none).is_err());
+        assert!(impairment_from_query("loss=-1", none).is_err());
+        assert!(impairment_from_query("loss=NaN", none).is_err());
+        assert!(impairment_from_query("delay_ms=lots", none).is_err());
+        assert!(impairment_from_query("speed=9", none).is_err());
+        assert_eq!(impairment_from_query("", set).unwrap(), set);
     }
 }

@@ -370,6 +370,7 @@ async fn a_page_finds_the_session_and_its_certificate_over_http() {
     let config = quicbus::web::WebConfig {
         quic_port: server.handle.local_addr().port(),
         browsers: Some(certs.clone()),
+        demo: None,
     };
     let web = quicbus::web::serve("127.0.0.1:0".parse().unwrap(), config)
         .await

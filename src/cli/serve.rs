@@ -418,6 +418,7 @@ async fn run_server(args: ServeArgs) -> CliResult {
             let config = quicbus::web::WebConfig {
                 quic_port: server.local_addr().port(),
                 browsers: server.browser_certs(),
+                demo: None,
             };
             let web = quicbus::web::serve(addr, config).await?;
             eprintln!("quicbus web pages on {}", web.url());
