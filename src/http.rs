@@ -3,6 +3,7 @@
 //! answers each request from what is in memory.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,15 +16,56 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// Answers one request.
 pub(crate) type Handler = dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync;
 
+/// A running HTTP endpoint; dropping it stops it and closes its
+/// connections.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Endpoint {
+    /// The bound address (the real port when bound to port 0).
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `addr` and serves it with `handler` (see [`accept_loop`]).
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    name: &'static str,
+    max_connections: usize,
+    header_timeout: Duration,
+    handler: Arc<Handler>,
+) -> std::io::Result<Endpoint> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let task = tokio::spawn(accept_loop(
+        listener,
+        name,
+        max_connections,
+        header_timeout,
+        handler,
+    ));
+    Ok(Endpoint { local_addr, task })
+}
+
 /// Serves `listener` with `handler` until the task is aborted (which also
 /// ends its connections). At most `max_connections` at once; more are
 /// closed on accept. `name` labels the logs.
-pub(crate) async fn accept_loop(
+async fn accept_loop(
     listener: TcpListener,
     name: &'static str,
     max_connections: usize,

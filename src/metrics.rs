@@ -25,8 +25,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use crate::http::{self, plain};
 use crate::server::backplane::cluster::ClusterBackplane;
@@ -67,25 +65,18 @@ pub enum MetricsError {
 /// connections.
 #[derive(Debug)]
 pub struct MetricsServer {
-    local_addr: SocketAddr,
-    task: JoinHandle<()>,
+    endpoint: http::Endpoint,
 }
 
 impl MetricsServer {
     /// The bound address (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.endpoint.local_addr()
     }
 
     /// The URL to scrape, `http://ADDR/metrics`.
     pub fn url(&self) -> String {
-        format!("http://{}{PATH}", self.local_addr)
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        format!("http://{}{PATH}", self.local_addr())
     }
 }
 
@@ -105,19 +96,12 @@ pub async fn serve_node(
     stats: Arc<ServerStats>,
     cluster: Option<Arc<ClusterBackplane>>,
 ) -> Result<MetricsServer, MetricsError> {
-    let bind_error = |source| MetricsError::Bind { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
     let registry = registry(stats, cluster);
     let handler: Arc<http::Handler> = Arc::new(move |req| respond(req, &registry));
-    let task = tokio::spawn(http::accept_loop(
-        listener,
-        "metrics",
-        MAX_CONNECTIONS,
-        HEADER_TIMEOUT,
-        handler,
-    ));
-    Ok(MetricsServer { local_addr, task })
+    let endpoint = http::serve(addr, "metrics", MAX_CONNECTIONS, HEADER_TIMEOUT, handler)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    Ok(MetricsServer { endpoint })
 }
 
 /// A registry whose entries read `stats` (and the cluster's health) at

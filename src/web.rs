@@ -26,8 +26,6 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use crate::http;
 use crate::netsim::{Impairment, NetsimHandle};
@@ -83,42 +81,28 @@ pub struct DemoWeb {
 /// A running web endpoint; dropping it stops it.
 #[derive(Debug)]
 pub struct WebServer {
-    local_addr: SocketAddr,
-    task: JoinHandle<()>,
+    endpoint: http::Endpoint,
 }
 
 impl WebServer {
     /// The bound address (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.endpoint.local_addr()
     }
 
     /// The page's base URL, `http://ADDR/`.
     pub fn url(&self) -> String {
-        format!("http://{}/", self.local_addr)
-    }
-}
-
-impl Drop for WebServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        format!("http://{}/", self.local_addr())
     }
 }
 
 /// Serves the web endpoint on `addr`.
 pub async fn serve(addr: SocketAddr, config: WebConfig) -> Result<WebServer, WebError> {
-    let bind_error = |source| WebError::Bind { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
     let handler: Arc<http::Handler> = Arc::new(move |req| respond(req, &config));
-    let task = tokio::spawn(http::accept_loop(
-        listener,
-        "web",
-        MAX_CONNECTIONS,
-        HEADER_TIMEOUT,
-        handler,
-    ));
-    Ok(WebServer { local_addr, task })
+    let endpoint = http::serve(addr, "web", MAX_CONNECTIONS, HEADER_TIMEOUT, handler)
+        .await
+        .map_err(|source| WebError::Bind { addr, source })?;
+    Ok(WebServer { endpoint })
 }
 
 fn respond(req: &Request<Incoming>, config: &WebConfig) -> Response<Full<Bytes>> {

@@ -153,6 +153,27 @@ async fn next_stream_frame(reader: &mut FrameReader<RecvStream>, what: &str) -> 
         .unwrap_or_else(|| panic!("stream ended before {what}"))
 }
 
+/// A native `say` event, acknowledged, reaches `web` on the first event
+/// stream it opens there (`room`'s) with the same offset and payload.
+async fn native_say_reaches(
+    native: &quicbus::client::Client,
+    web: &WebPeer,
+    room: &str,
+    text: &'static str,
+) {
+    let at = native.emit_with_ack(room, "say", text).await.unwrap();
+    let (opened, mut reader) = web.event_stream().await;
+    assert_eq!(opened, room);
+    assert_eq!(
+        next_stream_frame(&mut reader, text).await,
+        Frame::Event {
+            offset: at,
+            event: "say".into(),
+            payload: Bytes::from_static(text.as_bytes()),
+        }
+    );
+}
+
 /// The next event, which must be a reliable one of `room`.
 async fn reliable(events: &mut Events, room: &str) -> (String, u64, Bytes) {
     let Event {
@@ -323,20 +344,7 @@ async fn a_session_for_another_path_is_refused_and_others_carry_on() {
     let mut web = WebPeer::connect(&server).await;
     web.join("chat").await;
     let (native, _events) = server.client().await;
-    let at = native
-        .emit_with_ack("chat", "say", "still here")
-        .await
-        .unwrap();
-    let (room, mut reader) = web.event_stream().await;
-    assert_eq!(room, "chat");
-    assert_eq!(
-        next_stream_frame(&mut reader, "the event").await,
-        Frame::Event {
-            offset: at,
-            event: "say".into(),
-            payload: Bytes::from_static(b"still here"),
-        }
-    );
+    native_say_reaches(&native, &web, "chat", "still here").await;
 }
 
 /// What `GET /cert-hash` answers.
@@ -424,20 +432,7 @@ async fn a_page_finds_the_session_and_its_certificate_over_http() {
     .await
     .expect("the new certificate is shown");
     WebPeer::on(fresh).await;
-    let at = native
-        .emit_with_ack("chat", "say", "after renewal")
-        .await
-        .unwrap();
-    let (room, mut reader) = web_peer.event_stream().await;
-    assert_eq!(room, "chat");
-    assert_eq!(
-        next_stream_frame(&mut reader, "an event on the older session").await,
-        Frame::Event {
-            offset: at,
-            event: "say".into(),
-            payload: Bytes::from_static(b"after renewal"),
-        }
-    );
+    native_say_reaches(&native, &web_peer, "chat", "after renewal").await;
     // Not yet due: nothing changes.
     assert!(!certs.renew_if_due(std::time::SystemTime::now()).unwrap());
 }

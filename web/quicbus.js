@@ -390,6 +390,33 @@ export async function connect(options = {}) {
 }
 
 /** A connected client; see `connect`. */
+/**
+ * Reads a link's stream of streams or datagrams until it ends, fails, the
+ * link is gone or `each` says stop (returns false).
+ * @template T
+ * @param {{ gone: { promise: Promise<unknown> }, dead: boolean }} link
+ * @param {() => ReadableStreamDefaultReader<T>} open
+ * @param {(value: T) => boolean} each
+ */
+async function readEach(link, open, each) {
+  let reader;
+  try {
+    reader = open();
+  } catch {
+    return;
+  }
+  link.gone.promise.then(() => reader.cancel().catch(() => {}));
+  for (;;) {
+    let next;
+    try {
+      next = await reader.read();
+    } catch {
+      return;
+    }
+    if (next.done || link.dead || !each(next.value)) return;
+  }
+}
+
 export class Quicbus {
   #o;
   /** @type {any} */
@@ -1422,23 +1449,14 @@ export class Quicbus {
 
   /** @param {Link} link */
   async #acceptStreams(link) {
-    let reader;
-    try {
-      reader = link.transport.incomingUnidirectionalStreams.getReader();
-    } catch {
-      return;
-    }
-    link.gone.promise.then(() => reader.cancel().catch(() => {}));
-    for (;;) {
-      let next;
-      try {
-        next = await reader.read();
-      } catch {
-        return;
-      }
-      if (next.done) return;
-      this.#readRoomStream(link, next.value);
-    }
+    await readEach(
+      link,
+      () => link.transport.incomingUnidirectionalStreams.getReader(),
+      (stream) => {
+        this.#readRoomStream(link, stream);
+        return true;
+      },
+    );
   }
 
   /**
@@ -1509,46 +1527,45 @@ export class Quicbus {
 
   /** @param {Link} link */
   async #readDatagrams(link) {
-    let reader;
+    await readEach(
+      link,
+      () => link.transport.datagrams.readable.getReader(),
+      (value) => this.#onDatagram(link, value),
+    );
+  }
+
+  /**
+   * One datagram from the server; false after a protocol violation.
+   * @param {Link} link
+   * @param {Uint8Array | ArrayBuffer} value
+   * @returns {boolean}
+   */
+  #onDatagram(link, value) {
+    const bytes = value instanceof Uint8Array ? value : new Uint8Array(value);
+    let frame;
     try {
-      reader = link.transport.datagrams.readable.getReader();
-    } catch {
-      return;
+      frame = decodeFrame(bytes);
+    } catch (e) {
+      this.#violation(link, `malformed datagram: ${message(e)}`);
+      return false;
     }
-    link.gone.promise.then(() => reader.cancel().catch(() => {}));
-    for (;;) {
-      let next;
-      try {
-        next = await reader.read();
-      } catch {
-        return;
-      }
-      if (next.done || link.dead) return;
-      const bytes = next.value instanceof Uint8Array ? next.value : new Uint8Array(next.value);
-      let frame;
-      try {
-        frame = decodeFrame(bytes);
-      } catch (e) {
-        this.#violation(link, `malformed datagram: ${message(e)}`);
-        return;
-      }
-      if (frame.type === "EventCopy") continue; // never asked for (Hello.copies = false)
-      if (frame.type !== "Datagram") {
-        this.#violation(link, `${frame.type} is not a server datagram`);
-        return;
-      }
-      const room = link.names.get(frame.room_id);
-      if (room === undefined || !this.#rooms.has(room)) continue;
-      const newest = link.datagramNewest.get(frame.room_id);
-      if (newest !== undefined && frame.seq <= newest) {
-        this.#stats.datagramsStale += 1;
-        continue;
-      }
-      if (newest !== undefined) this.#stats.datagramsLost += Number(frame.seq - newest - 1n);
-      link.datagramNewest.set(frame.room_id, frame.seq);
-      this.#stats.datagramsReceived += 1;
-      this.#deliver(new QuicbusEvent(room, frame.event, "datagram", frame.seq, frame.payload.slice()), true);
+    if (frame.type === "EventCopy") return true; // never asked for (Hello.copies = false)
+    if (frame.type !== "Datagram") {
+      this.#violation(link, `${frame.type} is not a server datagram`);
+      return false;
     }
+    const room = link.names.get(frame.room_id);
+    if (room === undefined || !this.#rooms.has(room)) return true;
+    const newest = link.datagramNewest.get(frame.room_id);
+    if (newest !== undefined && frame.seq <= newest) {
+      this.#stats.datagramsStale += 1;
+      return true;
+    }
+    if (newest !== undefined) this.#stats.datagramsLost += Number(frame.seq - newest - 1n);
+    link.datagramNewest.set(frame.room_id, frame.seq);
+    this.#stats.datagramsReceived += 1;
+    this.#deliver(new QuicbusEvent(room, frame.event, "datagram", frame.seq, frame.payload.slice()), true);
+    return true;
   }
 
   /** Resolves when every iterator has room for one more event. */

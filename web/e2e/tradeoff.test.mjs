@@ -1,8 +1,9 @@
 // The trade-off page of `quicbus demo --web` in headless Chromium: the
 // same world drawn from reliable events and from datagrams while the
-// page's own path (netsim) loses packets. Takes the README's two
-// screenshots (docs/tradeoff-0pct.png, docs/tradeoff-5pct.png; another
-// directory with $SCREENSHOTS) and checks what they show.
+// page's own path (netsim) loses packets. Takes two screenshots
+// (tradeoff-0pct.png, tradeoff-5pct.png, in web/e2e/output/ or
+// $SCREENSHOTS; the README's are refreshed with SCREENSHOTS=../docs and a
+// release binary) and checks what they show.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -14,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { chromiumPath, quicbusBin, WAIT, within } from "./harness.mjs";
 
-const shots = process.env.SCREENSHOTS ?? resolve(fileURLToPath(new URL(".", import.meta.url)), "../../docs");
+const shots = process.env.SCREENSHOTS ?? resolve(fileURLToPath(new URL(".", import.meta.url)), "output");
 /** One way's delay on the page's path in both screenshots: a typical internet path, so a retransmission costs what it costs there. */
 const DELAY_MS = 40;
 const JITTER_MS = 5;
