@@ -436,3 +436,28 @@ async fn a_page_finds_the_session_and_its_certificate_over_http() {
     // Not yet due: nothing changes.
     assert!(!certs.renew_if_due(std::time::SystemTime::now()).unwrap());
 }
+
+#[tokio::test]
+async fn with_a_real_certificate_pages_pin_nothing() {
+    // A server on `--cert/--key` has no browser certificate: browsers
+    // verify its chain as for any HTTPS site, and the answer says so.
+    let config = quicbus::web::WebConfig {
+        quic_port: 4433,
+        browsers: None,
+        demo: None,
+    };
+    let web = quicbus::web::serve("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let answer = cert_hash(&web).await;
+    assert_eq!(answer.url, "https://127.0.0.1:4433/quicbus");
+    assert!(answer.hashes.is_empty());
+    assert_eq!(answer.expires, None);
+    // Nothing of the demo without one.
+    let demo = common::metrics::get(web.local_addr(), "/demo", None).await;
+    assert_eq!(demo.status, 404);
+    let page = common::metrics::get(web.local_addr(), "/", None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.content_type.starts_with("text/html"));
+    assert!(page.body.contains("/quicbus.js"));
+}
