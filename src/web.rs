@@ -57,8 +57,9 @@ pub enum WebError {
 /// What the pages need to know of the QUIC server.
 #[derive(Clone)]
 pub struct WebConfig {
-    /// The UDP port browsers open their WebTransport session on.
-    pub quic_port: u16,
+    /// The UDP address browsers open their WebTransport session on (its
+    /// port; its address stands in for `localhost`, see [`session_host`]).
+    pub quic: SocketAddr,
     /// The certificate browsers are shown, if not a real one.
     pub browsers: Option<Arc<BrowserCerts>>,
     /// `quicbus demo --web`: the trade-off page and the page's path.
@@ -144,6 +145,12 @@ fn netsim(req: &Request<Incoming>, demo: &DemoWeb) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::POST {
         return http::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST\n");
     }
+    if !same_origin(req) {
+        return json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({ "error": "only this demo's own pages may change the path" }),
+        );
+    }
     let next = match impairment_from_query(req.uri().query().unwrap_or(""), current) {
         Ok(next) => next,
         Err(error) => {
@@ -191,8 +198,8 @@ fn impairment_from_query(query: &str, current: Impairment) -> Result<Impairment,
         };
         match key {
             "loss" => next.loss_pct = number("loss")?,
-            "delay_ms" => next.delay = Duration::from_secs_f64(number("delay_ms")? / 1000.0),
-            "jitter_ms" => next.jitter = Duration::from_secs_f64(number("jitter_ms")? / 1000.0),
+            "delay_ms" => next.delay = millis(number("delay_ms")?)?,
+            "jitter_ms" => next.jitter = millis(number("jitter_ms")?)?,
             other => {
                 return Err(format!(
                     "unknown parameter '{other}' (loss, delay_ms, jitter_ms)"
@@ -202,6 +209,31 @@ fn impairment_from_query(query: &str, current: Impairment) -> Result<Impairment,
     }
     next.validate().map_err(|e| e.to_string())?;
     Ok(next)
+}
+
+/// `ms` milliseconds, if a `Duration` holds them (validation then bounds it).
+fn millis(ms: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(ms / 1000.0).map_err(|_| format!("{ms} ms is out of range"))
+}
+
+/// Whether a request that changes something comes from a page of this
+/// endpoint: browsers send `Origin` with a cross-site POST, which must
+/// name the same host and port as `Host`. Tools without `Origin` (curl)
+/// are let through.
+fn same_origin(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    matches!((origin, host), (Some(origin), Some(host)) if origin.eq_ignore_ascii_case(host))
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -219,7 +251,7 @@ fn javascript(source: &'static [u8]) -> Response<Full<Bytes>> {
 
 /// Where to open the WebTransport session and which certificate to pin.
 fn cert_hash(req: &Request<Incoming>, config: &WebConfig) -> Response<Full<Bytes>> {
-    let host = page_host(req).unwrap_or_else(|| "127.0.0.1".to_string());
+    let host = session_host(page_host(req), config.quic);
     let (hashes, expires) = match &config.browsers {
         Some(certs) => (
             vec![base64::engine::general_purpose::STANDARD.encode(certs.sha256())],
@@ -232,7 +264,7 @@ fn cert_hash(req: &Request<Incoming>, config: &WebConfig) -> Response<Full<Bytes
         None => (Vec::new(), None),
     };
     let answer = serde_json::json!({
-        "url": format!("https://{host}:{}{WEB_PATH}", config.quic_port),
+        "url": format!("https://{host}:{}{WEB_PATH}", config.quic.port()),
         "hashes": hashes,
         "expires": expires,
     });
@@ -246,6 +278,27 @@ fn cert_hash(req: &Request<Incoming>, config: &WebConfig) -> Response<Full<Bytes
         HeaderValue::from_static("*"),
     );
     response
+}
+
+/// The host a page opens its session on: the page's own host, so that a
+/// page loaded from another machine dials the server by the name it used.
+/// Two exceptions: without a usable `Host`, the server's address; and for
+/// `localhost`, the server's own loopback address when it listens on one,
+/// because Chromium dials `[::1]` for `localhost` over QUIC and does not
+/// fall back to `127.0.0.1` as it does over TCP.
+fn session_host(page: Option<String>, quic: SocketAddr) -> String {
+    let literal = || match quic.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    match page {
+        Some(host) if host.eq_ignore_ascii_case("localhost") && quic.ip().is_loopback() => {
+            literal()
+        }
+        Some(host) => host,
+        None if quic.ip().is_unspecified() => "127.0.0.1".to_string(),
+        None => literal(),
+    }
 }
 
 /// The host name (or address) of the request's `Host` header, without
@@ -284,6 +337,21 @@ mod tests {
     }
 
     #[test]
+    fn localhost_pages_dial_the_servers_loopback_address() {
+        let v4: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        let v6: SocketAddr = "[::1]:4433".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:4433".parse().unwrap();
+        let page = |h: &str| Some(h.to_string());
+        assert_eq!(session_host(page("localhost"), v4), "127.0.0.1");
+        assert_eq!(session_host(page("LOCALHOST"), v6), "[::1]");
+        assert_eq!(session_host(page("localhost"), any), "localhost");
+        assert_eq!(session_host(page("example.test"), any), "example.test");
+        assert_eq!(session_host(page("127.0.0.1"), v4), "127.0.0.1");
+        assert_eq!(session_host(None, v4), "127.0.0.1");
+        assert_eq!(session_host(None, any), "127.0.0.1");
+    }
+
+    #[test]
     fn the_path_is_set_from_the_query_and_checked() {
         let none = Impairment::default();
         let set = impairment_from_query("loss=5&delay_ms=20&jitter_ms=2.5", none).unwrap();
@@ -301,6 +369,10 @@ mod tests {
         assert!(impairment_from_query("loss=NaN", none).is_err());
         assert!(impairment_from_query("delay_ms=lots", none).is_err());
         assert!(impairment_from_query("speed=9", none).is_err());
+        // Far too long, or beyond what a Duration holds: refused, not a panic.
+        assert!(impairment_from_query("delay_ms=1e300", none).is_err());
+        assert!(impairment_from_query("jitter_ms=1e20", none).is_err());
+        assert!(impairment_from_query("delay_ms=3600001", none).is_err());
         assert_eq!(impairment_from_query("", set).unwrap(), set);
     }
 }

@@ -376,7 +376,7 @@ async fn a_page_finds_the_session_and_its_certificate_over_http() {
     let server = common::start().await;
     let certs = server.handle.browser_certs().unwrap();
     let config = quicbus::web::WebConfig {
-        quic_port: server.handle.local_addr().port(),
+        quic: server.handle.local_addr(),
         browsers: Some(certs.clone()),
         demo: None,
     };
@@ -442,7 +442,7 @@ async fn with_a_real_certificate_pages_pin_nothing() {
     // A server on `--cert/--key` has no browser certificate: browsers
     // verify its chain as for any HTTPS site, and the answer says so.
     let config = quicbus::web::WebConfig {
-        quic_port: 4433,
+        quic: "127.0.0.1:4433".parse().unwrap(),
         browsers: None,
         demo: None,
     };

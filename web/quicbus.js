@@ -805,6 +805,9 @@ export class Quicbus {
   events() {
     /** @type {{ queue: QuicbusEvent[], wake: (() => void) | null, done: boolean }} */
     const sub = { queue: [], wake: null, done: this.#finished };
+    // `next()` calls that overlap (a `Promise.race` with a timeout, say)
+    // are served one after another, in the order they were made.
+    let turn = Promise.resolve();
     this.#subs.add(sub);
     const release = () => {
       sub.done = true;
@@ -817,7 +820,21 @@ export class Quicbus {
       [Symbol.asyncIterator]() {
         return iterator;
       },
-      next: async () => {
+      next: () => {
+        const mine = turn.then(() => nextEvent());
+        turn = mine.then(
+          () => {},
+          () => {},
+        );
+        return mine;
+      },
+      return: async () => {
+        release();
+        return { value: undefined, done: true };
+      },
+    };
+    /** @returns {Promise<IteratorResult<QuicbusEvent>>} */
+    const nextEvent = async () => {
         for (;;) {
           while (sub.queue.length > 0) {
             const event = /** @type {QuicbusEvent} */ (sub.queue.shift());
@@ -834,11 +851,6 @@ export class Quicbus {
           });
           sub.wake = null;
         }
-      },
-      return: async () => {
-        release();
-        return { value: undefined, done: true };
-      },
     };
     return iterator;
   }
@@ -1485,8 +1497,10 @@ export class Quicbus {
       failed(e);
       return;
     }
-    // Held until this session's rejoins are reported.
-    await link.ready.promise;
+    // Held until this session's rejoins are reported, or until the
+    // session is gone (a reconnect that failed while rejoining).
+    await Promise.race([link.ready.promise, link.gone.promise]);
+    if (link.dead) return;
     for (;;) {
       let frame;
       try {

@@ -141,7 +141,7 @@ async fn demo_web(addr: SocketAddr, args: DemoArgs) -> CliResult {
     let web = quicbus::web::serve(
         addr,
         quicbus::web::WebConfig {
-            quic_port: netsim.local_addr().port(),
+            quic: netsim.local_addr(),
             browsers: server.browser_certs(),
             demo: Some(demo.clone()),
         },

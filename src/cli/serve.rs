@@ -416,7 +416,7 @@ async fn run_server(args: ServeArgs) -> CliResult {
     let _web = match args.web {
         Some(addr) => {
             let config = quicbus::web::WebConfig {
-                quic_port: server.local_addr().port(),
+                quic: server.local_addr(),
                 browsers: server.browser_certs(),
                 demo: None,
             };

@@ -238,6 +238,22 @@ test("a token decides what the page may do: a forbidden room is refused, others 
   }
 });
 
+test("a page loaded from localhost dials the server's loopback address and connects", async () => {
+  // Chromium dials [::1] for localhost over QUIC; the server listens on
+  // 127.0.0.1, and /cert-hash names that address for localhost pages.
+  const tmp = scratch("localhost");
+  const server = await startServer({ dir: tmp.dir, args: ["--memory"] });
+  try {
+    const page = await openPage({ webUrl: server.webUrl.replace("127.0.0.1", "localhost") });
+    const joined = await page.evaluate(() => window.bus.join("chat"));
+    assert.deepEqual(joined, { offset: 0, recovery: "live" });
+    await page.close();
+  } finally {
+    await server.kill();
+    tmp.remove();
+  }
+});
+
 test("the page's own signals are bounded: a server that is not there is a clear error", async () => {
   const page = await browser.newPage();
   try {

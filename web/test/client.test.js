@@ -609,3 +609,22 @@ test("a protocol violation by the server closes with code 3 and does not reconne
   assert.equal(notice.error.code, "protocol");
   assert.equal(server.all.length, 1);
 });
+
+test("events(): next() calls that overlap are each answered, in order", async () => {
+  const { session, bus } = await setup();
+  const joining = bus.join("chat");
+  const join = await within(session.next(), "Join");
+  session.send({ type: "Joined", request: join.request, room_id: 1, offset: 0n, recovery: "Live" });
+  await within(joining, "join");
+  const it = bus.events()[Symbol.asyncIterator]();
+  // Two waits at once, as `Promise.race([it.next(), timeout])` leaves them.
+  const first = it.next();
+  const second = it.next();
+  const stream = session.eventStream(1, "chat");
+  stream.event(1, "say", "one");
+  stream.event(2, "say", "two");
+  const [a, b] = await within(Promise.all([first, second]), "both next() calls");
+  assert.deepEqual([a.value.text(), a.value.offset], ["one", 1]);
+  assert.deepEqual([b.value.text(), b.value.offset], ["two", 2]);
+  bus.close();
+});
