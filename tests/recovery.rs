@@ -7,7 +7,7 @@ mod common;
 
 use common::{next_event, within};
 use quicbus::client::{JoinOptions, Recovery, RecoveryFailure};
-use quicbus::server::backplane::{BoxFuture, Publisher};
+use quicbus::server::backplane::{BoxFuture, PublishRequest};
 use quicbus::server::{EmbeddedBackplane, HistoryLimits, ServerConfig, SessionId};
 
 fn since(offset: u64) -> JoinOptions {
@@ -145,22 +145,15 @@ impl quicbus::server::Backplane for Refusing {
     fn unsubscribe(&self, room: &str, session: SessionId) {
         self.0.unsubscribe(room, session)
     }
-    fn publish(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: bytes::Bytes,
-    ) -> BoxFuture<'_, Result<u64, Bp>> {
-        if room == "broken" {
+    fn publish(&self, request: PublishRequest<'_>) -> BoxFuture<'_, Result<u64, Bp>> {
+        if request.room == "broken" {
             let failed = Bp::Unavailable("no space left on device".into());
             return Box::pin(std::future::ready(Err(failed)));
         }
-        if room == "stopping" {
+        if request.room == "stopping" {
             return Box::pin(std::future::ready(Err(Bp::ShuttingDown)));
         }
-        self.0.publish(room, from, publisher, event, payload)
+        self.0.publish(request)
     }
     fn publish_datagram(
         &self,

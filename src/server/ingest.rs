@@ -7,7 +7,7 @@ use super::{Connection, Reader};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::backplane::{BoxFuture, Publisher, SessionId};
+use super::backplane::{BoxFuture, PublishRequest, Publisher, SessionId};
 use super::context::{
     error_frame, forbidden, over_rate, read_failure, stopping, unknown_id, Closing,
     ConnectionShare, Control, SessionContext,
@@ -204,10 +204,13 @@ fn publish_copy(
         id,
     };
     let size = (event.len() + payload.len()) as u64;
-    let Some(Ok(offset)) = ctx
-        .backplane
-        .publish_now(room, session, publisher, event, payload)
-    else {
+    let Some(Ok(offset)) = ctx.backplane.publish_now(PublishRequest {
+        room,
+        from: session,
+        publisher,
+        event,
+        payload,
+    }) else {
         return;
     };
     let forgotten = log.record(id, Ok(offset));
@@ -626,7 +629,13 @@ async fn publish(
     let size = (event.len() + payload.len()) as u64;
     let stored = ctx
         .backplane
-        .publish_ordered(room, session, publisher, event, payload)
+        .publish_ordered(PublishRequest {
+            room,
+            from: session,
+            publisher,
+            event,
+            payload,
+        })
         .await;
     let stats = ctx.stats.clone();
     Box::pin(async move {

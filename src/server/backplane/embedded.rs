@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::idle_rooms::IdleRooms;
 use super::{
-    Backplane, BackplaneError, BoxFuture, EventCopy, Publisher, RoomSubscriber, SessionId,
+    Backplane, BackplaneError, BoxFuture, EventCopy, PublishRequest, RoomSubscriber, SessionId,
     Subscribed,
 };
 use crate::server::history::{self, Gap, HistoryStore, HistoryUsage, Record, RoomHistory};
@@ -138,14 +138,14 @@ impl EmbeddedBackplane {
 
     /// Sequences, stores and fans out one reliable event of `room`, all
     /// under the room lock so that sequence order is delivery order.
-    fn publish_reliable(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
-    ) -> Result<u64, BackplaneError> {
+    fn publish_reliable(&self, request: PublishRequest<'_>) -> Result<u64, BackplaneError> {
+        let PublishRequest {
+            room,
+            from,
+            publisher,
+            event,
+            payload,
+        } = request;
         self.with_room(room, |state| {
             // Checked under the room lock: once `close` has returned and a
             // session has unsubscribed (which takes this lock), no event can
@@ -265,27 +265,13 @@ impl Backplane for EmbeddedBackplane {
         }
     }
 
-    fn publish(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
-    ) -> BoxFuture<'_, Result<u64, BackplaneError>> {
-        let result = self.publish_reliable(room, from, publisher, event, payload);
+    fn publish(&self, request: PublishRequest<'_>) -> BoxFuture<'_, Result<u64, BackplaneError>> {
+        let result = self.publish_reliable(request);
         Box::pin(std::future::ready(result))
     }
 
-    fn publish_now(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
-    ) -> Option<Result<u64, BackplaneError>> {
-        Some(self.publish_reliable(room, from, publisher, event, payload))
+    fn publish_now(&self, request: PublishRequest<'_>) -> Option<Result<u64, BackplaneError>> {
+        Some(self.publish_reliable(request))
     }
 
     fn publish_datagram(
@@ -377,7 +363,7 @@ fn evict(registry: &mut HashMap<Arc<str>, Arc<Room>>, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::history::{HistoryLimits, MemoryStore, Replay, RoomLimits};
+    use crate::server::history::{HistoryLimits, MemoryStore, Publisher, Replay, RoomLimits};
     use crate::wire::FrameDecoder;
     use std::time::Duration;
 
@@ -427,13 +413,13 @@ mod tests {
     }
 
     fn publish(bp: &EmbeddedBackplane, room: &str, from: u64) -> Result<u64, BackplaneError> {
-        now(bp.publish(
+        now(bp.publish(PublishRequest {
             room,
-            session(from),
-            Publisher::default(),
-            "e".into(),
-            Bytes::new(),
-        ))
+            from: session(from),
+            publisher: Publisher::default(),
+            event: "e".into(),
+            payload: Bytes::new(),
+        }))
     }
 
     #[test]
@@ -530,7 +516,14 @@ mod tests {
     fn stored_publishers_are_found_again() {
         let bp = backplane(10, HistoryLimits::default());
         let me = Publisher { session: 42, id: 7 };
-        let at = now(bp.publish("r", session(1), me, "e".into(), Bytes::new())).unwrap();
+        let at = now(bp.publish(PublishRequest {
+            room: "r",
+            from: session(1),
+            publisher: me,
+            event: "e".into(),
+            payload: Bytes::new(),
+        }))
+        .unwrap();
         publish(&bp, "r", 2).unwrap();
         assert_eq!(now(bp.publishes_of("r", 42)).unwrap(), vec![(7, at)]);
         assert!(now(bp.publishes_of("r", 43)).unwrap().is_empty());

@@ -24,6 +24,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use super::history::Publisher;
+
+/// One reliable event to publish: the room, the connection it comes from
+/// (for echo suppression), the publisher's session and publish id (for
+/// exactly-once), and the event itself.
+#[derive(Debug, Clone)]
+pub struct PublishRequest<'a> {
+    pub room: &'a str,
+    pub from: SessionId,
+    pub publisher: Publisher,
+    pub event: String,
+    pub payload: Bytes,
+}
 use super::history::{HistoryUsage, Replay};
 use crate::wire::{DatagramTemplate, ErrorCode, Recovery};
 pub use embedded::EmbeddedBackplane;
@@ -142,14 +154,7 @@ pub trait Backplane: Send + Sync + 'static {
     /// subscriber (except the publisher unless it asked for echo). Returns
     /// the offset. An event that could not be stored is neither
     /// acknowledged nor delivered.
-    fn publish(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
-    ) -> BoxFuture<'_, Result<u64, BackplaneError>>;
+    fn publish(&self, request: PublishRequest<'_>) -> BoxFuture<'_, Result<u64, BackplaneError>>;
     /// [`Backplane::publish`] in two steps, so that one publisher can have
     /// several events in flight: the returned future resolves once the
     /// event's place in the room is fixed (an event published after that
@@ -157,15 +162,8 @@ pub trait Backplane: Send + Sync + 'static {
     /// The default does it all in the first step.
     // The first step yields the second on purpose.
     #[allow(clippy::async_yields_async)]
-    fn publish_ordered(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
-    ) -> BoxFuture<'_, PublishOutcome> {
-        let published = self.publish(room, from, publisher, event, payload);
+    fn publish_ordered(&self, request: PublishRequest<'_>) -> BoxFuture<'_, PublishOutcome> {
+        let published = self.publish(request);
         Box::pin(async move {
             let outcome = published.await;
             Box::pin(std::future::ready(outcome)) as PublishOutcome
@@ -174,15 +172,8 @@ pub trait Backplane: Send + Sync + 'static {
     /// [`Backplane::publish`] done at once, for the datagram copy of a
     /// publish (which must not wait); `None` when this backplane cannot
     /// publish without waiting (the stream frame then publishes the event).
-    fn publish_now(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
-    ) -> Option<Result<u64, BackplaneError>> {
-        let _ = (room, from, publisher, event, payload);
+    fn publish_now(&self, request: PublishRequest<'_>) -> Option<Result<u64, BackplaneError>> {
+        let _ = request;
         None
     }
     /// Assigns the next datagram sequence number and fans the datagram out.

@@ -58,8 +58,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Backplane, BackplaneError, BoxFuture, PublishOutcome, Publisher, RoomSubscriber, SessionId,
-    Subscribed,
+    Backplane, BackplaneError, BoxFuture, PublishOutcome, PublishRequest, RoomSubscriber,
+    SessionId, Subscribed,
 };
 use crate::server::history::Replay;
 use crate::sync::lock;
@@ -497,30 +497,23 @@ impl Backplane for ClusterBackplane {
         }
     }
 
-    fn publish(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
-    ) -> BoxFuture<'_, Result<u64, BackplaneError>> {
+    fn publish(&self, request: PublishRequest<'_>) -> BoxFuture<'_, Result<u64, BackplaneError>> {
         // Both steps of `publish_ordered`, one after the other.
-        let ordered = self.publish_ordered(room, from, publisher, event, payload);
+        let ordered = self.publish_ordered(request);
         Box::pin(async move { ordered.await.await })
     }
 
     // The first step yields the second on purpose.
     #[allow(clippy::async_yields_async)]
-    fn publish_ordered(
-        &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
-    ) -> BoxFuture<'_, PublishOutcome> {
-        let room = room.to_string();
+    fn publish_ordered(&self, request: PublishRequest<'_>) -> BoxFuture<'_, PublishOutcome> {
+        let room = request.room.to_string();
+        let PublishRequest {
+            from,
+            publisher,
+            event,
+            payload,
+            ..
+        } = request;
         Box::pin(async move {
             let failed = |e: ClusterError, counters: &ClusterCounters, room: &str| {
                 counters.publish_failures.fetch_add(1, Ordering::Relaxed);
@@ -537,7 +530,13 @@ impl Backplane for ClusterBackplane {
             }
             let ack = match self
                 .store
-                .send(&room, from, publisher, event, payload)
+                .send(PublishRequest {
+                    room: &room,
+                    from,
+                    publisher,
+                    event,
+                    payload,
+                })
                 .await
             {
                 Ok(ack) => ack,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::subject::{room_token, Subjects};
-use crate::server::backplane::{Publisher, SessionId};
+use crate::server::backplane::{PublishRequest, SessionId};
 
 /// Attempts at creating the stream, 250 ms apart, before giving up.
 const OPEN_ATTEMPTS: u32 = 60;
@@ -227,12 +227,14 @@ impl ClusterStore {
     /// window resolves to the first one's sequence and stores nothing.
     pub async fn send(
         &self,
-        room: &str,
-        from: SessionId,
-        publisher: Publisher,
-        event: String,
-        payload: Bytes,
+        request: PublishRequest<'_>,
     ) -> Result<jetstream::context::PublishAckFuture, ClusterError> {
+        let PublishRequest {
+            room,
+            from,
+            publisher,
+            ..
+        } = request;
         let mut headers = HeaderMap::new();
         headers.insert(FROM, format!("{:x}.{}", from.node, from.connection));
         if publisher.session != 0 {
@@ -244,8 +246,11 @@ impl ClusterStore {
             );
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         }
-        let body = postcard::to_stdvec(&Body { event, payload })
-            .map_err(|e| ClusterError::Malformed(format!("cannot encode an event: {e}")))?;
+        let body = postcard::to_stdvec(&Body {
+            event: request.event,
+            payload: request.payload,
+        })
+        .map_err(|e| ClusterError::Malformed(format!("cannot encode an event: {e}")))?;
         self.js
             .publish_with_headers(self.subjects.events(room), headers, body.into())
             .await
